@@ -1,0 +1,150 @@
+"""The FFT kernels of a DFT layer and their exact, hand-derived gradients.
+
+Notation: input ``x`` has shape (..., p), weight ``w`` shape (n,), n = max(p, q), and the layer is the
+q x p matrix ``W[i, j] = w[(i + j) % n]``. ``L`` is the FFT length (:mod:`dftnet.plan`), ``F = L // 2 + 1``.
+
+Forward, a correlation:      z[i]   = sum_j w[(i + j) % n] x[j]       = irfft(conj(X) * Wf, L)[:q]
+grad_input, a correlation:   gx[j]  = sum_i w[(i + j) % n] g[i]       = irfft(conj(G) * Wf, L)[:p]
+grad_weight, a convolution:  gw[k]  = sum_batch sum_{(i+j)%n=k} g[i] x[j]
+                                    = fold_n(irfft(sum_batch G * X, L))
+
+with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps (:func:`weight_taps`).
+``W^T`` is the p x q layer with the same weight, so grad_input is the forward of the transposed layer.
+The batch sum of grad_weight happens in the frequency domain, then ONE inverse FFT.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import Function
+
+from .plan import Plan
+
+
+def transpose_plan(plan: Plan) -> Plan:
+    """The plan of W^T: the p x q layer with the same weight and the same FFT length."""
+    return Plan(plan.out_features, plan.in_features, plan.n, plan.fft_size)
+
+
+def weight_taps(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Taps whose length-L correlation with the zero-padded input gives the layer's outputs.
+
+    Circular route (L = n): the weight itself. Linear route (L >= p + q - 1): the weight extended
+    periodically to p + q - 1 taps, ``taps[m] = w[m % n]``.
+    """
+    if plan.circular:
+        return weight
+    n_taps = plan.in_features + plan.out_features - 1
+    reps = -(-n_taps // plan.n)
+    return weight.repeat(reps)[:n_taps]
+
+
+def fold_taps(taps_grad: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Adjoint of :func:`weight_taps`: sum the gradient of tap m into weight index m % n."""
+    if plan.circular:
+        return taps_grad[: plan.n]
+    n = plan.n
+    n_taps = plan.in_features + plan.out_features - 1
+    reps = -(-n_taps // n)
+    g = taps_grad[:n_taps]
+    if reps * n > n_taps:
+        g = torch.nn.functional.pad(g, (0, reps * n - n_taps))
+    return g.reshape(reps, n).sum(0)
+
+
+def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
+    return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size)
+
+
+def _correlate(spectrum: torch.Tensor, Wf: torch.Tensor, L: int, length: int) -> torch.Tensor:
+    """irfft(conj(spectrum) * Wf, L)[..., :length] as a contiguous tensor."""
+    out = torch.fft.irfft(spectrum.conj() * Wf, L)
+    return out[..., :length] if length == L else out[..., :length].contiguous()
+
+
+def _sum_leading(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).sum(0)
+
+
+class DFTLinearFunction(Function):
+    """z = W x for the q x p DFT matrix W. Returns (z, X, Wf); X and Wf are non-differentiable by-products.
+
+    Saved for backward: the input x (needed for double backward and, in memory-saving mode, to rebuild
+    X), the weight (for double backward), the weight spectrum Wf (O(L), reused by grad_input) and, unless
+    ``save_spectrum`` is False, the input spectrum X (so that backward needs only 2 batched FFTs).
+    This is what a plain torch.fft autograd implementation saves (x and X); without X it is half.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, plan: Plan, save_spectrum: bool):
+        L = plan.fft_size
+        Wf = weight_spectrum(weight, plan)
+        X = torch.fft.rfft(x, L)
+        return _correlate(X, Wf, L, plan.out_features), X, Wf
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, plan, save_spectrum = inputs
+        _, X, Wf = output
+        ctx.plan = plan
+        ctx.mark_non_differentiable(X, Wf)
+        ctx.save_for_backward(x, weight, Wf, X if save_spectrum else None)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_X, _grad_Wf):
+        x, weight, Wf, X = ctx.saved_tensors
+        plan = ctx.plan
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if torch.is_grad_enabled():
+            # create_graph=True: build the gradients from differentiable pieces (double backward).
+            if need_x:
+                grad_x = DFTLinearFunction.apply(grad_out, weight, transpose_plan(plan), False)[0]
+            if need_w:
+                grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
+            return grad_x, grad_w, None, None
+        L = plan.fft_size
+        G = torch.fft.rfft(grad_out, L)
+        if need_x:
+            grad_x = _correlate(G, Wf, L, plan.in_features)
+        if need_w:
+            if X is None:
+                X = torch.fft.rfft(x, L)
+            grad_w = fold_taps(torch.fft.irfft(_sum_leading(G * X), L), plan)
+        return grad_x, grad_w, None, None
+
+
+class DFTWeightGradFunction(Function):
+    """gw = sum_batch conv_n(g, x): the weight gradient as a differentiable bilinear map of (g, x).
+
+    Its own gradients are DFT layers with the incoming gradient u as weight:
+    d<u, gw>/dg = W_u x (q x p layer), d<u, gw>/dx = W_u^T g (p x q layer).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, x, plan: Plan):
+        L = plan.fft_size
+        S = _sum_leading(torch.fft.rfft(grad_out, L) * torch.fft.rfft(x, L))
+        return fold_taps(torch.fft.irfft(S, L), plan)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, x, plan = inputs
+        ctx.plan = plan
+        ctx.save_for_backward(grad_out, x)
+
+    @staticmethod
+    def backward(ctx, u):
+        grad_out, x = ctx.saved_tensors
+        plan = ctx.plan
+        need_g, need_x = ctx.needs_input_grad[:2]
+        dg = dx = None
+        if need_g:
+            dg = DFTLinearFunction.apply(x, u, plan, False)[0]
+        if need_x:
+            dx = DFTLinearFunction.apply(grad_out, u, transpose_plan(plan), False)[0]
+        return dg, dx, None

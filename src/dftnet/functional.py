@@ -1,0 +1,127 @@
+"""Functional form of the DFT (circulant) dense layer.
+
+The layer with input size p, output size q and weight vector ``w`` of length n = max(p, q) is the
+q x p matrix ``W[i, j] = w[(i + j) % n]`` (row i is w rotated left by i). ``dft_linear`` computes
+``x @ W.T + bias`` as a circular correlation through real FFTs, O(n log n) per example.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._autograd import DFTLinearFunction
+from .plan import make_plan, use_dense
+
+__all__ = ["dft_linear", "dft_matrix"]
+
+_METHODS = ("auto", "fft", "dense")
+
+
+def _dense_index(in_features: int, out_features: int, n: int, device) -> Tensor:
+    i = torch.arange(out_features, device=device).unsqueeze(1)
+    j = torch.arange(in_features, device=device).unsqueeze(0)
+    return (i + j) % n
+
+
+def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
+    """The explicit q x p matrix ``W[i, j] = weight[(i + j) % n]`` (differentiable in ``weight``)."""
+    n = weight.shape[-1]
+    if max(in_features, out_features) != n:
+        raise ValueError(
+            f"weight must have max(in_features, out_features) = {max(in_features, out_features)} "
+            f"elements, got {n}"
+        )
+    return weight[..., _dense_index(in_features, out_features, n, weight.device)]
+
+
+def _check(input: Tensor, weight: Tensor, bias: Tensor | None, out_features: int | None) -> int:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"dft_linear: expected input to be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"dft_linear: expected weight to be a torch.Tensor, got {type(weight).__name__}")
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if t is not None and (not t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"dft_linear: expected a real floating-point {name}, got dtype {t.dtype}")
+    if weight.dim() != 1:
+        raise ValueError(f"dft_linear: expected a 1-D weight of shape (n,), got shape {tuple(weight.shape)}")
+    if input.dim() == 0:
+        raise ValueError("dft_linear: expected input of shape (*, in_features), got a 0-d tensor")
+    p, n = input.shape[-1], weight.shape[0]
+    q = n if out_features is None else out_features
+    if max(p, q) != n:
+        raise ValueError(
+            f"dft_linear: weight of length {n} needs max(in_features, out_features) = {n}, "
+            f"got in_features = {p} (input shape {tuple(input.shape)}) and out_features = {q}"
+        )
+    if bias is not None and tuple(bias.shape) != (q,):
+        raise ValueError(f"dft_linear: expected bias of shape ({q},), got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != input.device:
+            raise ValueError(
+                f"dft_linear: expected {name} on the input's device {input.device}, got {t.device}"
+            )
+    return q
+
+
+def dft_linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    out_features: int | None = None,
+    *,
+    fft_size: int | None = None,
+    method: str = "auto",
+    recompute_spectrum: bool = False,
+) -> Tensor:
+    """Apply the DFT layer: ``input @ W.T + bias`` with ``W[i, j] = weight[(i + j) % n]``.
+
+    Args:
+        input: ``(*, p)`` real floating-point tensor.
+        weight: ``(n,)`` with ``n = max(p, out_features)``.
+        bias: ``(out_features,)`` or None.
+        out_features: q; defaults to n.
+        fft_size: FFT length: n (circular correlation) or any L >= p + q - 1 (linear correlation with
+            the periodically extended weight); None picks the cheaper (:func:`dftnet.plan.make_plan`).
+        method: "fft", "dense" (multiply by the materialised matrix; same result and gradients), or
+            "auto" (dense where the FFT does not pay off: tiny layers and empty inputs).
+        recompute_spectrum: keep only the real input for backward and recompute its spectrum there
+            (one more FFT, half the saved memory). The linear route always does this.
+
+    Returns:
+        ``(*, q)`` tensor. Under ``torch.autocast`` the FFT runs in float32 and the result has the
+        autocast dtype.
+    """
+    q = _check(input, weight, bias, out_features)
+    if method not in _METHODS:
+        raise ValueError(f"dft_linear: method must be one of {_METHODS}, got {method!r}")
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type) and input.dtype != torch.float64:
+        out_dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            out = dft_linear(
+                input.float(), weight.float(), None if bias is None else bias.float(), q,
+                fft_size=fft_size, method=method, recompute_spectrum=recompute_spectrum,
+            )
+        return out.to(out_dtype)
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise TypeError(
+            f"dft_linear: expected input, weight and bias of one dtype, got input {input.dtype}, "
+            f"weight {weight.dtype}" + ("" if bias is None else f", bias {bias.dtype}")
+        )
+    if input.dtype in (torch.float16, torch.bfloat16) and method != "dense":
+        # FFTs of half types are unsupported on CPU and power-of-two only on CUDA: compute in float32.
+        out = dft_linear(
+            input.float(), weight.float(), None if bias is None else bias.float(), q,
+            fft_size=fft_size, method=method, recompute_spectrum=recompute_spectrum,
+        )
+        return out.to(input.dtype)
+    p = input.shape[-1]
+    if method == "dense" or input.numel() == 0 or (
+        method == "auto" and fft_size is None and use_dense(p, q, input.numel() // p, input.device)
+    ):
+        return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
+    plan = make_plan(p, q, fft_size)
+    save_spectrum = plan.circular and not recompute_spectrum
+    out = DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
+    return out if bias is None else out + bias

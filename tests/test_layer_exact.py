@@ -1,0 +1,159 @@
+"""Every way of computing the layer equals the explicit matrix ``to_dense()``, forward and backward."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.autograd import gradcheck, gradgradcheck
+
+from dftnet import DFTLinear
+from dftnet.functional import dft_linear, dft_matrix
+from dftnet.plan import fast_length, make_plan
+
+F64 = torch.float64
+
+
+def reference_matrix(weight, p, q):
+    """W[i][j] = w[(i + j) mod n], written out with Python loops (independent of dft_matrix)."""
+    n = weight.numel()
+    return torch.stack([torch.stack([weight[(i + j) % n] for j in range(p)]) for i in range(q)])
+
+
+def routes(p, q):
+    """FFT lengths to test: the circular one (n), the smallest linear one, and the planner's choice."""
+    n = max(p, q)
+    return sorted({n, p + q - 1, fast_length(p + q - 1), make_plan(p, q).fft_size})
+
+
+def check_against_dense(x, layer_kwargs, p, q, device=None, **call_kwargs):
+    """Forward, grad_input, grad_weight and grad_bias equal the dense product's (float64)."""
+    n = max(p, q)
+    w = torch.randn(n, dtype=F64, device=device, requires_grad=True)
+    b = torch.randn(q, dtype=F64, device=device, requires_grad=True)
+    x = x.detach().requires_grad_(True)
+    y = dft_linear(x, w, b, q, **call_kwargs)
+    W = dft_matrix(w, p, q)
+    y_ref = x @ W.T + b
+    assert y.shape == x.shape[:-1] + (q,)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, (x, w, b), g, allow_unused=True)
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g, allow_unused=True)
+    scale = max(1.0, y_ref.abs().max().item() if y_ref.numel() else 1.0)
+    torch.testing.assert_close(y, y_ref, atol=1e-10 * scale, rtol=0)
+    for got, ref in zip(grads, grads_ref):
+        gscale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
+        torch.testing.assert_close(got, ref, atol=1e-10 * gscale, rtol=0)
+
+
+def test_dft_matrix_matches_definition():
+    for p, q in [(1, 1), (3, 5), (5, 3), (4, 4), (7, 2)]:
+        w = torch.randn(max(p, q), dtype=F64)
+        torch.testing.assert_close(dft_matrix(w, p, q), reference_matrix(w, p, q), rtol=0, atol=0)
+
+
+def test_square_matrix_is_symmetric():
+    w = torch.randn(9, dtype=F64)
+    W = dft_matrix(w, 9, 9)
+    assert torch.equal(W, W.T)
+    assert torch.equal(W[1], torch.roll(w, -1))  # row i is w rotated left by i
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=st.integers(1, 300),
+    q=st.integers(1, 300),
+    lead=st.sampled_from([(), (0,), (1,), (2, 3), (5,)]),
+    data=st.data(),
+)
+def test_hypothesis_all_routes_match_dense(p, q, lead, data):
+    x = torch.randn(*lead, p, dtype=F64)
+    L = data.draw(st.sampled_from(routes(p, q)), label="fft_size")
+    check_against_dense(x, {}, p, q, method="fft", fft_size=L)
+    check_against_dense(x, {}, p, q, method="dense")
+    check_against_dense(x, {}, p, q)  # auto
+
+
+@pytest.mark.parametrize(
+    "p,q", [(785, 4096), (4096, 1024), (64, 10), (7, 7), (1009, 1009), (4099, 4099), (785, 300), (1, 1)]
+)
+def test_explicit_shapes_match_dense(p, q):
+    x = torch.randn(3, p, dtype=F64)
+    for L in routes(p, q):
+        check_against_dense(x, {}, p, q, method="fft", fft_size=L)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("p,q,L", [(5, 8, None), (8, 5, None), (6, 6, None), (5, 8, 12), (8, 5, 16), (7, 7, 13)])
+def test_gradcheck_and_gradgradcheck(p, q, L, recompute):
+    x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
+    w = torch.randn(max(p, q), dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+
+    def f(x, w, b):
+        return dft_linear(x, w, b, q, fft_size=L, method="fft", recompute_spectrum=recompute)
+
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
+def test_gradgradcheck_dense_path():
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    w = torch.randn(6, dtype=F64, requires_grad=True)
+    assert gradgradcheck(lambda x, w: dft_linear(x, w, None, 6, method="dense"), (x, w))
+
+
+def test_gradient_penalty_matches_dense():
+    """A gradient penalty (create_graph=True) gives the same weight gradient as with the dense matrix."""
+    p, q = 9, 6
+    w = torch.randn(9, dtype=F64, requires_grad=True)
+    x = torch.randn(4, p, dtype=F64, requires_grad=True)
+
+    def penalised(fn):
+        y = torch.tanh(fn(x)).sum()
+        (gx,) = torch.autograd.grad(y, x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
+
+    got = penalised(lambda x: dft_linear(x, w, None, q, method="fft"))
+    ref = penalised(lambda x: x @ dft_matrix(w, p, q).T)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_only_needed_gradients_are_computed():
+    x = torch.randn(4, 6, dtype=F64, requires_grad=True)
+    w = torch.randn(6, dtype=F64)  # frozen weight
+    y = dft_linear(x, w, method="fft")
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gx, torch.ones(4, 6, dtype=F64) @ dft_matrix(w, 6, 6))
+    x2 = torch.randn(4, 6, dtype=F64)
+    w2 = w.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(dft_linear(x2, w2, method="fft").sum(), w2)
+    torch.testing.assert_close(gw, torch.autograd.grad((x2 @ dft_matrix(w2, 6, 6).T).sum(), w2)[0])
+
+
+def test_float32_large_n_agrees_with_float64_dense():
+    """n = 2^16 in float32: relative error <= 1e-5 against the float64 dense product (sampled rows)."""
+    n = 2**16
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(n, dtype=F64, generator=g) / n**0.5
+    x = torch.randn(2, n, dtype=F64, generator=g)
+    y32 = dft_linear(x.float(), w.float(), method="fft")
+    rows = torch.randperm(n, generator=g)[:256]
+    W_rows = w[(rows[:, None] + torch.arange(n)[None, :]) % n]  # 256 rows of the dense matrix
+    y_ref = x @ W_rows.T
+    err = (y32[:, rows].double() - y_ref).abs().max() / y_ref.abs().max()
+    assert err <= 1e-5, err
+    # and all rows against the (dense-verified) float64 FFT
+    y64 = dft_linear(x, w, method="fft")
+    assert ((y32.double() - y64).norm() / y64.norm()) <= 1e-5
+
+
+def test_module_matches_its_dense_matrix(device):
+    layer = DFTLinear(37, 20, device=device, dtype=F64)
+    x = torch.randn(5, 37, dtype=F64, device=device, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, x @ layer.to_dense().T + layer.bias)
+    y.pow(2).sum().backward()
+    w_grad = layer.weight.grad.clone()
+    layer.zero_grad()
+    (x @ layer.to_dense().T + layer.bias).pow(2).sum().backward()
+    torch.testing.assert_close(w_grad, layer.weight.grad)
