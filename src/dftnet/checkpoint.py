@@ -1,0 +1,84 @@
+"""Checkpoints: written atomically (temp file, fsync, rename), loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "FORMAT"]
+
+FORMAT = "dftnet-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``.
+
+    A reader (or a crash at any point) sees either the old file or the complete new one, never a
+    half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a DFTnet checkpoint safely (no code execution) or raise :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: not a complete torch.save archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # CRC of every record: catches flipped bytes torch.load would not
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {e}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its CRC check")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and containers"
+        raise CheckpointError(
+            f"checkpoint {path} was refused by the safe loader (weights_only=True): {what}; "
+            "nothing in it was executed"
+        ) from None
+    except Exception as e:  # damaged archives and records
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {msg}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is not a DFTnet checkpoint (expected format {FORMAT!r}, "
+            f"got {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})"
+        )
+    return obj

@@ -1,0 +1,190 @@
+"""The ``dftnet`` command line: ``train``, ``eval``, ``bench``.
+
+User mistakes (bad flags, missing data, unusable files) end with exit status 2 and one line on
+stderr; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _widths(text: str):
+    from .models import parse_widths
+
+    try:
+        return parse_widths(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train DFT and dense MLPs side by side (the note's MNIST experiment)",
+                       description="Train the original note's MNIST classifier: a DFT net and the dense net "
+                                   "of the same widths, one after the other, and compare them.")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the four IDX files (raw or .gz)")
+    p.add_argument("--layer", choices=["dft", "dense", "both"], default="both")
+    p.add_argument("--widths", type=_widths, default=None, metavar="784,4096,...",
+                   help="layer widths, input first (default 784,4096,1024,256,64,10)")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate of the one-cycle schedule (default: 3e-3 DFT, 1e-3 dense)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop each net after this many steps")
+    p.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (default: at epoch ends)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many training images")
+    p.add_argument("--recompute-spectrum", action="store_true",
+                   help="DFT layers keep only their input for backward (less memory, one more FFT)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .models import SEED_WIDTHS
+    from .train import TrainConfig, TrainingInterrupted, run
+
+    cfg = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, layer=args.layer,
+        widths=args.widths or SEED_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device, out=args.out,
+        resume=args.resume, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
+        recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
+    )
+    log = (lambda *a, **k: None) if args.quiet else print
+    try:
+        summary = run(cfg, log=log)
+    except TrainingInterrupted as e:
+        out = e.path.parent.parent
+        print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
+              f"resume with: dftnet train --resume --out {out} (and the same flags)", file=sys.stderr)
+        return 130
+    if args.quiet:
+        print(summary["table"])
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test accuracy and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt checkpoint (best.pt / last.pt)")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=None,
+                   help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--limit", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint, format_confusion
+
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.device, args.limit)
+    print(f"{result['checkpoint']}: {result['model']} on {result['dataset']} test set "
+          f"({result['examples']} images)")
+    print(f"test accuracy {result['accuracy']:.2%}   test loss {result['loss']:.4f}\n")
+    print(format_confusion(result["confusion"], result["class_names"]))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    from . import bench
+
+    p = sub.add_parser("bench", help="time DFTLinear against nn.Linear, a plain torch.fft version and the FFT floor")
+    bench.configure_parser(p)
+    p.set_defaults(func=bench.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="dftnet", description="DFTnet: circulant dense layers computed with the FFT.")
+    parser.add_argument("--version", action="version", version=f"dftnet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_eval(sub)
+    import importlib.util
+
+    if importlib.util.find_spec("dftnet.bench") is not None:
+        _add_bench(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    user_errors = (UsageError, ValueError, DataError, CheckpointError, PermissionError,
+                   FileNotFoundError, IsADirectoryError, NotADirectoryError)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except user_errors as e:
+        if debug:
+            raise
+        prefix = "" if isinstance(e, UsageError) else "dftnet: error: "
+        print(f"{prefix}{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Evaluate a saved checkpoint on a test set: accuracy, loss and confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+
+from . import data as data_mod
+from .checkpoint import CheckpointError, load_checkpoint
+from .train import build_model, evaluate, resolve_device
+
+__all__ = ["evaluate_checkpoint", "load_model", "format_confusion"]
+
+
+def load_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model a checkpoint describes and load its weights (safely, ``weights_only=True``)."""
+    ck = load_checkpoint(path, map_location=device)
+    spec = ck.get("model")
+    if not isinstance(spec, dict) or spec.get("kind") not in ("dft", "dense") or not spec.get("widths"):
+        raise CheckpointError(f"checkpoint {path} does not describe a DFTnet MLP (model entry: {spec!r})")
+    model = build_model(spec["kind"], spec["widths"], spec.get("recompute_spectrum", False), device)
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the {spec['kind']} MLP "
+                              f"{'-'.join(map(str, spec['widths']))}: {first}") from None
+    return model, ck
+
+
+def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", limit=None) -> dict:
+    dev = resolve_device(device)
+    model, ck = load_model(path, dev)
+    dataset = dataset or ck.get("dataset", "mnist")
+    splits = data_mod.load_splits(dataset, data_dir, limit=limit)
+    info = splits.info
+    if model.widths[0] != info.input_size or model.widths[-1] != info.num_classes:
+        raise ValueError(f"checkpoint {path} has widths {model.widths}, which do not fit {info.name} "
+                         f"({info.input_size} inputs, {info.num_classes} classes)")
+    loss, acc, confusion = evaluate(model, splits.test_x, splits.test_y, num_classes=info.num_classes)
+    return {
+        "checkpoint": str(path), "dataset": info.name, "model": f"{model.layer} MLP "
+        + "-".join(map(str, model.widths)), "examples": len(splits.test_x), "accuracy": acc, "loss": loss,
+        "confusion": confusion, "class_names": info.class_names,
+    }
+
+
+def format_confusion(confusion: torch.Tensor, class_names) -> str:
+    """Rows: true class; columns: predicted class."""
+    names = [str(c)[:7] for c in class_names]
+    w = max(5, max(len(n) for n in names), len(str(int(confusion.max()))) if confusion.numel() else 1)
+    head = "true \\ pred".ljust(12) + " ".join(n.rjust(w) for n in names)
+    lines = [head]
+    for name, row in zip(names, confusion.tolist()):
+        lines.append(name.ljust(12) + " ".join(str(v).rjust(w) for v in row))
+    return "\n".join(lines)

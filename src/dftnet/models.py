@@ -1,0 +1,73 @@
+"""Models built from DFT layers: the original note's MLP classifier and its dense twin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .layers import DFTLinear
+
+__all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths"]
+
+SEED_WIDTHS = (784, 4096, 1024, 256, 64, 10)
+LAYER_KINDS = ("dft", "dense")
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"784,4096,10"`` -> ``(784, 4096, 10)``; ValueError naming the bad part."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    widths = []
+    for part in parts:
+        try:
+            w = int(part)
+        except ValueError:
+            raise ValueError(f"widths must be comma-separated positive integers, got {text!r}") from None
+        if w < 1:
+            raise ValueError(f"widths must be positive, got {w} in {text!r}")
+        widths.append(w)
+    if len(widths) < 2:
+        raise ValueError(f"widths needs at least an input and an output size, got {text!r}")
+    return tuple(widths)
+
+
+class MLP(nn.Sequential):
+    """``widths[0] -> widths[1] -> ... -> widths[-1]``: DFT or dense layers with ReLU between, none after the last.
+
+    Args:
+        widths: layer sizes, input first; the default is the original note's 784-4096-1024-256-64-10.
+        layer: "dft" (:class:`~dftnet.DFTLinear`) or "dense" (:class:`torch.nn.Linear`).
+        bias: every layer has a bias (the note's 785th "bias unit", per layer).
+        **layer_kwargs: passed to each layer (e.g. ``recompute_spectrum=True`` for DFT layers).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = SEED_WIDTHS,
+        layer: str = "dft",
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        **layer_kwargs,
+    ) -> None:
+        if layer not in LAYER_KINDS:
+            raise ValueError(f"layer must be one of {LAYER_KINDS}, got {layer!r}")
+        widths = tuple(widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths needs at least an input and an output size, got {widths}")
+        cls = DFTLinear if layer == "dft" else nn.Linear
+        modules: list[nn.Module] = []
+        for i, (p, q) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                modules.append(nn.ReLU())
+            modules.append(cls(p, q, bias=bias, device=device, dtype=dtype, **layer_kwargs))
+        super().__init__(*modules)
+        self.widths = widths
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1) if x.dim() > 2 else x)
+
+    def extra_repr(self) -> str:
+        return f"widths={'-'.join(map(str, self.widths))}, layer={self.layer!r}"
