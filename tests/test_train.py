@@ -52,37 +52,17 @@ def test_same_seed_same_metrics(tmp_path):
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
 
 
-class _StopAfter:
-    """Stands in for the Ctrl-C flag: 'pressed' after ``n`` steps."""
-
-    n = 0
-
-    def __init__(self):
-        self.calls = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def set(self):
-        self.calls += 1
-        return self.calls > type(self).n
-
-
 @pytest.mark.parametrize("stop_after", [3, 8, 9])  # mid-epoch, last batch of epoch 1, first of epoch 2
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_after):
     cfg = dict(layer="dft", epochs=2)
     ref = run(_cfg(tmp_path, "ref", **cfg), log=lambda *a: None)["results"][0]
 
-    _StopAfter.n = stop_after
-    monkeypatch.setattr(train_mod, "_StopFlag", _StopAfter)
+    monkeypatch.setenv("DFTNET_STOP_AFTER_STEPS", str(stop_after))
     with pytest.raises(train_mod.TrainingInterrupted) as info:
         run(_cfg(tmp_path, "cut", **cfg), log=lambda *a: None)
     assert info.value.path.name == "last.pt"
-    monkeypatch.undo()
+    assert load_checkpoint(info.value.path)["step"] == stop_after
+    monkeypatch.delenv("DFTNET_STOP_AFTER_STEPS")
     res = run(_cfg(tmp_path, "cut", resume=True, **cfg), log=lambda *a: None)["results"][0]
 
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch", "steps"):

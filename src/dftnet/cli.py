@@ -7,6 +7,7 @@ stderr; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -100,14 +101,16 @@ def _run_train(args) -> int:
         recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
     )
     log = (lambda *a, **k: None) if args.quiet else print
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     try:
         summary = run(cfg, log=log)
     except TrainingInterrupted as e:
         out = e.path.parent.parent
-        print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
-              f"resume with: dftnet train --resume --out {out} (and the same flags)", file=sys.stderr)
+        if main_rank:
+            print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
+                  f"resume with: dftnet train --resume --out {out} (and the same flags)", file=sys.stderr)
         return 130
-    if args.quiet:
+    if args.quiet and main_rank:
         print(summary["table"])
     return 0
 

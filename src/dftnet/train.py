@@ -19,9 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import data as data_mod
+from . import distributed as dist_mod
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .memory import peak_step_memory
 from .models import MLP, SEED_WIDTHS
@@ -74,8 +77,17 @@ def build_model(kind: str, widths, recompute_spectrum: bool = False, device=None
 
 
 @torch.no_grad()
-def evaluate(model, x, y, batch_size=1000, num_classes=None):
-    """Mean loss, accuracy and (optionally) the confusion matrix [true, predicted] over (x, y)."""
+def evaluate(model, x, y, batch_size=1000, num_classes=None, ctx: dist_mod.Context | None = None):
+    """Mean loss, accuracy and (optionally) the confusion matrix [true, predicted] over (x, y).
+
+    Under DDP each rank evaluates every world_size-th example and the sums are reduced.
+    """
+    if ctx is not None and ctx.distributed:
+        loss_sum, correct, _ = evaluate(model, x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size],
+                                        batch_size)
+        n_local = len(x[ctx.rank :: ctx.world_size])
+        loss_sum, correct = dist_mod.all_reduce_sum(ctx, [loss_sum * n_local, correct * n_local])
+        return loss_sum / max(len(x), 1), correct / max(len(x), 1), None
     model.eval()
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
@@ -95,9 +107,15 @@ def evaluate(model, x, y, batch_size=1000, num_classes=None):
     return total_loss / n, correct / n, confusion
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffle of epoch ``epoch``: a function of (seed, epoch) alone, so resuming replays it."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.Tensor:
+    """This rank's examples of epoch ``epoch``, in order: a function of (seed, epoch) alone, so resuming
+    replays it. ``DistributedSampler`` deals rank r every world_size-th example of one shuffle, so the
+    k-th global batch is the same set of examples for any number of processes.
+    """
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(iter(sampler)), dtype=torch.long)
 
 
 class TrainingInterrupted(Exception):
@@ -109,10 +127,16 @@ class TrainingInterrupted(Exception):
 
 
 class _StopFlag:
-    """Turns the first SIGINT into a flag the loop checks between steps (so no step is cut in half)."""
+    """Turns the first SIGINT into a flag the loop checks between steps (so no step is cut in half).
+
+    ``DFTNET_STOP_AFTER_STEPS=N`` raises the flag after N steps of this process: a deterministic
+    stand-in for Ctrl-C, used by the tests (also under torchrun).
+    """
 
     def __init__(self):
         self.set = False
+        self.steps = 0
+        self.stop_after = int(os.environ.get("DFTNET_STOP_AFTER_STEPS", "0") or 0)
         self._old = None
 
     def __enter__(self):
@@ -124,6 +148,10 @@ class _StopFlag:
         if self.set:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.set = True
+
+    def check(self) -> bool:
+        self.steps += 1
+        return self.set or (self.stop_after > 0 and self.steps >= self.stop_after)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -151,15 +179,22 @@ def _new_accum() -> dict:
     return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
-def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, device: torch.device, log=print) -> dict:
-    """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch)."""
-    net_dir = out_dir / kind
+def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.Context, log=print) -> dict:
+    """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch).
+
+    ``cfg.batch_size`` is the global batch: under DDP each of the world_size processes takes its share.
+    """
+    device, net_dir, last = ctx.device, out_dir / kind, out_dir / kind / "last.pt"
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                         f"({ctx.world_size})")
+    local_batch = cfg.batch_size // ctx.world_size
     torch.manual_seed(cfg.seed)
     model = build_model(kind, cfg.widths, cfg.recompute_spectrum, device)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[kind]
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    n_train = len(splits.train_x)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    n_local = len(_epoch_order(len(splits.train_x), cfg.seed, 0, ctx))
+    steps_per_epoch = math.ceil(n_local / local_batch)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -167,7 +202,6 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, device: torch.
     epoch, batch, step, history, accum = 0, 0, 0, [], _new_accum()
     best = {"val_acc": -1.0, "epoch": -1}
 
-    last = net_dir / "last.pt"
     if cfg.resume and last.exists():
         ck = load_checkpoint(last, map_location=device)
         if ck["model"]["kind"] != kind or tuple(ck["model"]["widths"]) != tuple(cfg.widths):
@@ -176,24 +210,36 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, device: torch.
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         epoch, batch = ck["position"]["epoch"], ck["position"]["batch"]
-        step, history, best, accum = ck["step"], ck["history"], ck["best"], ck["accum"]
+        step, history, best = ck["step"], ck["history"], ck["best"]
+        accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
         log(f"{kind}: resumed from {last} at epoch {epoch + 1}, batch {batch} (step {step})")
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if ctx.distributed else model
 
-    def save_last():
-        save_atomic(_checkpoint(model, opt, sched, cfg, kind, (epoch, batch), step, history, best, accum), last)
+    def reduce_accum():
+        """Make rank 0 hold the global running sums (what a checkpoint stores), other ranks zero."""
+        keys = ("loss_sum", "correct", "seen")
+        total = dist_mod.all_reduce_sum(ctx, [accum[k] for k in keys])
+        for k, v in zip(keys, total):
+            accum[k] = v if ctx.is_main else 0
+
+    def save(path, position):
+        if ctx.is_main:
+            save_atomic(_checkpoint(model, opt, sched, cfg, kind, position, step, history, best, accum), path)
+        dist_mod.barrier(ctx)
 
     model.train()
     with _StopFlag() as stop:
         while epoch < cfg.epochs and step < total_steps:
-            order = _epoch_order(n_train, cfg.seed, epoch)
+            order = _epoch_order(len(splits.train_x), cfg.seed, epoch, ctx)
             n_steps = min(steps_per_epoch, batch + total_steps - step)
             bar = tqdm(total=n_steps, initial=batch, desc=f"{kind:>5} {epoch + 1}/{cfg.epochs}",
-                       disable=cfg.quiet, leave=False, dynamic_ncols=True, unit="step")
+                       disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
             t0 = time.perf_counter()
             while batch < n_steps:
-                idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+                idx = order[batch * local_batch : (batch + 1) * local_batch]
                 xb, yb = splits.train_x[idx].to(device), splits.train_y[idx].to(device)
-                logits = model(xb)
+                logits = net(xb)
                 loss = F.cross_entropy(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -204,27 +250,30 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, device: torch.
                 accum["loss_sum"] += loss.item() * len(idx)
                 accum["correct"] += (logits.argmax(1) == yb).sum().item()
                 accum["seen"] += len(idx)
-                if not cfg.quiet:
+                if not bar.disable:
                     bar.update()
                     if batch % 10 == 0 or batch == n_steps:
-                        elapsed = accum["seconds"] + time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{accum['loss_sum'] / accum['seen']:.4f}",
-                                        acc=f"{accum['correct'] / accum['seen']:.2%}",
-                                        ex_s=f"{accum['seen'] / max(elapsed, 1e-9):,.0f}")
-                if stop.set or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                        rate = accum["seen"] * ctx.world_size / max(accum["seconds"] + time.perf_counter() - t0, 1e-9)
+                        bar.set_postfix(loss=f"{accum['loss_sum'] / max(accum['seen'], 1):.4f}",
+                                        acc=f"{accum['correct'] / max(accum['seen'], 1):.2%}", ex_s=f"{rate:,.0f}")
+                stopping = dist_mod.broadcast_flag(ctx, stop.check())
+                if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch < n_steps):
                     accum["seconds"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    save_last()
-                    if stop.set:
+                    reduce_accum()
+                    save(last, (epoch, batch))
+                    if stopping:
                         bar.close()
                         raise TrainingInterrupted(last)
             accum["seconds"] += time.perf_counter() - t0
             bar.close()
-            val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size)
-            seen, seconds = accum["seen"], accum["seconds"]
+            val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, ctx=ctx)
+            loss_sum, correct, seen = dist_mod.all_reduce_sum(
+                ctx, [accum["loss_sum"], accum["correct"], accum["seen"]])
+            seconds = accum["seconds"]
             row = {
                 "layer": kind, "epoch": epoch + 1, "steps": step,
-                "train_loss": accum["loss_sum"] / seen, "train_acc": accum["correct"] / seen,
+                "train_loss": loss_sum / seen, "train_acc": correct / seen,
                 "val_loss": val_loss, "val_acc": val_acc,
                 "seconds": seconds, "examples_per_s": seen / seconds,
                 "epoch_fraction": n_steps / steps_per_epoch, "lr": sched.get_last_lr()[0],
@@ -236,27 +285,28 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, device: torch.
             epoch, batch, accum = epoch + 1, 0, _new_accum()
             if val_acc > best["val_acc"]:
                 best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
-                save_atomic(_checkpoint(model, opt, sched, cfg, kind, (epoch, 0), step, history, best, accum),
-                            net_dir / "best.pt")
-            save_last()
+                save(net_dir / "best.pt", (epoch, 0))
+            save(last, (epoch, 0))
 
     # The test set is evaluated once, with the epoch that validation chose.
     if (net_dir / "best.pt").exists():
         model.load_state_dict(load_checkpoint(net_dir / "best.pt", map_location=device)["state_dict"])
-    test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size)
+    test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, ctx=ctx)
     full = [r for r in history if r["epoch_fraction"] == 1.0] or history
-    seconds_per_epoch = (sum(r["seconds"] / r["epoch_fraction"] for r in full) / len(full)) if full else math.nan
-    memory = peak_step_memory(model, splits.train_x[: cfg.batch_size].to(device),
-                              splits.train_y[: cfg.batch_size].to(device))
+    memory = math.nan
+    if ctx.is_main:
+        memory = peak_step_memory(model, splits.train_x[:local_batch].to(device),
+                                  splits.train_y[:local_batch].to(device))
     return {
         "layer": kind,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test_acc": test_acc, "test_loss": test_loss,
         "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
-        "seconds_per_epoch": seconds_per_epoch,
+        "seconds_per_epoch": (sum(r["seconds"] / r["epoch_fraction"] for r in full) / len(full))
+        if full else math.nan,
         "examples_per_s": (sum(r["examples_per_s"] for r in full) / len(full)) if full else math.nan,
         "peak_memory_bytes": memory,
-        "epochs_run": len(history), "steps": step,
+        "epochs_run": len(history), "steps": step, "processes": ctx.world_size,
     }
 
 
@@ -318,19 +368,42 @@ def default_out_dir(dataset: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{dataset}"
 
 
+def _resolve_out_dir(cfg: TrainConfig, ctx: dist_mod.Context) -> Path:
+    out = cfg.out or str(default_out_dir(cfg.dataset))
+    if ctx.distributed:  # every rank must use rank 0's folder (timestamps differ)
+        box = [out]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = box[0]
+    return Path(out)
+
+
 def run(cfg: TrainConfig, log=print) -> dict:
-    """The whole job; returns the summary that is also written to ``summary.json``."""
-    device = resolve_device(cfg.device)
-    out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg.dataset)
+    """The whole job; returns the summary that is also written to ``summary.json``.
+
+    Under ``torchrun`` it trains data-parallel (DDP); only rank 0 prints and writes files.
+    """
+    ctx = dist_mod.setup(resolve_device(cfg.device))
+    try:
+        return _run(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None))
+    finally:
+        dist_mod.teardown(ctx)
+
+
+def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
+    out_dir = _resolve_out_dir(cfg, ctx)
     if cfg.resume and not out_dir.exists():
         raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"output folder {out_dir} is not writable")
+    if ctx.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(f"output folder {out_dir} is not writable")
+    dist_mod.barrier(ctx)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    config.update(out=str(out_dir), resolved_device=str(device), torch=torch.__version__,
-                  threads=torch.get_num_threads())
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
+                  torch=torch.__version__, threads=torch.get_num_threads())
 
     splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                                   limit=cfg.limit)
@@ -338,25 +411,27 @@ def run(cfg: TrainConfig, log=print) -> dict:
     if cfg.widths[0] != info.input_size or cfg.widths[-1] != info.num_classes:
         raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
+    if ctx.is_main:
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "
-        f"{len(splits.test_x)} test;  device {device};  out {out_dir}")
+        f"{len(splits.test_x)} test;  device {ctx.device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else "") + f";  out {out_dir}")
 
     results, history = [], []
     for kind in cfg.kinds:
-        res = train_net(kind, cfg, splits, out_dir, device, log)
-        results.append(res)
-        ck = load_checkpoint(out_dir / kind / "last.pt")
-        history += ck["history"]
+        results.append(train_net(kind, cfg, splits, out_dir, ctx, log))
+        history += load_checkpoint(out_dir / kind / "last.pt")["history"]
 
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0].keys()) if history else ["layer"])
-        writer.writeheader()
-        writer.writerows(history)
     table = format_table(results)
     summary = {"config": config, "data_source": splits.source, "results": results, "table": table}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if history:
-        plot_curves(history, out_dir / "curves.png")
+    if ctx.is_main:
+        with open(out_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0].keys()) if history else ["layer"])
+            writer.writeheader()
+            writer.writerows(history)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if history:
+            plot_curves(history, out_dir / "curves.png")
     log("\n" + table + "\n")
     log(f"wrote {out_dir}/: config.json metrics.csv summary.json curves.png "
         + " ".join(f"{k}/best.pt {k}/last.pt" for k in cfg.kinds))
