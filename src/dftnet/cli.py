@@ -61,13 +61,26 @@ def _widths(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _layer(text: str) -> str:
+    from .models import parse_layer_spec
+
+    if text == "both":
+        return text
+    try:
+        parse_layer_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.lower()
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train DFT and dense MLPs side by side (the note's MNIST experiment)",
                        description="Train the original note's MNIST classifier: a DFT net and the dense net "
                                    "of the same widths, one after the other, and compare them.")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four IDX files (raw or .gz)")
-    p.add_argument("--layer", choices=["dft", "dense", "both"], default="both")
+    p.add_argument("--layer", type=_layer, default="both", metavar="{dft,dense,both,dft-sign,block-K}",
+                   help="which net(s): both = dft then dense (default); also dft-sign, block-32, ...")
     p.add_argument("--widths", type=_widths, default=None, metavar="784,4096,...",
                    help="layer widths, input first (default 784,4096,1024,256,64,10)")
     p.add_argument("--epochs", type=_positive_int, default=10)

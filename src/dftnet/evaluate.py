@@ -15,9 +15,12 @@ def load_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint describes and load its weights (safely, ``weights_only=True``)."""
     ck = load_checkpoint(path, map_location=device)
     spec = ck.get("model")
-    if not isinstance(spec, dict) or spec.get("kind") not in ("dft", "dense") or not spec.get("widths"):
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or not spec.get("widths"):
         raise CheckpointError(f"checkpoint {path} does not describe a DFTnet MLP (model entry: {spec!r})")
-    model = build_model(spec["kind"], spec["widths"], spec.get("recompute_spectrum", False), device)
+    try:
+        model = build_model(spec["kind"], spec["widths"], spec.get("recompute_spectrum", False), device)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} describes a model DFTnet cannot build: {e}") from None
     try:
         model.load_state_dict(ck["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:
@@ -38,7 +41,7 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", limit=
                          f"({info.input_size} inputs, {info.num_classes} classes)")
     loss, acc, confusion = evaluate(model, splits.test_x, splits.test_y, num_classes=info.num_classes)
     return {
-        "checkpoint": str(path), "dataset": info.name, "model": f"{model.layer} MLP "
+        "checkpoint": str(path), "dataset": info.name, "model": f"{model.spec} MLP "
         + "-".join(map(str, model.widths)), "examples": len(splits.test_x), "accuracy": acc, "loss": loss,
         "confusion": confusion, "class_names": info.class_names,
     }

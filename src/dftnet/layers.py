@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from ._signs import apply_signs, register_sign_buffer
 
 __all__ = ["DFTLinear", "circulant_kaiming_"]
 
@@ -60,6 +61,8 @@ class DFTLinear(nn.Module):
         out_features: q, size of each output sample.
         bias: learn an additive bias of shape ``(out_features,)``.
         fft_size, method, recompute_spectrum: see :func:`dftnet.functional.dft_linear`.
+        sign_flip: multiply the input by a fixed random +-1 diagonal first, ``y = W D x + b``
+            (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
 
     Attributes:
         weight: ``(n,)``, initialised by :func:`circulant_kaiming_`: ``Var(w) ~ 2/p`` like He's init
@@ -81,6 +84,7 @@ class DFTLinear(nn.Module):
         fft_size: int | None = None,
         method: str = "auto",
         recompute_spectrum: bool = False,
+        sign_flip: bool = False,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
@@ -101,6 +105,7 @@ class DFTLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
         else:
             self.register_parameter("bias", None)
+        register_sign_buffer(self, in_features, sign_flip, **factory_kwargs)
         self.reset_parameters()
 
     @property
@@ -120,13 +125,14 @@ class DFTLinear(nn.Module):
                 f"got {tuple(input.shape)}"
             )
         return F.dft_linear(
-            input, self.weight, self.bias, self.out_features,
+            apply_signs(input, self.sign), self.weight, self.bias, self.out_features,
             fft_size=self.fft_size, method=self.method, recompute_spectrum=self.recompute_spectrum,
         )
 
     def to_dense(self) -> Tensor:
         """The explicit ``(out_features, in_features)`` weight matrix (differentiable)."""
-        return F.dft_matrix(self.weight, self.in_features, self.out_features)
+        W = F.dft_matrix(self.weight, self.in_features, self.out_features)
+        return W if self.sign is None else W * self.sign
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -136,4 +142,6 @@ class DFTLinear(nn.Module):
             s += f", method={self.method!r}"
         if self.recompute_spectrum:
             s += ", recompute_spectrum=True"
+        if self.sign is not None:
+            s += ", sign_flip=True"
         return s

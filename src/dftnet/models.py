@@ -9,10 +9,25 @@ from torch import nn
 
 from .layers import DFTLinear
 
-__all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths"]
+__all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec"]
 
 SEED_WIDTHS = (784, 4096, 1024, 256, 64, 10)
-LAYER_KINDS = ("dft", "dense")
+LAYER_KINDS = ("dft", "dense", "block")
+
+
+def parse_layer_spec(spec: str) -> tuple[str, dict]:
+    """A model variant by name: ``dft``, ``dense``, ``dft-sign`` (sign flips), ``block-32`` (block-circulant,
+    32 x 32 blocks), ``block-32-sign``. Returns ``(layer kind, layer kwargs)`` for :class:`MLP`."""
+    parts = str(spec).lower().split("-")
+    kwargs: dict = {}
+    if parts[-1] == "sign" and parts[0] != "dense":
+        kwargs["sign_flip"] = True
+        parts = parts[:-1]
+    if parts == ["dft"] or parts == ["dense"]:
+        return parts[0], kwargs
+    if len(parts) == 2 and parts[0] == "block" and parts[1].isdigit() and int(parts[1]) > 0:
+        return "block", {**kwargs, "block_size": int(parts[1])}
+    raise ValueError(f"unknown layer variant {spec!r}: expected dft, dense, dft-sign, block-K or block-K-sign")
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -37,7 +52,8 @@ class MLP(nn.Sequential):
 
     Args:
         widths: layer sizes, input first; the default is the original note's 784-4096-1024-256-64-10.
-        layer: "dft" (:class:`~dftnet.DFTLinear`) or "dense" (:class:`torch.nn.Linear`).
+        layer: "dft" (:class:`~dftnet.DFTLinear`), "dense" (:class:`torch.nn.Linear`) or "block"
+            (:class:`~dftnet.BlockDFTLinear`, give ``block_size``).
         bias: every layer has a bias (the note's 785th "bias unit", per layer).
         **layer_kwargs: passed to each layer (e.g. ``recompute_spectrum=True`` for DFT layers).
     """
@@ -56,7 +72,10 @@ class MLP(nn.Sequential):
         widths = tuple(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least an input and an output size, got {widths}")
-        cls = DFTLinear if layer == "dft" else nn.Linear
+        if layer == "block":
+            from .block import BlockDFTLinear as cls
+        else:
+            cls = DFTLinear if layer == "dft" else nn.Linear
         modules: list[nn.Module] = []
         for i, (p, q) in enumerate(zip(widths[:-1], widths[1:])):
             if i:
@@ -65,9 +84,22 @@ class MLP(nn.Sequential):
         super().__init__(*modules)
         self.widths = widths
         self.layer = layer
+        self.spec = layer
+
+    @classmethod
+    def from_spec(cls, spec: str, widths: Sequence[int] = SEED_WIDTHS, device=None, **layer_kwargs) -> "MLP":
+        """``MLP.from_spec("block-32", widths)``; see :func:`parse_layer_spec`."""
+        kind, kwargs = parse_layer_spec(spec)
+        model = cls(widths, layer=kind, device=device, **kwargs, **layer_kwargs)
+        model.spec = spec
+        return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.flatten(1) if x.dim() > 2 else x)
 
     def extra_repr(self) -> str:
-        return f"widths={'-'.join(map(str, self.widths))}, layer={self.layer!r}"
+        return f"widths={'-'.join(map(str, self.widths))}, layer={self.spec!r}"
+
+
+def model_from_spec(spec: str, widths=SEED_WIDTHS, device=None, **layer_kwargs) -> MLP:
+    return MLP.from_spec(spec, widths, device=device, **layer_kwargs)

@@ -27,12 +27,16 @@ from . import data as data_mod
 from . import distributed as dist_mod
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_atomic
 from .memory import peak_step_memory
-from .models import MLP, SEED_WIDTHS
+from .models import MLP, SEED_WIDTHS, parse_layer_spec
 
 __all__ = ["TrainConfig", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 
 # Measured on MNIST, seed widths, 10 epochs, batch 128, Adam + one-cycle (README, "Training recipe").
-DEFAULT_LR = {"dft": 3e-3, "dense": 1e-3}
+DEFAULT_LR = {"dft": 3e-3, "dense": 1e-3, "block": 1e-3}
+
+
+def default_lr(spec: str) -> float:
+    return DEFAULT_LR[parse_layer_spec(spec)[0]]
 
 
 @dataclass
@@ -60,6 +64,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.kinds = ("dft", "dense") if self.layer == "both" else (self.layer,)
+        for kind in self.kinds:
+            parse_layer_spec(kind)  # ValueError for unknown variants
         self.widths = tuple(self.widths)
 
 
@@ -71,9 +77,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(kind: str, widths, recompute_spectrum: bool = False, device=None) -> MLP:
-    kwargs = {"recompute_spectrum": True} if (kind == "dft" and recompute_spectrum) else {}
-    return MLP(widths, layer=kind, device=device, **kwargs)
+def build_model(spec: str, widths, recompute_spectrum: bool = False, device=None) -> MLP:
+    """The MLP of a variant name (``dft``, ``dense``, ``dft-sign``, ``block-32``; see ``parse_layer_spec``)."""
+    kwargs = {"recompute_spectrum": True} if (spec.startswith("dft") and recompute_spectrum) else {}
+    return MLP.from_spec(spec, widths, device=device, **kwargs)
 
 
 @torch.no_grad()
@@ -191,7 +198,7 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
     local_batch = cfg.batch_size // ctx.world_size
     torch.manual_seed(cfg.seed)
     model = build_model(kind, cfg.widths, cfg.recompute_spectrum, device)
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[kind]
+    lr = cfg.lr if cfg.lr is not None else default_lr(kind)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     n_local = len(_epoch_order(len(splits.train_x), cfg.seed, 0, ctx))
     steps_per_epoch = math.ceil(n_local / local_batch)
