@@ -158,6 +158,15 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=bench.run)
 
 
+def _add_sweep(sub) -> None:
+    from . import sweep
+
+    p = sub.add_parser("sweep", help="train across widths (--W) or layer variants (--frontier); table + plot",
+                       description=sweep.__doc__.splitlines()[0])
+    sweep.configure_parser(p)
+    p.set_defaults(func=sweep.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -167,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train(sub)
     _add_eval(sub)
+    _add_sweep(sub)
     import importlib.util
 
     if importlib.util.find_spec("dftnet.bench") is not None:

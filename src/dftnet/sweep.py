@@ -1,0 +1,211 @@
+"""Sweeps over widths and layer variants: does width buy accuracy, and what does each parameter buy?
+
+``dftnet sweep --widths 784,W,W,10 --W 1024,4096,16384`` trains each variant at each width;
+``dftnet sweep --frontier`` trains the seed widths with dense, DFT, DFT + sign flips and
+block-circulant layers on MNIST and Fashion-MNIST. Each run is an ordinary ``dftnet train`` run
+in its own folder; the sweep collects them into ``sweep.csv``/``sweep.json`` and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from .models import SEED_WIDTHS, parse_layer_spec
+
+__all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
+
+FRONTIER_VARIANTS = ("dense", "dft", "dft-sign", "block-8", "block-32", "block-128", "block-512")
+
+
+def expand_widths(template: str, values: list[int]) -> list[tuple[int, ...]]:
+    """``"784,W,W,10"`` with W in [1024, 4096] -> [(784,1024,1024,10), (784,4096,4096,10)]."""
+    parts = [p.strip() for p in template.split(",") if p.strip()]
+    if len(parts) < 2:
+        raise ValueError(f"--widths needs at least an input and an output size, got {template!r}")
+    out = []
+    for v in (values if any(p.upper() == "W" for p in parts) else [None]):
+        try:
+            out.append(tuple(v if p.upper() == "W" else int(p) for p in parts))
+        except ValueError:
+            raise ValueError(f"--widths must be integers or W, got {template!r}") from None
+    for widths in out:
+        if min(widths) < 1:
+            raise ValueError(f"widths must be positive, got {widths}")
+    return out
+
+
+def dense_parameters(widths) -> int:
+    return sum(p * q + q for p, q in zip(widths[:-1], widths[1:]))
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip().lower() for v in text.split(",") if v.strip()]
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--widths", default="784,W,W,10", help="width template; W takes each --W value")
+    p.add_argument("--W", type=_ints, default=[1024, 4096, 16384, 65536], metavar="1024,4096,...")
+    p.add_argument("--variants", type=_names, default=["dft", "dense"],
+                   help="comma-separated: dense, dft, dft-sign, block-K, block-K-sign")
+    p.add_argument("--datasets", type=_names, default=["mnist"])
+    p.add_argument("--frontier", action="store_true",
+                   help=f"seed widths, variants {','.join(FRONTIER_VARIANTS)}, MNIST and Fashion-MNIST")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--dense-max-params", type=float, default=60e6,
+                   help="skip dense nets with more parameters than this (default 60e6)")
+    p.add_argument("--out", default=None, help="output folder (default runs/sweep-<timestamp>)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def plan_runs(args) -> list[dict]:
+    if args.frontier:
+        args.widths, args.variants = ",".join(map(str, SEED_WIDTHS)), list(FRONTIER_VARIANTS)
+        if args.datasets == ["mnist"]:
+            args.datasets = ["mnist", "fashion-mnist"]
+    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    for v in args.variants:
+        parse_layer_spec(v)
+    for d in args.datasets:
+        if d not in ("mnist", "fashion-mnist"):
+            raise ValueError(f"unknown dataset {d!r}: expected mnist or fashion-mnist")
+    runs = []
+    for dataset in args.datasets:
+        for widths in expand_widths(args.widths, args.W):
+            for variant in args.variants:
+                skip = None
+                if variant == "dense" and dense_parameters(widths) > args.dense_max_params:
+                    gib = dense_parameters(widths) * 4 / 2**30
+                    skip = f"dense needs {dense_parameters(widths):,} parameters ({gib:.1f} GiB of float32 weights)"
+                runs.append({"dataset": dataset, "widths": widths, "variant": variant, "skip": skip})
+    return runs
+
+
+def run(args) -> int:
+    from datetime import datetime
+
+    from .train import TrainConfig
+    from .train import run as train_run
+
+    runs = plan_runs(args)
+    out = Path(args.out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a, **k: None) if args.quiet else print
+    rows = []
+    for i, r in enumerate(runs, 1):
+        name = f"{r['dataset']}/{r['variant']}-{'-'.join(map(str, r['widths']))}"
+        row = {"dataset": r["dataset"], "variant": r["variant"], "widths": "-".join(map(str, r["widths"])),
+               "W": max(r["widths"][1:-1], default=0), "dense_parameters": dense_parameters(r["widths"])}
+        if r["skip"]:
+            log(f"[{i}/{len(runs)}] {name}: skipped: {r['skip']}")
+            rows.append({**row, "skipped": r["skip"]})
+            continue
+        log(f"[{i}/{len(runs)}] {name}")
+        cfg = TrainConfig(dataset=r["dataset"], layer=r["variant"], widths=r["widths"], epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                          out=str(out / name), max_steps=args.max_steps, limit=args.limit, quiet=True)
+        res = train_run(cfg, log=lambda *a, **k: None)["results"][0]
+        rows.append({**row, **{k: res[k] for k in ("parameters", "test_acc", "best_val_acc", "seconds_per_epoch",
+                                                   "examples_per_s", "peak_memory_bytes", "steps")}})
+        log(f"    {res['parameters']:,} parameters, test acc {res['test_acc']:.2%}, "
+            f"{res['seconds_per_epoch']:.1f} s/epoch")
+    write_outputs(rows, out, args)
+    log("\n" + format_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
+        + ("frontier.png" if args.frontier else "sweep.png"))
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["dataset", "variant", "widths", "parameters", "test acc", "s/epoch", "examples/s"]
+    lines = []
+    for r in rows:
+        if "skipped" in r:
+            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['dense_parameters']:,}", "skipped", "-", "-"])
+        else:
+            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['parameters']:,}", f"{r['test_acc']:.2%}",
+                          f"{r['seconds_per_epoch']:.1f}", f"{r['examples_per_s']:,.0f}"])
+    w = [max(len(c), *(len(x[i]) for x in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    fmt = lambda cells: "  ".join(c.ljust(w[i]) if i < 3 else c.rjust(w[i]) for i, c in enumerate(cells))
+    return "\n".join([fmt(cols), fmt(["-" * x for x in w]), *map(fmt, lines)])
+
+
+def write_outputs(rows: list[dict], out: Path, args) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
+                                                "rows": rows}, indent=2, default=str) + "\n")
+    done = [r for r in rows if "skipped" not in r]
+    if done:
+        (plot_frontier if args.frontier else plot_widths)(done, out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_widths(rows: list[dict], out: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for (dataset, variant) in sorted({(r["dataset"], r["variant"]) for r in rows}):
+        rs = sorted((r for r in rows if r["dataset"] == dataset and r["variant"] == variant), key=lambda r: r["W"])
+        label = f"{variant} ({dataset})"
+        W = [r["W"] for r in rs]
+        axes[0].plot(W, [100 * r["test_acc"] for r in rs], "-o", label=label)
+        axes[1].plot(W, [r["seconds_per_epoch"] for r in rs], "-o", label=label)
+        axes[2].plot(W, [r["parameters"] for r in rs], "-o", label=label)
+    axes[0].set(ylabel="test accuracy (%)", title="accuracy")
+    axes[1].set(ylabel="seconds per epoch", yscale="log", title="time")
+    axes[2].set(ylabel="parameters", yscale="log", title="parameters")
+    for ax in axes:
+        ax.set(xscale="log", xlabel="hidden width W")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_frontier(rows: list[dict], out: Path) -> None:
+    plt = _plt()
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rs = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["parameters"])
+        ax.plot([r["parameters"] for r in rs], [100 * r["test_acc"] for r in rs], ":", color="gray")
+        for r in rs:
+            ax.scatter(r["parameters"], 100 * r["test_acc"], s=30)
+            ax.annotate(r["variant"], (r["parameters"], 100 * r["test_acc"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)", title=dataset)
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=110)
+    plt.close(fig)
