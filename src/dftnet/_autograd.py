@@ -53,24 +53,47 @@ def fold_taps(taps_grad: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 
 def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
-    return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size)
+    """``conj(rfft(taps, L))``: the conjugate spectrum is what the kernels multiply by."""
+    return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size).conj().resolve_conj()
 
 
-def _correlate(spectrum: torch.Tensor, Wf: torch.Tensor, L: int, length: int) -> torch.Tensor:
-    """irfft(conj(spectrum) * Wf, L)[..., :length] as a contiguous tensor."""
-    out = torch.fft.irfft(spectrum.conj() * Wf, L)
-    return out[..., :length] if length == L else out[..., :length].contiguous()
+_REVERSE: dict[tuple, torch.Tensor] = {}
+
+
+def _reverse_index(L: int, length: int, device: torch.device) -> torch.Tensor:
+    key = (L, length, device)
+    idx = _REVERSE.get(key)
+    if idx is None:
+        idx = _REVERSE[key] = (-torch.arange(length, device=device)) % L
+    return idx
+
+
+def _correlate(spectrum: torch.Tensor, cWf: torch.Tensor, L: int, length: int) -> torch.Tensor:
+    """``irfft(conj(spectrum) * Wf, L)[..., :length]``, without conjugating the big spectrum.
+
+    For real signals ``irfft(conj(Y))[m] = irfft(Y)[-m mod L]``, so we transform
+    ``Y = spectrum * conj(Wf)`` and read its outputs in reverse order (a gather, which also
+    makes the truncated result contiguous).
+    """
+    z = torch.fft.irfft(spectrum * cWf, L)
+    return z.index_select(-1, _reverse_index(L, length, z.device))
 
 
 def _sum_leading(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).sum(0)
 
 
+def dft_forward(x: torch.Tensor, weight: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """The forward kernel alone (no autograd bookkeeping): for inference."""
+    L = plan.fft_size
+    return _correlate(torch.fft.rfft(x, L), weight_spectrum(weight, plan), L, plan.out_features)
+
+
 class DFTLinearFunction(Function):
-    """z = W x for the q x p DFT matrix W. Returns (z, X, Wf); X and Wf are non-differentiable by-products.
+    """z = W x for the q x p DFT matrix W. Returns (z, X, conj(Wf)), the last two non-differentiable by-products.
 
     Saved for backward: the input x (needed for double backward and, in memory-saving mode, to rebuild
-    X), the weight (for double backward), the weight spectrum Wf (O(L), reused by grad_input) and, unless
+    X), the weight (for double backward), the conjugate weight spectrum (O(L), reused by grad_input) and, unless
     ``save_spectrum`` is False, the input spectrum X (so that backward needs only 2 batched FFTs).
     This is what a plain torch.fft autograd implementation saves (x and X); without X it is half.
     """
@@ -80,21 +103,21 @@ class DFTLinearFunction(Function):
     @staticmethod
     def forward(x, weight, plan: Plan, save_spectrum: bool):
         L = plan.fft_size
-        Wf = weight_spectrum(weight, plan)
+        cWf = weight_spectrum(weight, plan)
         X = torch.fft.rfft(x, L)
-        return _correlate(X, Wf, L, plan.out_features), X, Wf
+        return _correlate(X, cWf, L, plan.out_features), X, cWf
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, plan, save_spectrum = inputs
-        _, X, Wf = output
+        _, X, cWf = output
         ctx.plan = plan
-        ctx.mark_non_differentiable(X, Wf)
-        ctx.save_for_backward(x, weight, Wf, X if save_spectrum else None)
+        ctx.mark_non_differentiable(X, cWf)
+        ctx.save_for_backward(x, weight, cWf, X if save_spectrum else None)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_X, _grad_Wf):
-        x, weight, Wf, X = ctx.saved_tensors
+        x, weight, cWf, X = ctx.saved_tensors
         plan = ctx.plan
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = grad_w = None
@@ -108,11 +131,13 @@ class DFTLinearFunction(Function):
         L = plan.fft_size
         G = torch.fft.rfft(grad_out, L)
         if need_x:
-            grad_x = _correlate(G, Wf, L, plan.in_features)
+            grad_x = _correlate(G, cWf, L, plan.in_features)
         if need_w:
             if X is None:
                 X = torch.fft.rfft(x, L)
-            grad_w = fold_taps(torch.fft.irfft(_sum_leading(G * X), L), plan)
+            # G is ours to overwrite, except under torch.func transforms (batched/unbatched mixes)
+            GX = G * X if torch._C._are_functorch_transforms_active() else G.mul_(X)
+            grad_w = fold_taps(torch.fft.irfft(_sum_leading(GX), L), plan)
         return grad_x, grad_w, None, None
 
 

@@ -177,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_sweep(sub)
-    import importlib.util
-
-    if importlib.util.find_spec("dftnet.bench") is not None:
-        _add_bench(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._autograd import DFTLinearFunction
+from ._autograd import DFTLinearFunction, dft_forward
 from .plan import make_plan, use_dense
 
 __all__ = ["dft_linear", "dft_matrix"]
@@ -122,6 +122,10 @@ def dft_linear(
     ):
         return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
     plan = make_plan(p, q, fft_size)
-    save_spectrum = plan.circular and not recompute_spectrum
-    out = DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
-    return out if bias is None else out + bias
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        save_spectrum = plan.circular and not recompute_spectrum
+        out = DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
+    else:
+        out = dft_forward(input, weight, plan)  # inference: skip the autograd.Function overhead
+    # ``out`` is a fresh tensor nobody saved: add the bias in place (a new large tensor costs page faults)
+    return out if bias is None else out.add_(bias)

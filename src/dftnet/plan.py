@@ -17,11 +17,30 @@ from typing import NamedTuple
 
 import torch
 
-# Odd parts m for which 2^a * m was measured to cost about as much per L log L as a power of two.
-_FAST_ODD_PARTS = (1, 3, 5, 9, 15, 25, 45, 75)
-_FAST_ODD_PENALTY = {1: 1.0}  # other fast odd parts cost about 10-20% more per L log L
-_OTHER_FAST_PENALTY = 1.15
-_SLOW_PENALTY = 8.0  # large odd part: measured 7-13x a power of two per L log L
+# Measured with torch's CPU FFT on 2 cores: cost per L log L relative to a power of two.
+_PENALTY_SMOOTH = 1.2  # 2^a * m, a >= 3, m odd and 7-smooth (1000, 1536, 1600, 8640): 0.8-1.4x
+_PENALTY_FEW_TWOS = 1.8  # 7-smooth with only one or two factors of two (6250)
+_PENALTY_ODD = 3.0  # odd 7-smooth lengths (1215, 2025, 2187, 2401, 3125): about 3x
+_PENALTY_SLOW = 8.0  # a prime factor > 7 (785 = 5 * 157, 1009, 4099, 10007): 6-17x
+
+
+def _split(L: int) -> tuple[int, int]:
+    """L = 2^a * m with m odd: returns (a, m)."""
+    a = 0
+    while L % 2 == 0:
+        L //= 2
+        a += 1
+    return a, L
+
+
+def _is_7_smooth(m: int) -> bool:
+    for f in (3, 5, 7):
+        while m % f == 0:
+            m //= f
+    return m == 1
+
+
+_SMOOTH_ODD = tuple(m for m in range(1, 1000, 2) if _is_7_smooth(m))
 
 
 class Plan(NamedTuple):
@@ -37,50 +56,60 @@ class Plan(NamedTuple):
         return self.fft_size == self.n
 
 
-def _odd_part(L: int) -> int:
-    while L % 2 == 0:
-        L //= 2
-    return L
-
-
 def fft_cost(L: int) -> float:
     """Relative cost of one real FFT of length L (arbitrary units, comparable between lengths)."""
     if L <= 1:
         return 1.0
-    m = _odd_part(L)
-    if m in _FAST_ODD_PARTS:
-        penalty = _FAST_ODD_PENALTY.get(m, _OTHER_FAST_PENALTY)
+    a, m = _split(L)
+    if m == 1:
+        penalty = 1.0
+    elif not _is_7_smooth(m):
+        penalty = _PENALTY_SLOW
+    elif a == 0:
+        penalty = _PENALTY_ODD
+    elif a < 3:
+        penalty = _PENALTY_FEW_TWOS
     else:
-        penalty = _SLOW_PENALTY
+        penalty = _PENALTY_SMOOTH
     return penalty * L * math.log2(L)
 
 
+_FAST_LENGTHS: dict[int, int] = {}
+_PLANS: dict[tuple, Plan] = {}
+
+
 def fast_length(min_length: int) -> int:
-    """Cheapest length L >= min_length by :func:`fft_cost`, among 2^a * m with m a fast odd part."""
-    best, best_cost = None, math.inf
-    for m in _FAST_ODD_PARTS:
-        L = m
-        while L < min_length:
-            L *= 2
-        cost = fft_cost(L)
-        if cost < best_cost:
-            best, best_cost = L, cost
-    return best
+    """Cheapest length L >= min_length by :func:`fft_cost`, among 2^a * m with m odd and 7-smooth."""
+    if min_length not in _FAST_LENGTHS:
+        best, best_cost = min_length, math.inf
+        for m in _SMOOTH_ODD:
+            L = m
+            while L < min_length:
+                L *= 2
+            cost = fft_cost(L)
+            if cost < best_cost:
+                best, best_cost = L, cost
+        _FAST_LENGTHS[min_length] = best
+    return _FAST_LENGTHS[min_length]
 
 
 def make_plan(in_features: int, out_features: int, fft_size: int | None = None) -> Plan:
     """Choose the FFT length for a layer (or validate a requested one)."""
-    p, q = in_features, out_features
-    n = max(p, q)
-    if fft_size is None:
-        linear = fast_length(p + q - 1)
-        fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
-    elif fft_size != n and fft_size < p + q - 1:
-        raise ValueError(
-            f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
-            f"in_features + out_features - 1 = {p + q - 1} (linear), got {fft_size}"
-        )
-    return Plan(p, q, n, fft_size)
+    key = (in_features, out_features, fft_size)
+    plan = _PLANS.get(key)
+    if plan is None:
+        p, q = in_features, out_features
+        n = max(p, q)
+        if fft_size is None:
+            linear = fast_length(p + q - 1)
+            fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
+        elif fft_size != n and fft_size < p + q - 1:
+            raise ValueError(
+                f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
+                f"in_features + out_features - 1 = {p + q - 1} (linear), got {fft_size}"
+            )
+        plan = _PLANS[key] = Plan(p, q, n, fft_size)
+    return plan
 
 
 def use_dense(in_features: int, out_features: int, batch: int, device: torch.device) -> bool:
