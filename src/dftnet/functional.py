@@ -7,6 +7,8 @@ q x p matrix ``W[i, j] = w[(i + j) % n]`` (row i is w rotated left by i). ``dft_
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -122,10 +124,59 @@ def dft_linear(
     ):
         return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
     plan = make_plan(p, q, fft_size)
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
-        save_spectrum = plan.circular and not recompute_spectrum
-        out = DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
+    traced = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    if not traced and not _in_safe_range(input, weight):
+        out = _fft_guarded(input, weight, plan, recompute_spectrum)
     else:
-        out = dft_forward(input, weight, plan)  # inference: skip the autograd.Function overhead
+        out = _fft(input, weight, plan, recompute_spectrum)
     # ``out`` is a fresh tensor nobody saved: add the bias in place (a new large tensor costs page faults)
     return out if bias is None else out.add_(bias)
+
+
+# Inputs and weights whose magnitudes stay within 2^+-_SAFE_EXP give FFT sums that neither overflow nor
+# fall into denormals in float32 for any n up to 2^26; outside, see _fft_guarded.
+_SAFE_EXP = 40
+
+
+def _fft(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tensor:
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        save_spectrum = plan.circular and not recompute_spectrum
+        return DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
+    return dft_forward(input, weight, plan)  # inference: skip the autograd.Function overhead
+
+
+def _in_safe_range(input: Tensor, weight: Tensor) -> bool:
+    """One read of the input and one sync: are all values finite, and every row's and the weight's
+    largest magnitude moderate (or zero)?"""
+    big = 2.0 ** (_SAFE_EXP if input.dtype != torch.float64 else 16 * _SAFE_EXP)
+    row_max = torch.linalg.vector_norm(input.detach(), ord=math.inf, dim=-1).reshape(-1)
+    w_max = torch.linalg.vector_norm(weight.detach(), ord=math.inf)
+    inf = torch.full((), math.inf, dtype=row_max.dtype, device=row_max.device)
+    smallest = torch.stack([torch.where(row_max > 0, row_max, inf).amin(), torch.where(w_max > 0, w_max, inf)])
+    largest = torch.stack([row_max.amax(), w_max])
+    lo, hi = torch.stack([smallest.amin(), largest.amax()]).tolist()
+    return hi < big and lo > 1 / big  # False for nan and inf too
+
+
+def _fft_guarded(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tensor:
+    """The FFT route for extreme inputs, giving what the dense product would.
+
+    Non-finite entries (inf, nan) are taken out of the FFT, which would smear them over every output
+    as nan, and added back through the matching dense columns, so inf stays inf where the dense
+    product has inf. Each row and the weight are scaled by powers of two (exact) into a moderate
+    range before the FFT and the result scaled back, so huge or tiny values lose no precision.
+    """
+    finite = torch.isfinite(input)
+    clean = torch.where(finite, input, torch.zeros((), dtype=input.dtype, device=input.device))
+    row_exp = torch.frexp(clean.detach().abs().amax(-1, keepdim=True)).exponent
+    w_exp = torch.frexp(weight.detach().abs().amax()).exponent
+    out = _fft(torch.ldexp(clean, -row_exp), torch.ldexp(weight, -w_exp), plan, recompute_spectrum)
+    out = torch.ldexp(out, row_exp + w_exp)
+    if not bool(finite.all()):
+        rows = ~finite.all(-1)
+        W = dft_matrix(weight, plan.in_features, plan.out_features)
+        extreme = torch.where(finite, torch.zeros((), dtype=input.dtype, device=input.device), input)
+        fix = torch.zeros_like(out)
+        fix[rows] = torch.nn.functional.linear(extreme[rows], W)
+        out = out + fix
+    return out
