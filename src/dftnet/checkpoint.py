@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
 FORMAT = "dftnet-checkpoint-v1"
 
@@ -82,3 +82,46 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"got {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r})"
         )
     return obj
+
+
+SAFETENSORS_FORMAT = "dftnet-safetensors-v1"
+
+
+def save_safetensors(state_dict: dict, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Export weights as ``.safetensors`` (no code, zero-copy loadable anywhere), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": SAFETENSORS_FORMAT, **metadata})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_safetensors(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
+    """``(tensors, metadata)`` of a DFTnet ``.safetensors`` export, or :class:`CheckpointError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"weights file {path} is truncated or corrupt: {msg}") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"weights file {path} is not a DFTnet export (metadata format "
+                              f"{metadata.get('format')!r}, expected {SAFETENSORS_FORMAT!r})")
+    return tensors, metadata

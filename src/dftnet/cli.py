@@ -130,7 +130,8 @@ def _run_train(args) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt checkpoint (best.pt / last.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a .pt checkpoint (best.pt, last.pt) or a model.safetensors export")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=None,
                    help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", metavar="DIR")

@@ -5,15 +5,25 @@ from __future__ import annotations
 import torch
 
 from . import data as data_mod
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_safetensors
 from .train import build_model, evaluate, resolve_device
 
 __all__ = ["evaluate_checkpoint", "load_model", "format_confusion"]
 
 
 def load_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a checkpoint describes and load its weights (safely, ``weights_only=True``)."""
-    ck = load_checkpoint(path, map_location=device)
+    """Rebuild the model a checkpoint (``.pt``, loaded with ``weights_only=True``) or a ``.safetensors``
+    export describes, and load its weights."""
+    if str(path).endswith(".safetensors"):
+        tensors, meta = load_safetensors(path, device)
+        try:
+            widths = [int(w) for w in meta.get("widths", "").split(",")]
+        except ValueError:
+            raise CheckpointError(f"weights file {path}: bad widths in metadata: {meta.get('widths')!r}") from None
+        ck = {"model": {"kind": meta.get("kind"), "widths": widths}, "state_dict": tensors,
+              "dataset": meta.get("dataset", "mnist")}
+    else:
+        ck = load_checkpoint(path, map_location=device)
     spec = ck.get("model")
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or not spec.get("widths"):
         raise CheckpointError(f"checkpoint {path} does not describe a DFTnet MLP (model entry: {spec!r})")

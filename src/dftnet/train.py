@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import data as data_mod
 from . import distributed as dist_mod
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint, save_atomic, save_safetensors
 from .memory import peak_step_memory
 from .models import MLP, SEED_WIDTHS, parse_layer_spec
 
@@ -298,6 +298,10 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
     # The test set is evaluated once, with the epoch that validation chose.
     if (net_dir / "best.pt").exists():
         model.load_state_dict(load_checkpoint(net_dir / "best.pt", map_location=device)["state_dict"])
+    if ctx.is_main:
+        save_safetensors(model.state_dict(), net_dir / "model.safetensors", {
+            "kind": kind, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
+            "best_epoch": str(best["epoch"])})
     test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, ctx=ctx)
     full = [r for r in history if r["epoch_fraction"] == 1.0] or history
     memory = math.nan
@@ -441,5 +445,5 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
             plot_curves(history, out_dir / "curves.png")
     log("\n" + table + "\n")
     log(f"wrote {out_dir}/: config.json metrics.csv summary.json curves.png "
-        + " ".join(f"{k}/best.pt {k}/last.pt" for k in cfg.kinds))
+        + " ".join(f"{k}/best.pt {k}/last.pt {k}/model.safetensors" for k in cfg.kinds))
     return summary
