@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,16 @@ import torch
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
 FORMAT = "dftnet-checkpoint-v1"
+_SLOW_SAVE = float(os.environ.get("DFTNET_SLOW_SAVE", "0") or 0)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temp files a killed :func:`save_atomic` left behind (never the checkpoints themselves)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 class CheckpointError(RuntimeError):
@@ -35,6 +46,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if _SLOW_SAVE:  # test hook: widen the window a SIGKILL can hit
+            time.sleep(_SLOW_SAVE)
         os.replace(tmp, path)
     except BaseException:
         try:

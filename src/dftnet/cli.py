@@ -42,6 +42,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
 def _nonneg_int(text: str) -> int:
     try:
         value = int(text)
@@ -87,7 +97,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="peak learning rate of the one-cycle schedule (default: 3e-3 DFT, 1e-3 dense)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--label-smoothing", type=_nonneg_float, default=0.1, help="(default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-<dataset>)")
@@ -109,7 +120,7 @@ def _run_train(args) -> int:
     cfg = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, layer=args.layer,
         widths=args.widths or SEED_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device, out=args.out,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
         resume=args.resume, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
         recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
     )

@@ -168,10 +168,11 @@ def _fft_guarded(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) 
     """
     finite = torch.isfinite(input)
     clean = torch.where(finite, input, torch.zeros((), dtype=input.dtype, device=input.device))
-    row_exp = torch.frexp(clean.detach().abs().amax(-1, keepdim=True)).exponent
-    w_exp = torch.frexp(weight.detach().abs().amax()).exponent
-    out = _fft(torch.ldexp(clean, -row_exp), torch.ldexp(weight, -w_exp), plan, recompute_spectrum)
-    out = torch.ldexp(out, row_exp + w_exp)
+    # exact powers of two (torch.ldexp's backward loses negative exponents, so build the factors)
+    row_exp = torch.frexp(clean.detach().abs().amax(-1, keepdim=True)).exponent.to(input.dtype)
+    w_exp = torch.frexp(weight.detach().abs().amax()).exponent.to(input.dtype)
+    out = _fft(clean * torch.exp2(-row_exp), weight * torch.exp2(-w_exp), plan, recompute_spectrum)
+    out = out * torch.exp2(row_exp) * torch.exp2(w_exp)
     if not bool(finite.all()):
         rows = ~finite.all(-1)
         W = dft_matrix(weight, plan.in_features, plan.out_features)
