@@ -179,3 +179,26 @@ def test_bad_constructor_sizes(bad):
         DFTLinear(bad, 4)
     with pytest.raises(ValueError, match="out_features must be a positive integer"):
         DFTLinear(4, bad)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import torch.utils.checkpoint as cp
+
+    model = nn.Sequential(DFTLinear(50, 80, dtype=torch.float64), nn.ReLU(), DFTLinear(80, 7, dtype=torch.float64))
+    x = torch.randn(6, 50, dtype=torch.float64)
+    model(x).pow(2).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    cp.checkpoint(model, x, use_reentrant=False).pow(2).sum().backward()
+    for a, b in zip(ref, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b)
+
+
+def test_sign_flip_is_in_state_dict_and_dense_matrix():
+    a = DFTLinear(12, 9, sign_flip=True, dtype=torch.float64)
+    assert "sign" in a.state_dict() and set(a.sign.tolist()) <= {-1.0, 1.0}
+    x = torch.randn(3, 12, dtype=torch.float64)
+    torch.testing.assert_close(a(x), x @ a.to_dense().T + a.bias)
+    b = DFTLinear(12, 9, sign_flip=True, dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(x), b(x))

@@ -20,10 +20,19 @@ __all__ = ["dft_linear", "dft_matrix"]
 _METHODS = ("auto", "fft", "dense")
 
 
+_DENSE_INDEX: dict[tuple, Tensor] = {}
+
+
 def _dense_index(in_features: int, out_features: int, n: int, device) -> Tensor:
-    i = torch.arange(out_features, device=device).unsqueeze(1)
-    j = torch.arange(in_features, device=device).unsqueeze(0)
-    return (i + j) % n
+    key = (in_features, out_features, n, device)
+    idx = _DENSE_INDEX.get(key)
+    if idx is None:
+        i = torch.arange(out_features, device=device).unsqueeze(1)
+        j = torch.arange(in_features, device=device).unsqueeze(0)
+        idx = (i + j) % n
+        if in_features * out_features <= 2**22:  # keep small ones (the dense route's) for reuse
+            _DENSE_INDEX[key] = idx
+    return idx
 
 
 def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -146,15 +155,12 @@ def _fft(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tenso
 
 
 def _in_safe_range(input: Tensor, weight: Tensor) -> bool:
-    """One read of the input and one sync: are all values finite, and every row's and the weight's
-    largest magnitude moderate (or zero)?"""
+    """Two reductions and one sync: are all values finite, and every row's and the weight's largest
+    magnitude moderate and non-zero? (False sends the call to :func:`_fft_guarded`.)"""
     big = 2.0 ** (_SAFE_EXP if input.dtype != torch.float64 else 16 * _SAFE_EXP)
     row_max = torch.linalg.vector_norm(input.detach(), ord=math.inf, dim=-1).reshape(-1)
-    w_max = torch.linalg.vector_norm(weight.detach(), ord=math.inf)
-    inf = torch.full((), math.inf, dtype=row_max.dtype, device=row_max.device)
-    smallest = torch.stack([torch.where(row_max > 0, row_max, inf).amin(), torch.where(w_max > 0, w_max, inf)])
-    largest = torch.stack([row_max.amax(), w_max])
-    lo, hi = torch.stack([smallest.amin(), largest.amax()]).tolist()
+    w_max = torch.linalg.vector_norm(weight.detach(), ord=math.inf).reshape(1)
+    lo, hi = torch.stack(torch.aminmax(torch.cat([row_max, w_max]))).tolist()
     return hi < big and lo > 1 / big  # False for nan and inf too
 
 

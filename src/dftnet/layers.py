@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._signs import apply_signs, register_sign_buffer
+from ._signs import apply_signs, random_signs, register_sign_buffer
 
 __all__ = ["DFTLinear", "circulant_kaiming_"]
 
@@ -114,6 +114,9 @@ class DFTLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         circulant_kaiming_(self.weight, self.in_features, self.out_features)
+        if self.sign is not None:
+            with torch.no_grad():
+                self.sign.copy_(random_signs(self.in_features, device=self.sign.device, dtype=self.sign.dtype))
         if self.bias is not None:
             b = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -b, b)

@@ -1,0 +1,210 @@
+r"""Replace a model's ``nn.Linear`` layers by DFT / block-circulant layers nearest to their weights.
+
+The structured matrices of a given shape form a linear subspace (each weight entry is tied to one
+parameter), so the nearest one in the Frobenius norm is the orthogonal projection: each parameter
+becomes the MEAN of the dense entries tied to it. For the orientation ``W[i, j] = w[(i + j) % n]`` those
+are the wrapped anti-diagonals ``{(i, j): (i + j) mod n = m}``, within each k x k block for block layers,
+counting only real entries (the zero padding of partial blocks ties nothing):
+
+    w[r, c, m] = mean{ W[i, j] : i // k = r, j // k = c, (i + j) % k = m }
+
+For a DFT layer (one block, n = max(p, q)) one of the two sides spans a whole period, so every
+anti-diagonal has exactly min(p, q) entries. In a partial corner block (q' < k rows, p' < k columns) the
+count varies with m and is 0 for m > q' + p' - 2: such a parameter does not affect the matrix and is set to
+0 (the minimum-norm projection).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .block import BlockDFTLinear, BlockShape
+from .layers import DFTLinear
+
+__all__ = ["convert", "nearest_block_weight", "nearest_dft_weight"]
+
+_LAYERS = ("dft", "block")
+
+
+def _check_matrix(W) -> None:
+    if not isinstance(W, Tensor) or W.dim() != 2:
+        shape = tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__
+        raise ValueError(f"expected a 2-D weight matrix (out_features, in_features), got {shape}")
+
+
+@torch.no_grad()
+def nearest_block_weight(W: Tensor, block_size: int) -> Tensor:
+    """The ``(ceil(q/k), ceil(p/k), k)`` block weight nearest to the ``(q, p)`` matrix W (Frobenius norm).
+
+    Each ``w[r, c, m]`` is the mean of the real entries of block (r, c) on its wrapped anti-diagonal
+    ``(i + j) % k == m``, or 0 where there are none.
+    """
+    _check_matrix(W)
+    q, p = W.shape
+    k = block_size
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max(p, q):
+        raise ValueError(
+            f"block_size must be an integer in [1, max(in_features, out_features) = {max(p, q)}], got {k!r}"
+        )
+    shape = BlockShape(p, q, k)
+    R, C = shape.out_blocks, shape.in_blocks
+    work = W.double() if W.dtype == torch.float64 else W.float()
+    padded = torch.nn.functional.pad(work, (0, C * k - p, 0, R * k - q))
+    mask = torch.nn.functional.pad(torch.ones_like(work), (0, C * k - p, 0, R * k - q))
+    m = (torch.arange(k, device=W.device)[:, None] + torch.arange(k, device=W.device)[None, :]) % k
+    index = m.reshape(-1)
+
+    def diagonal_sums(t: Tensor) -> Tensor:  # (R k, C k) -> (R, C, k) sums over the wrapped anti-diagonals
+        blocks = t.reshape(R, k, C, k).permute(0, 2, 1, 3).reshape(R, C, k * k)
+        return blocks.new_zeros(R, C, k).index_add_(2, index, blocks)
+
+    sums, counts = diagonal_sums(padded), diagonal_sums(mask)
+    return (sums / counts.clamp_min(1)).to(W.dtype)
+
+
+def nearest_dft_weight(W: Tensor) -> Tensor:
+    """The ``(max(p, q),)`` DFT weight nearest to the ``(q, p)`` matrix W: its anti-diagonals' means."""
+    _check_matrix(W)
+    return nearest_block_weight(W, max(W.shape))[0, 0]
+
+
+def _relative_error(W: Tensor, W_struct: Tensor) -> float:
+    W, W_struct = W.double(), W_struct.double()
+    norm = torch.linalg.matrix_norm(W).item()
+    diff = torch.linalg.matrix_norm(W - W_struct).item()
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+@torch.no_grad()
+def _structured_from(linear: nn.Linear, layer: str, block_size: int | None, sign_flip: bool) -> nn.Module:
+    p, q = linear.in_features, linear.out_features
+    W = linear.weight.detach()
+    kwargs = {"bias": linear.bias is not None, "device": W.device, "dtype": W.dtype}
+    if sign_flip:
+        kwargs["sign_flip"] = True
+    new = DFTLinear(p, q, **kwargs) if layer == "dft" else BlockDFTLinear(p, q, block_size, **kwargs)
+    sign = getattr(new, "sign", None)
+    # W ~ S diag(sign)  <=>  W diag(sign) ~ S (diag(sign) is orthogonal and its own inverse)
+    target = W if sign is None else W * sign.to(W.dtype)
+    if layer == "dft":
+        new.weight.copy_(nearest_dft_weight(target))
+    else:
+        new.weight.copy_(nearest_block_weight(target, block_size))
+    if linear.bias is not None:
+        new.bias.copy_(linear.bias.detach())
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    if linear.bias is not None:
+        new.bias.requires_grad_(linear.bias.requires_grad)
+    new.train(linear.training)
+    return new
+
+
+def _tied_parameters(model: nn.Module) -> set[int]:
+    """ids of parameters registered in more than one module (e.g. an output layer tied to an embedding)."""
+    owners: dict[int, set[int]] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), set()).add(id(module))
+    return {pid for pid, mods in owners.items() if len(mods) > 1}
+
+
+def convert(
+    model: nn.Module,
+    layer: str = "dft",
+    block_size: int | None = None,
+    min_features: int = 16,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    *,
+    sign_flip: bool = False,
+) -> list[dict]:
+    """Replace, in place, the ``nn.Linear`` layers of ``model`` by structured layers nearest to them.
+
+    Every ``nn.Linear`` (and subclass) child is replaced by :class:`dftnet.DFTLinear` (``layer="dft"``)
+    or :class:`dftnet.block.BlockDFTLinear` (``layer="block"``) on the same device and dtype, with the
+    same bias, the same ``requires_grad`` and training mode, and the weight projected onto the
+    structured matrices (:func:`nearest_dft_weight`, :func:`nearest_block_weight`): the nearest
+    structured matrix in the Frobenius norm. Like ``torchao.quantization.quantize_(model, config,
+    filter_fn)``. A Linear registered at several places is replaced by one shared new module.
+
+    Skipped: layers with ``min(in_features, out_features) < min_features``; for ``layer="block"``,
+    layers smaller than one block (``max(in, out) < block_size``); layers for which
+    ``filter_fn(module, fully_qualified_name)`` is False; Linears owned by ``nn.MultiheadAttention``
+    (it reads ``out_proj.weight`` as a matrix); layers whose weight is tied to another module's (the
+    tie would silently break); lazy layers not yet initialised.
+
+    ``min_features`` defaults to 16: a q x p layer shrinks by a factor min(p, q) (DFT) or at most k
+    (block), so below 16 the saving is small in relative terms and tiny in absolute ones (at most
+    16 max(p, q) weights), while such layers are typically output heads and bottlenecks (a 10-class
+    classifier, a gate) where the approximation costs the most accuracy, and small layers run faster
+    dense than by FFT. Pass ``min_features=1`` to convert everything.
+
+    Args:
+        model: the model, modified in place (its root must not itself be an ``nn.Linear``).
+        layer: "dft" or "block".
+        block_size: k, required for ``layer="block"``.
+        min_features: skip layers with ``min(in_features, out_features)`` below this.
+        filter_fn: ``(module, name) -> bool``, convert only where True (after the other rules).
+        sign_flip: give the new layers a fixed random sign flip D (``y = S D x + b``), initialised to
+            the nearest ``S D`` (the projection of ``W D``).
+
+    Returns:
+        One dict per converted layer, in module order: ``name``, ``in_features``, ``out_features``,
+        ``layer``, ``block_size`` (n = max(p, q) for "dft"), ``params_before``, ``params_after``
+        (weights plus biases), ``rel_error`` = ``||W - W_struct||_F / ||W||_F``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Linear):
+        raise ValueError(
+            "convert: the model is itself an nn.Linear and cannot be replaced in place; wrap it in a module"
+        )
+    if layer not in _LAYERS:
+        raise ValueError(f"convert: layer must be one of {_LAYERS}, got {layer!r}")
+    if layer == "block":
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(
+                f"convert: layer='block' needs block_size, a positive integer, got {block_size!r}"
+            )
+    elif block_size is not None:
+        raise ValueError(f"convert: block_size is only for layer='block', got block_size={block_size!r}")
+    if isinstance(min_features, bool) or not isinstance(min_features, int) or min_features < 1:
+        raise ValueError(f"convert: min_features must be a positive integer, got {min_features!r}")
+
+    tied = _tied_parameters(model)
+    replaced: dict[int, nn.Module | None] = {}  # id(old Linear) -> new module, or None if skipped
+    report = []
+    for name, child in list(model.named_modules(remove_duplicate=False)):  # every occurrence, in module order
+        if not isinstance(child, nn.Linear) or not name:
+            continue
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if id(child) not in replaced:
+            replaced[id(child)] = None
+            p, q = child.in_features, child.out_features
+            if (
+                isinstance(parent, nn.MultiheadAttention)
+                or isinstance(child.weight, nn.parameter.UninitializedParameter)
+                or id(child.weight) in tied
+                or min(p, q) < min_features
+                or (layer == "block" and max(p, q) < block_size)
+                or (filter_fn is not None and not filter_fn(child, name))
+            ):
+                continue
+            new = _structured_from(child, layer, block_size, sign_flip)
+            replaced[id(child)] = new
+            report.append({
+                "name": name,
+                "in_features": p,
+                "out_features": q,
+                "layer": layer,
+                "block_size": block_size if layer == "block" else max(p, q),
+                "params_before": sum(t.numel() for t in child.parameters()),
+                "params_after": sum(t.numel() for t in new.parameters()),
+                "rel_error": _relative_error(child.weight, new.to_dense()),
+            })
+        if replaced[id(child)] is not None:
+            setattr(parent, child_name, replaced[id(child)])
+    return report

@@ -1,0 +1,402 @@
+"""BlockDFTLinear: every route equals the explicit block-circulant matrix; both ends; module behaviour."""
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+
+from dftnet import DFTLinear
+from dftnet.block import (
+    BlockDFTLinear,
+    apply_signs,
+    block_dft_linear,
+    block_matrix,
+    random_signs,
+    register_sign_buffer,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: MKL's OpenMP fan-out of every batched FFT costs more than it saves,
+    and on a busy machine each barrier waits for a time slice (~12 ms per FFT call with 2 threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def nblocks(m, k):
+    return -(-m // k)
+
+
+def reference_matrix(weight, p, q):
+    """Block (r, c) row i is w_rc rotated left by i, built with torch.roll (independent of block_matrix)."""
+    R, C, k = weight.shape
+    blocks = torch.stack([torch.roll(weight, -i, dims=-1) for i in range(k)], dim=-2)  # (R, C, k, k)
+    return blocks.permute(0, 2, 1, 3).reshape(R * k, C * k)[:q, :p]
+
+
+def check_against_dense(x, p, q, k, **call_kwargs):
+    """Forward, grad_input, grad_weight and grad_bias equal the dense product's (float64)."""
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    x = x.detach().requires_grad_(True)
+    y = block_dft_linear(x, w, b, q, **call_kwargs)
+    y_ref = x @ reference_matrix(w, p, q).T + b
+    assert y.shape == x.shape[:-1] + (q,)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
+    scale = max(1.0, y_ref.abs().max().item() if y_ref.numel() else 1.0)
+    torch.testing.assert_close(y, y_ref, atol=1e-10 * scale, rtol=0)
+    for got, ref in zip(grads, grads_ref):
+        gscale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
+        torch.testing.assert_close(got, ref, atol=1e-10 * gscale, rtol=0)
+
+
+def test_block_matrix_matches_definition():
+    for p, q, k in [(1, 1, 1), (5, 7, 3), (7, 5, 3), (8, 8, 4), (6, 2, 6), (10, 3, 1)]:
+        w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64)
+        W = block_matrix(w, p, q)
+        for i in range(q):
+            for j in range(p):
+                assert W[i, j] == w[i // k, j // k, (i + j) % k]
+        assert torch.equal(W, reference_matrix(w, p, q))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    p=st.integers(1, 100),
+    q=st.integers(1, 100),
+    lead=st.sampled_from([(), (0,), (2, 3)]),
+    data=st.data(),
+)
+def test_hypothesis_matches_dense(p, q, lead, data):
+    k = data.draw(st.integers(1, min(40, max(p, q))), label="k")
+    x = torch.randn(*lead, p, dtype=F64)
+    check_against_dense(x, p, q, k, method="fft")
+    check_against_dense(x, p, q, k, method="dense")
+    check_against_dense(x, p, q, k)  # auto
+
+
+@pytest.mark.parametrize(
+    "p,q,k", [(5, 8, 3), (8, 5, 3), (6, 6, 2), (7, 4, 7), (4, 9, 9), (5, 3, 1), (12, 12, 4)]
+)
+def test_gradcheck_and_gradgradcheck(p, q, k):
+    x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+
+    def f(x, w, b):
+        return block_dft_linear(x, w, b, q, method="fft")
+
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
+def test_gradient_penalty_matches_dense():
+    """A gradient penalty (create_graph=True) gives the same weight gradient as with the dense matrix."""
+    p, q, k = 11, 7, 4
+    w = torch.randn(2, 3, k, dtype=F64, requires_grad=True)
+    x = torch.randn(4, p, dtype=F64, requires_grad=True)
+
+    def penalised(fn):
+        y = torch.tanh(fn(x)).sum()
+        (gx,) = torch.autograd.grad(y, x, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
+
+    got = penalised(lambda x: block_dft_linear(x, w, None, q, method="fft"))
+    ref = penalised(lambda x: x @ block_matrix(w, p, q).T)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+# --- both ends: k = 1 is nn.Linear, one block is DFTLinear ---------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fft", "dense", "auto"])
+def test_block_size_one_is_a_dense_layer(method):
+    p, q = 13, 6
+    layer = BlockDFTLinear(p, q, 1, dtype=F64, method=method)
+    assert layer.weight.shape == (q, p, 1)
+    x = torch.randn(5, p, dtype=F64, requires_grad=True)
+    y = layer(x)
+    y_ref = nn.functional.linear(x, layer.weight[..., 0], layer.bias)
+    if method == "fft":
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-13)
+    else:
+        assert torch.equal(y, y_ref)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+    ref = torch.autograd.grad(y_ref, (x, layer.weight, layer.bias), g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("p,q", [(20, 30), (30, 20), (17, 17), (100, 1), (1, 64), (64, 96)])
+@pytest.mark.parametrize("method", ["fft", "auto"])
+def test_one_block_is_dft_linear(p, q, method):
+    n = max(p, q)
+    block = BlockDFTLinear(p, q, n, dtype=F64, method=method)
+    dft = DFTLinear(p, q, dtype=F64, method="fft" if method == "fft" else "auto")
+    assert block.weight.shape == (1, 1, n)
+    with torch.no_grad():
+        dft.weight.copy_(block.weight[0, 0])
+        dft.bias.copy_(block.bias)
+    torch.testing.assert_close(block.to_dense(), dft.to_dense(), rtol=0, atol=0)
+    x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
+    yb, yd = block(x), dft(x)
+    torch.testing.assert_close(yb, yd, rtol=0, atol=1e-12)
+    g = torch.randn_like(yb)
+    gb = torch.autograd.grad(yb, (x, block.weight, block.bias), g)
+    gd = torch.autograd.grad(yd, (x, dft.weight, dft.bias), g)
+    torch.testing.assert_close(gb[0], gd[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(gb[1][0, 0], gd[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(gb[2], gd[2], rtol=0, atol=1e-12)
+
+
+# --- the module ----------------------------------------------------------------------------------
+
+
+def test_parameters_and_repr():
+    layer = BlockDFTLinear(784, 4096, 64)
+    assert layer.weight.shape == (64, 13, 64)
+    assert layer.bias.shape == (4096,)
+    assert layer.sign is None
+    assert repr(layer) == "BlockDFTLinear(in_features=784, out_features=4096, block_size=64, bias=True)"
+    assert BlockDFTLinear(3, 2, 2, bias=False).bias is None
+    assert "sign_flip=True" in repr(BlockDFTLinear(9, 8, 4, sign_flip=True))
+    assert "method='fft'" in repr(BlockDFTLinear(9, 8, 4, method="fft"))
+
+
+def test_reset_parameters_and_init_statistics():
+    p, k = 256, 16
+    layer = BlockDFTLinear(p, 128, k)
+    before = layer.weight.detach().clone()
+    layer.reset_parameters()
+    assert not torch.equal(before, layer.weight)
+    assert layer.bias.abs().max() <= 1 / math.sqrt(p)
+    assert layer.weight.sum(-1).abs().max() < 1e-4  # zero DC gain per block
+    spectrum = torch.fft.rfft(layer.weight, dim=-1).abs()[..., 1:]
+    torch.testing.assert_close(spectrum, torch.full_like(spectrum, spectrum[0, 0, 0].item()))  # flat
+    assert 2 <= layer.weight.var().item() * p <= 2 / (1 - 1 / math.pi) + 0.01  # Var(w) = g / p, He-like
+
+
+@pytest.mark.parametrize("width,k", [(64, 8), (256, 16), (256, 3), (100, 16), (96, 2), (64, 64)])
+def test_deep_relu_stack_keeps_activation_scale(width, k):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x = torch.randn(512, width)
+        h = x
+        for _ in range(10):
+            h = torch.relu(BlockDFTLinear(width, width, k, bias=False)(h))
+        ratio = (h.pow(2).mean() / x.pow(2).mean()).sqrt().item()
+        assert 0.5 <= ratio <= 2.0, (seed, ratio)
+
+
+def test_non_square_stack_keeps_activation_scale():
+    torch.manual_seed(0)
+    widths = [50, 120, 77, 200, 64, 33, 90]
+    x = torch.randn(1024, widths[0])
+    h = x
+    for p, q in zip(widths, widths[1:]):
+        h = torch.relu(BlockDFTLinear(p, q, 16, bias=False)(h))
+    ratio = (h.pow(2).mean() / x.pow(2).mean()).sqrt().item()
+    assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_sign_flip():
+    p, q, k = 10, 7, 4
+    layer = BlockDFTLinear(p, q, k, dtype=F64, sign_flip=True)
+    assert layer.sign.shape == (p,) and layer.sign.dtype == F64
+    assert set(layer.sign.tolist()) <= {-1.0, 1.0}
+    torch.testing.assert_close(layer.to_dense(), block_matrix(layer.weight, p, q) @ torch.diag(layer.sign))
+    x = torch.randn(3, p, dtype=F64)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+    plain = BlockDFTLinear(p, q, k, dtype=F64)
+    plain.load_state_dict({n: t for n, t in layer.state_dict().items() if n != "sign"})
+    torch.testing.assert_close(plain(x * layer.sign), layer(x), rtol=0, atol=0)
+    signs = torch.stack([BlockDFTLinear(64, 8, 8, sign_flip=True).sign for _ in range(4)])
+    assert 0 < (signs > 0).sum() < signs.numel()
+    assert layer.float().sign.dtype == torch.float32
+
+
+def test_sign_helpers():
+    m = nn.Module()
+    register_sign_buffer(m, 5, False)
+    assert m.sign is None and "sign" not in m.state_dict()
+    register_sign_buffer(m, 5, True, dtype=torch.bfloat16)
+    assert m.sign.dtype == torch.bfloat16 and "sign" in m.state_dict()
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(apply_signs(x, m.sign), x * m.sign.float())
+    assert apply_signs(x, None) is x
+    g = torch.Generator().manual_seed(3)
+    g2 = torch.Generator().manual_seed(3)
+    assert torch.equal(random_signs(9, generator=g), random_signs(9, generator=g2))
+
+
+def test_state_dict_round_trip_with_signs():
+    a = BlockDFTLinear(30, 12, 5, sign_flip=True)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = BlockDFTLinear(30, 12, 5, sign_flip=True)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(a.sign, b.sign)
+    x = torch.randn(4, 30)
+    assert torch.equal(a(x), b(x))
+    with pytest.raises(RuntimeError, match="sign"):
+        BlockDFTLinear(30, 12, 5).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["fft", "auto"])
+def test_dtypes(device, dtype, method):
+    layer = BlockDFTLinear(40, 24, 8, device=device, dtype=dtype, method=method, sign_flip=True)
+    x = torch.randn(3, 40, device=device, dtype=dtype)
+    y = layer(x)
+    assert y.dtype == dtype and y.device.type == device.type
+    ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
+    assert ((y.double() - ref).abs().max() / ref.abs().max()) <= tol
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == dtype
+
+
+def test_autocast_returns_autocast_dtype_and_fp32_accuracy():
+    layer = BlockDFTLinear(64, 96, 16, method="fft")
+    x = torch.randn(4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y.float().sum().backward()
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), rtol=1e-2, atol=1e-2)
+    assert layer.weight.grad.dtype == torch.float32
+
+
+def test_leading_shapes():
+    layer = BlockDFTLinear(10, 6, 4, method="fft")
+    for shape in [(10,), (0, 10), (2, 3, 10), (1, 1, 1, 10)]:
+        x = torch.randn(*shape, requires_grad=True)
+        y = layer(x)
+        assert y.shape == shape[:-1] + (6,)
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def test_torch_compile_same_results():
+    """Traced whole (fullgraph) through dynamo and AOT autograd; "aot_eager" skips inductor's C++ build."""
+    layer = BlockDFTLinear(50, 36, 8, method="fft", sign_flip=True)
+    x = torch.randn(8, 50, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y_eager = layer(x)
+    gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.weight))
+    y_comp = compiled(x)
+    gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.weight))
+    torch.testing.assert_close(y_comp, y_eager)
+    torch.testing.assert_close(gx_comp, gx_eager)
+    torch.testing.assert_close(gw_comp, gw_eager)
+
+
+def test_torch_func_grad_vmap_jacrev():
+    from torch.func import grad, jacrev, vmap
+
+    p, q, k = 7, 5, 3
+    w = torch.randn(2, 3, k, dtype=F64)
+    x = torch.randn(4, p, dtype=F64)
+
+    def loss(w, x):
+        return block_dft_linear(x, w, None, q, method="fft").pow(2).sum()
+
+    w_ = w.clone().requires_grad_(True)
+    loss(w_, x).backward()
+    torch.testing.assert_close(grad(loss)(w, x), w_.grad)
+    per_example = vmap(grad(loss), in_dims=(None, 0))(w, x.unsqueeze(1))
+    torch.testing.assert_close(per_example.sum(0), w_.grad)
+    J = jacrev(lambda v: block_dft_linear(v, w, None, q, method="fft"))(x[0])
+    torch.testing.assert_close(J, block_matrix(w, p, q))
+
+
+def test_trains_in_sequential():
+    model = nn.Sequential(BlockDFTLinear(20, 32, 8), nn.ReLU(), BlockDFTLinear(32, 5, 4, sign_flip=True))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    losses = []
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True, None])
+def test_bad_constructor_sizes(bad):
+    with pytest.raises(ValueError, match=f"in_features must be a positive integer, got {bad!r}"):
+        BlockDFTLinear(bad, 4, 2)
+    with pytest.raises(ValueError, match=f"out_features must be a positive integer, got {bad!r}"):
+        BlockDFTLinear(4, bad, 2)
+    with pytest.raises(ValueError, match=f"block_size must be a positive integer, got {bad!r}"):
+        BlockDFTLinear(4, 4, bad)
+
+
+def test_block_size_larger_than_the_layer():
+    with pytest.raises(ValueError, match=r"at most max\(in_features, out_features\) = 6, got 7"):
+        BlockDFTLinear(6, 3, 7)
+    with pytest.raises(ValueError, match="method must be"):
+        BlockDFTLinear(6, 3, 2, method="fast")
+
+
+def test_wrong_last_dimension():
+    layer = BlockDFTLinear(10, 6, 3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(\*, 10\), got \(3, 9\)"):
+        layer(torch.randn(3, 9))
+    with pytest.raises(ValueError, match="0-d"):
+        block_dft_linear(torch.tensor(1.0), torch.randn(1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_real_float_input_is_a_type_error(dtype):
+    for layer in (BlockDFTLinear(4, 4, 2), BlockDFTLinear(4, 4, 2, sign_flip=True)):
+        with pytest.raises(TypeError, match=f"real floating-point input, got dtype {dtype}"):
+            layer(torch.zeros(2, 4, dtype=dtype))
+
+
+def test_dtype_mismatch_is_a_type_error():
+    layer = BlockDFTLinear(4, 4, 2)
+    with pytest.raises(TypeError, match="input torch.float64, weight torch.float32"):
+        layer(torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_device_mismatch_is_a_value_error():
+    w = torch.randn(2, 2, 2, device="meta")
+    with pytest.raises(ValueError, match="expected weight on the input's device cpu, got meta"):
+        block_dft_linear(torch.randn(2, 4), w)
+
+
+def test_functional_shape_errors():
+    with pytest.raises(ValueError, match=r"needs in_features in \[5, 8\] and out_features in \[5, 8\]"):
+        block_dft_linear(torch.randn(2, 9), torch.randn(2, 2, 4), out_features=6)
+    with pytest.raises(ValueError, match="out_features in"):
+        block_dft_linear(torch.randn(2, 8), torch.randn(2, 2, 4), out_features=3)
+    with pytest.raises(ValueError, match="3-D weight"):
+        block_dft_linear(torch.randn(2, 4), torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"bias of shape \(8,\), got \(3,\)"):
+        block_dft_linear(torch.randn(2, 8), torch.randn(2, 2, 4), torch.randn(3))
+    with pytest.raises(ValueError, match="block_size must be at most"):
+        block_dft_linear(torch.randn(2, 3), torch.randn(1, 1, 8), out_features=5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        block_dft_linear(torch.randn(2, 8), torch.randn(2, 2, 4), method="fast")
+    with pytest.raises(ValueError, match="does not tile"):
+        block_matrix(torch.randn(2, 2, 4), 9, 8)
