@@ -57,26 +57,17 @@ def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size).conj().resolve_conj()
 
 
-_REVERSE: dict[tuple, torch.Tensor] = {}
-
-
-def _reverse_index(L: int, length: int, device: torch.device) -> torch.Tensor:
-    key = (L, length, device)
-    idx = _REVERSE.get(key)
-    if idx is None:
-        idx = _REVERSE[key] = (-torch.arange(length, device=device)) % L
-    return idx
-
-
 def _correlate(spectrum: torch.Tensor, cWf: torch.Tensor, L: int, length: int) -> torch.Tensor:
     """``irfft(conj(spectrum) * Wf, L)[..., :length]``, without conjugating the big spectrum.
 
     For real signals ``irfft(conj(Y))[m] = irfft(Y)[-m mod L]``, so we transform
-    ``Y = spectrum * conj(Wf)`` and read its outputs in reverse order (a gather, which also
-    makes the truncated result contiguous).
+    ``Y = spectrum * conj(Wf)`` and read its outputs in reverse order (one copy, which also makes
+    the truncated result contiguous).
     """
     z = torch.fft.irfft(spectrum * cWf, L)
-    return z.index_select(-1, _reverse_index(L, length, z.device))
+    if length == 1:
+        return z[..., :1].clone()
+    return torch.cat([z[..., :1], z[..., L - length + 1 :].flip(-1)], -1)  # z[-i mod L], i < length
 
 
 def _sum_leading(t: torch.Tensor) -> torch.Tensor:
