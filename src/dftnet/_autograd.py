@@ -164,3 +164,64 @@ class DFTWeightGradFunction(Function):
         if need_x:
             dx = DFTLinearFunction.apply(grad_out, u, transpose_plan(plan), False)[0]
         return dg, dx, None
+
+
+def _dense_matrix(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
+    from .functional import dft_matrix
+
+    return dft_matrix(weight, p, q)
+
+
+def _fold_dense_grad(gW: torch.Tensor, n: int) -> torch.Tensor:
+    """Adjoint of the gather W[i, j] = w[(i + j) % n]: sum each entry of gW into bin (i + j) % n."""
+    from .functional import _dense_index
+
+    q, p = gW.shape
+    idx = _dense_index(p, q, n, gW.device).reshape(-1)
+    return torch.zeros(n, dtype=gW.dtype, device=gW.device).index_add_(0, idx, gW.reshape(-1))
+
+
+class DenseDFTFunction(Function):
+    """The dense route, ``x @ W^T`` with the materialised matrix, saving only x and w (not W).
+
+    W is rebuilt in backward (a gather of q * p values), so the route never keeps more than the
+    FFT route for backward, whatever the batch.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, p: int, q: int):
+        return x @ _dense_matrix(weight, p, q).T
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, p, q = inputs
+        ctx.shape = (p, q)
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        p, q = ctx.shape
+        need_x, need_w = ctx.needs_input_grad[:2]
+        gx = gw = None
+        if torch.is_grad_enabled():  # create_graph: differentiable pieces
+            W = _dense_matrix(weight, p, q)
+            if need_x:
+                gx = g @ W
+            if need_w:
+                gW = g.reshape(-1, q).T @ x.reshape(-1, p)
+                gw = torch.zeros_like(weight).index_add(0, _dense_idx_flat(p, q, weight), gW.reshape(-1))
+            return gx, gw, None, None
+        if need_x:
+            gx = g @ _dense_matrix(weight, p, q)
+        if need_w:
+            gw = _fold_dense_grad(g.reshape(-1, q).T @ x.reshape(-1, p), weight.shape[0])
+        return gx, gw, None, None
+
+
+def _dense_idx_flat(p: int, q: int, weight: torch.Tensor) -> torch.Tensor:
+    from .functional import _dense_index
+
+    return _dense_index(p, q, weight.shape[0], weight.device).reshape(-1)

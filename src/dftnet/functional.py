@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._autograd import DFTLinearFunction, dft_forward
+from ._autograd import DenseDFTFunction, DFTLinearFunction, dft_forward
 from .plan import make_plan, use_dense
 
 __all__ = ["dft_linear", "dft_matrix"]
@@ -131,7 +131,13 @@ def dft_linear(
     if method == "dense" or input.numel() == 0 or (
         method == "auto" and fft_size is None and use_dense(p, q, input.numel() // p, input.device)
     ):
-        return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
+        if method == "dense" or input.numel() == 0 or torch._C._are_functorch_transforms_active() or not (
+            torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+        ):
+            return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
+        # auto-chosen dense route while training: same product, but keep only x and w for backward
+        out = DenseDFTFunction.apply(input, weight, p, q)
+        return out if bias is None else out + bias
     plan = make_plan(p, q, fft_size)
     traced = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
     if not traced and not _in_safe_range(input, weight):
