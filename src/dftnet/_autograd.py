@@ -172,13 +172,24 @@ def _dense_matrix(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
     return dft_matrix(weight, p, q)
 
 
-def _fold_dense_grad(gW: torch.Tensor, n: int) -> torch.Tensor:
-    """Adjoint of the gather W[i, j] = w[(i + j) % n]: sum each entry of gW into bin (i + j) % n."""
-    from .functional import _dense_index
+def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
+    """The q x p matrix ``w[(i + j) % n]`` as a strided view of ``[w, w]`` (row i starts at i):
+    no index tensor, no gather. Not for autograd (use ``dft_matrix`` there)."""
+    return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
 
+
+def _fold_dense_grad(gW: torch.Tensor, n: int) -> torch.Tensor:
+    """Adjoint of W[i, j] = w[(i + j) % n]: sum the anti-diagonals of gW, then fold modulo n.
+
+    Skew trick: pad each row with q zeros, flatten, and re-read with row length p + q - 1, so that
+    entry (i, j) lands in column i + j; a column sum gives the anti-diagonal sums.
+    """
     q, p = gW.shape
-    idx = _dense_index(p, q, n, gW.device).reshape(-1)
-    return torch.zeros(n, dtype=gW.dtype, device=gW.device).index_add_(0, idx, gW.reshape(-1))
+    width = p + q - 1
+    skewed = torch.nn.functional.pad(gW, (0, q)).reshape(-1)[: q * width].reshape(q, width)
+    diag = skewed.sum(0)  # diag[m] = sum_{i + j = m} gW[i, j]
+    reps = -(-width // n)
+    return torch.nn.functional.pad(diag, (0, reps * n - width)).reshape(reps, n).sum(0)
 
 
 class DenseDFTFunction(Function):
@@ -192,7 +203,7 @@ class DenseDFTFunction(Function):
 
     @staticmethod
     def forward(x, weight, p: int, q: int):
-        return x @ _dense_matrix(weight, p, q).T
+        return x @ circulant_view(weight, p, q).T
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -215,7 +226,7 @@ class DenseDFTFunction(Function):
                 gw = torch.zeros_like(weight).index_add(0, _dense_idx_flat(p, q, weight), gW.reshape(-1))
             return gx, gw, None, None
         if need_x:
-            gx = g @ _dense_matrix(weight, p, q)
+            gx = g @ circulant_view(weight, p, q)
         if need_w:
             gw = _fold_dense_grad(g.reshape(-1, q).T @ x.reshape(-1, p), weight.shape[0])
         return gx, gw, None, None

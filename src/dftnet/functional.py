@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._autograd import DenseDFTFunction, DFTLinearFunction, dft_forward
+from ._autograd import DenseDFTFunction, DFTLinearFunction, circulant_view, dft_forward
 from .plan import make_plan, use_dense
 
 __all__ = ["dft_linear", "dft_matrix"]
@@ -131,9 +131,9 @@ def dft_linear(
     if method == "dense" or input.numel() == 0 or (
         method == "auto" and fft_size is None and use_dense(p, q, input.numel() // p, input.device)
     ):
-        if method == "dense" or input.numel() == 0 or torch._C._are_functorch_transforms_active() or not (
-            torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        ):
+        if not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)):
+            return torch.nn.functional.linear(input, circulant_view(weight, p, q), bias)  # inference
+        if method == "dense" or input.numel() == 0 or torch._C._are_functorch_transforms_active():
             return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)
         # auto-chosen dense route while training: same product, but keep only x and w for backward
         out = DenseDFTFunction.apply(input, weight, p, q)
