@@ -33,15 +33,15 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def rows():
-    # 16 and 64: the dense route (tiny layers); 100x50: non-square, FFT route.
-    return bench.sweep([16, 64, "100x50"], [1, 3], device="cpu", repeats=1, budget=0.01)
+    # 16 and 64: the dense route (tiny layers); 1024x600: non-square, FFT route.
+    return bench.sweep([16, 64, "1024x600"], [1, 3], device="cpu", repeats=1, budget=0.01)
 
 
 def test_sweep_rows_have_fields_and_positive_times(rows):
     assert len(rows) == 3 * 2 * 2
     assert [(r["p"], r["batch"], r["mode"]) for r in rows[:3]] == [(16, 1, "fwd"), (16, 1, "fwd+bwd"),
                                                                    (16, 3, "fwd")]
-    assert {(r["p"], r["q"]) for r in rows} == {(16, 16), (64, 64), (100, 50)}
+    assert {(r["p"], r["q"]) for r in rows} == {(16, 16), (64, 64), (1024, 600)}
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
         assert set(bench.CSV_FIELDS) <= set(r)
@@ -69,7 +69,7 @@ def test_table_is_aligned(rows):
     assert "dftnet ms" in lines[0] and "lin/dft" in lines[0]
     assert len({len(l) for l in lines[2:]}) == 1  # same-width lines
     assert lines[2].startswith("16 ")
-    assert any(l.startswith("100x50") for l in lines)
+    assert any(l.startswith("1024x600") for l in lines)
     mins = bench.format_table(rows, stat="min").splitlines()
     assert len(mins) == len(lines) and mins[0] == lines[0]
     with pytest.raises(ValueError, match="average"):
