@@ -112,15 +112,21 @@ def make_plan(in_features: int, out_features: int, fft_size: int | None = None) 
     return plan
 
 
-# Measured with `dftnet bench` on 2 CPU cores (README): nn.Linear beats the FFT route up to 256 x 256 and
-# for 785 x 300 (2.4e5 weights) at batch 8 and 128; the FFT wins from 1024 x 1024 (1e6) on, by 1.4-3.7x.
-_DENSE_MAX_ENTRIES = 2**18
+# Measured with `dftnet bench` on 2 CPU cores (README; nn.Linear as the dense route's proxy):
+# forward+backward, batch 128: dense wins up to 256 x 256 (0.84 vs 1.40 ms), the FFT from 512 x 512
+# (1.91 vs 2.42 ms) and for 785 x 300 (3.1 ms FFT vs 4.7 ms dense route); batch 8: dense wins up to
+# 512 x 512 and for 785 x 300 (0.6 vs 1.0 ms), the FFT from 1024 x 1024 (1.1 vs 2.1 ms).
+_DENSE_MAX_ENTRIES_LARGE_BATCH = 2**16
+_DENSE_MAX_ENTRIES_SMALL_BATCH = 2**18
+_SMALL_BATCH = 32
 
 
 def use_dense(in_features: int, out_features: int, batch: int, device: torch.device) -> bool:
     """Whether multiplying by the materialised q x p matrix is faster than the FFT route.
 
-    Below about 2^18 matrix entries the FFT's fixed costs (plan, spectra, several kernel launches)
-    exceed a small matmul's. Measured on CPU; on CUDA the same rule is used (not measured here).
+    For small matrices the FFT's fixed costs (spectra, several kernel launches) exceed a matmul's; the
+    more rows per call, the sooner the FFT's O(n log n) per row wins. Measured on CPU; on CUDA the
+    same rule is used (not measured here).
     """
-    return in_features * out_features <= _DENSE_MAX_ENTRIES
+    limit = _DENSE_MAX_ENTRIES_SMALL_BATCH if batch <= _SMALL_BATCH else _DENSE_MAX_ENTRIES_LARGE_BATCH
+    return in_features * out_features <= limit
