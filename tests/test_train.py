@@ -25,6 +25,8 @@ def test_mlp_shapes_and_kinds():
         assert not isinstance(m[-1], torch.nn.ReLU)
     with pytest.raises(ValueError, match="layer must be one of"):
         MLP(layer="conv")
+    m = MLP.from_spec("block-128", (784, 32, 10))  # layers narrower than a block: one block
+    assert m[-1].block_size == 32 and m(torch.randn(2, 784)).shape == (2, 10)
 
 
 def test_one_epoch_lowers_the_loss(tmp_path):

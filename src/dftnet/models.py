@@ -80,7 +80,10 @@ class MLP(nn.Sequential):
         for i, (p, q) in enumerate(zip(widths[:-1], widths[1:])):
             if i:
                 modules.append(nn.ReLU())
-            modules.append(cls(p, q, bias=bias, device=device, dtype=dtype, **layer_kwargs))
+            kwargs = dict(layer_kwargs)
+            if layer == "block":  # a layer narrower than the block size is a single circulant block
+                kwargs["block_size"] = min(kwargs["block_size"], max(p, q))
+            modules.append(cls(p, q, bias=bias, device=device, dtype=dtype, **kwargs))
         super().__init__(*modules)
         self.widths = widths
         self.layer = layer
