@@ -386,10 +386,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind, color in (("dft", "tab:blue"), ("dense", "tab:orange")):
+    kinds = list(dict.fromkeys(r["layer"] for r in history))  # in order of appearance
+    colors = {"dft": "tab:blue", "dense": "tab:orange"}
+    for i, kind in enumerate(kinds):
+        color = colors.get(kind, f"C{i + 2}")
         rows = [r for r in history if r["layer"] == kind]
-        if not rows:
-            continue
         ep = [r["epoch"] for r in rows]
         ax_loss.plot(ep, [r["train_loss"] for r in rows], "--", color=color, label=f"{kind} train")
         ax_loss.plot(ep, [r["val_loss"] for r in rows], "-o", color=color, ms=3, label=f"{kind} val")
