@@ -157,3 +157,18 @@ def test_module_matches_its_dense_matrix(device):
     layer.zero_grad()
     (x @ layer.to_dense().T + layer.bias).pow(2).sum().backward()
     torch.testing.assert_close(w_grad, layer.weight.grad)
+
+
+def test_create_graph_with_constant_input_matches_dense():
+    """The data batch (no grad) is not saved; the double-backward path rebuilds it from its spectrum."""
+    p, q = 12, 9
+    w = torch.randn(12, dtype=F64, requires_grad=True)
+    x = torch.randn(5, p, dtype=F64)
+
+    def penalty(fn):
+        (gw,) = torch.autograd.grad(torch.tanh(fn()).sum(), w, create_graph=True)
+        return torch.autograd.grad(gw.pow(2).sum(), w)[0]
+
+    got = penalty(lambda: dft_linear(x, w, None, q, method="fft"))
+    ref = penalty(lambda: x @ dft_matrix(w, p, q).T)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11)

@@ -104,7 +104,10 @@ class DFTLinearFunction(Function):
         _, X, cWf = output
         ctx.plan = plan
         ctx.mark_non_differentiable(X, cWf)
-        ctx.save_for_backward(x, weight, cWf, X if save_spectrum else None)
+        # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
+        # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
+        keep_x = not save_spectrum or x.requires_grad
+        ctx.save_for_backward(x if keep_x else None, weight, cWf, X if save_spectrum else None)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_X, _grad_Wf):
@@ -117,6 +120,8 @@ class DFTLinearFunction(Function):
             if need_x:
                 grad_x = DFTLinearFunction.apply(grad_out, weight, transpose_plan(plan), False)[0]
             if need_w:
+                if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
+                    x = torch.fft.irfft(X, plan.fft_size)[..., : plan.in_features]
                 grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
             return grad_x, grad_w, None, None
         L = plan.fft_size

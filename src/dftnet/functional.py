@@ -161,15 +161,17 @@ def _fft(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tenso
 
 
 def _in_safe_range(input: Tensor, weight: Tensor) -> bool:
-    """Two reductions and one sync: are all values finite, and every row's and the weight's largest
-    magnitude moderate and non-zero? (False sends the call to :func:`_fft_guarded`.)"""
+    """Two reductions and one sync: are all values finite, and every non-zero row's and the weight's
+    largest magnitude moderate? (False sends the call to :func:`_fft_guarded`.)"""
     big = 2.0 ** (_SAFE_EXP if input.dtype != torch.float64 else 16 * _SAFE_EXP)
     x, w = input.detach(), weight.detach()
     # max |x| per row from amax and amin: ~10x faster than vector_norm(ord=inf) on CPU (measured)
     row_max = torch.maximum(x.amax(-1), -x.amin(-1)).reshape(-1)
     w_max = torch.maximum(w.amax(), -w.amin()).reshape(1)
-    lo, hi = torch.stack(torch.aminmax(torch.cat([row_max, w_max]))).tolist()
-    return hi < big and lo > 1 / big  # False for nan and inf too
+    maxima = torch.cat([row_max, w_max])
+    nonzero = torch.where(maxima > 0, maxima, torch.full_like(maxima, math.inf))  # zero rows are safe
+    lo, hi = torch.stack([nonzero.amin(), maxima.amax()]).tolist()
+    return hi < big and lo > 1 / big  # False for nan and inf too (amax propagates nan)
 
 
 def _fft_guarded(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tensor:
