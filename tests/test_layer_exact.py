@@ -96,6 +96,20 @@ def test_gradcheck_and_gradgradcheck(p, q, L, recompute):
     assert gradgradcheck(f, (x, w, b))
 
 
+@pytest.mark.parametrize("p,q", [(5, 8), (8, 5), (6, 6), (1, 4)])
+def test_gradgradcheck_auto_dense_route(p, q):
+    """Small layers while training take DenseDFTFunction; its backward must be twice differentiable."""
+    x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
+    w = torch.randn(max(p, q), dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+
+    def f(x, w, b):
+        return dft_linear(x, w, b, q)  # auto: dense route at this size
+
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
 def test_gradgradcheck_dense_path():
     x = torch.randn(3, 4, dtype=F64, requires_grad=True)
     w = torch.randn(6, dtype=F64, requires_grad=True)

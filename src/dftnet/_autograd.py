@@ -171,15 +171,9 @@ class DFTWeightGradFunction(Function):
         return dg, dx, None
 
 
-def _dense_matrix(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
-    from .functional import dft_matrix
-
-    return dft_matrix(weight, p, q)
-
-
 def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
     """The q x p matrix ``w[(i + j) % n]`` as a strided view of ``[w, w]`` (row i starts at i):
-    no index tensor, no gather. Not for autograd (use ``dft_matrix`` there)."""
+    no index tensor, no gather. Differentiable (cat and as_strided), so double backward can use it."""
     return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
 
 
@@ -200,8 +194,9 @@ def _fold_dense_grad(gW: torch.Tensor, n: int) -> torch.Tensor:
 class DenseDFTFunction(Function):
     """The dense route, ``x @ W^T`` with the materialised matrix, saving only x and w (not W).
 
-    W is rebuilt in backward (a gather of q * p values), so the route never keeps more than the
-    FFT route for backward, whatever the batch.
+    W is rebuilt in backward (a strided copy of q * p values), so the route never keeps more than
+    the FFT route for backward, whatever the batch. Backward is built from differentiable ops, so
+    the same code serves double backward.
     """
 
     generate_vmap_rule = True
@@ -222,22 +217,8 @@ class DenseDFTFunction(Function):
         p, q = ctx.shape
         need_x, need_w = ctx.needs_input_grad[:2]
         gx = gw = None
-        if torch.is_grad_enabled():  # create_graph: differentiable pieces
-            W = _dense_matrix(weight, p, q)
-            if need_x:
-                gx = g @ W
-            if need_w:
-                gW = g.reshape(-1, q).T @ x.reshape(-1, p)
-                gw = torch.zeros_like(weight).index_add(0, _dense_idx_flat(p, q, weight), gW.reshape(-1))
-            return gx, gw, None, None
         if need_x:
             gx = g @ circulant_view(weight, p, q)
         if need_w:
             gw = _fold_dense_grad(g.reshape(-1, q).T @ x.reshape(-1, p), weight.shape[0])
         return gx, gw, None, None
-
-
-def _dense_idx_flat(p: int, q: int, weight: torch.Tensor) -> torch.Tensor:
-    from .functional import _dense_index
-
-    return _dense_index(p, q, weight.shape[0], weight.device).reshape(-1)
