@@ -106,15 +106,17 @@ def dft_linear(
     q = _check(input, weight, bias, out_features)
     if method not in _METHODS:
         raise ValueError(f"dft_linear: method must be one of {_METHODS}, got {method!r}")
+    def in_float32(out_dtype: torch.dtype) -> Tensor:
+        out = dft_linear(
+            input.float(), weight.float(), None if bias is None else bias.float(), q,
+            fft_size=fft_size, method=method, recompute_spectrum=recompute_spectrum,
+        )
+        return out.to(out_dtype)
+
     device_type = input.device.type
     if torch.is_autocast_enabled(device_type) and input.dtype != torch.float64:
-        out_dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
-            out = dft_linear(
-                input.float(), weight.float(), None if bias is None else bias.float(), q,
-                fft_size=fft_size, method=method, recompute_spectrum=recompute_spectrum,
-            )
-        return out.to(out_dtype)
+            return in_float32(torch.get_autocast_dtype(device_type))
     if input.dtype != weight.dtype or (bias is not None and bias.dtype != input.dtype):
         raise TypeError(
             f"dft_linear: expected input, weight and bias of one dtype, got input {input.dtype}, "
@@ -122,11 +124,7 @@ def dft_linear(
         )
     if input.dtype in (torch.float16, torch.bfloat16) and method != "dense":
         # FFTs of half types are unsupported on CPU and power-of-two only on CUDA: compute in float32.
-        out = dft_linear(
-            input.float(), weight.float(), None if bias is None else bias.float(), q,
-            fft_size=fft_size, method=method, recompute_spectrum=recompute_spectrum,
-        )
-        return out.to(input.dtype)
+        return in_float32(input.dtype)
     p = input.shape[-1]
     if method == "dense" or input.numel() == 0 or (
         method == "auto" and fft_size is None and use_dense(p, q, input.numel() // p, input.device)
