@@ -82,6 +82,37 @@ def test_explicit_shapes_match_dense(p, q):
         check_against_dense(x, {}, p, q, method="fft", fft_size=L)
 
 
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Make the fast kernels split every batch into chunks of 3 rows (a partial last chunk included)."""
+    import dftnet._autograd as kernels
+
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "MIN_CHUNK_ROWS", 3)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("lead", [(2,), (3,), (10,), (2, 5), (7,)])
+@pytest.mark.parametrize("p,q", [(6, 6), (5, 8), (8, 5), (33, 20), (20, 33)])
+def test_chunked_kernels_match_dense(tiny_chunks, p, q, lead, recompute):
+    x = torch.randn(*lead, p, dtype=F64)
+    for L in routes(p, q):
+        check_against_dense(x, {}, p, q, method="fft", fft_size=L, recompute_spectrum=recompute)
+        # a non-contiguous input, no bias, and a constant input (only the weight's gradient)
+        xt = torch.randn(p, *lead, dtype=F64).movedim(0, -1)
+        w = torch.randn(max(p, q), dtype=F64, requires_grad=True)
+        y = dft_linear(xt, w, None, q, method="fft", fft_size=L, recompute_spectrum=recompute)
+        y_ref = xt @ dft_matrix(w, p, q).T
+        torch.testing.assert_close(y, y_ref, atol=1e-10 * y_ref.abs().max().item(), rtol=0)
+        g = torch.randn_like(y)
+        (gw,) = torch.autograd.grad(y, w, g)
+        (gw_ref,) = torch.autograd.grad(y_ref, w, g)
+        torch.testing.assert_close(gw, gw_ref, atol=1e-10 * gw_ref.abs().max().item(), rtol=0)
+        with torch.no_grad():  # the inference kernel
+            torch.testing.assert_close(dft_linear(xt, w, None, q, method="fft", fft_size=L), y_ref.detach(),
+                                       atol=1e-10 * y_ref.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("p,q,L", [(5, 8, None), (8, 5, None), (6, 6, None), (5, 8, 12), (8, 5, 16), (7, 7, 13)])
 def test_gradcheck_and_gradgradcheck(p, q, L, recompute):

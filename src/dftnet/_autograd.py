@@ -57,84 +57,204 @@ def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size).conj().resolve_conj()
 
 
-def _correlate(spectrum: torch.Tensor, cWf: torch.Tensor, L: int, length: int) -> torch.Tensor:
-    """``irfft(conj(spectrum) * Wf, L)[..., :length]``, without conjugating the big spectrum.
+# Row chunks: the fast kernels transform CHUNK_BYTES of spectrum at a time, so a chunk's spectra stay in the
+# last-level cache between its FFTs and its elementwise passes, and no (batch, L) temporary is allocated
+# beyond the result and the saved spectrum (fresh large allocations cost page faults on CPU). A chunk has at
+# least MIN_CHUNK_ROWS rows: every FFT call has a fixed cost of O(L). Measured with `dftnet bench`.
+CHUNK_BYTES = 16 << 20
+MIN_CHUNK_ROWS = 8
 
-    For real signals ``irfft(conj(Y))[m] = irfft(Y)[-m mod L]``, so we transform
-    ``Y = spectrum * conj(Wf)`` and read its outputs in reverse order (one copy, which also makes
-    the truncated result contiguous).
+
+def _chunk_rows(L: int, spectrum_dtype: torch.dtype) -> int:
+    row_bytes = (L // 2 + 1) * spectrum_dtype.itemsize
+    return max(MIN_CHUNK_ROWS, CHUNK_BYTES // row_bytes)
+
+
+def _fast_kernels() -> bool:
+    """In-place, chunked kernels, except while torch.compile traces or a torch.func transform is active."""
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+
+
+def _correlate_rows(
+    x2: torch.Tensor, cWf: torch.Tensor, L: int, length: int, bias: torch.Tensor | None = None,
+    spectrum_out: list | None = None,
+) -> torch.Tensor:
+    """``irfft(conj(rfft(x2, L)) * Wf, L)[:, :length] (+ bias)`` for the rows of ``x2`` (M, p).
+
+    ``conj(X) * Wf = conj(X * conj(Wf))``: we multiply by the saved conjugate spectrum and conjugate the
+    product in place. If ``spectrum_out`` is a list, ``X = rfft(x2, L)`` is appended to it (for backward).
     """
-    z = torch.fft.irfft(spectrum * cWf, L)
-    if length == 1:
-        return z[..., :1].clone()
-    return torch.cat([z[..., :1], z[..., L - length + 1 :].flip(-1)], -1)  # z[-i mod L], i < length
+    keep = spectrum_out is not None
+    if not _fast_kernels():
+        X = torch.fft.rfft(x2, L)
+        z = torch.fft.irfft((X * cWf).conj(), L)[:, :length]
+        if keep:
+            spectrum_out.append(X)
+        return z.contiguous() if bias is None else z + bias
+    M = x2.shape[0]
+    rows = _chunk_rows(L, cWf.dtype)
+    if M <= rows:  # one chunk: the FFT's output is the result, no copy
+        X = torch.fft.rfft(x2, L)
+        if keep:
+            spectrum_out.append(X)
+        z = torch.fft.irfft((X * cWf if keep else X.mul_(cWf)).conj_physical_(), L)
+        if length == L:
+            return z if bias is None else z.add_(bias)
+        return z[:, :length].contiguous() if bias is None else torch.add(z[:, :length], bias)
+    out = x2.new_empty(M, length)
+    X = cWf.new_empty(M, L // 2 + 1) if keep else None
+    for s in range(0, M, rows):
+        Xc = torch.fft.rfft(x2[s : s + rows], L)
+        if keep:
+            X[s : s + rows] = Xc
+        z = torch.fft.irfft(Xc.mul_(cWf).conj_physical_(), L)[:, :length]
+        if bias is None:
+            out[s : s + rows] = z
+        else:
+            torch.add(z, bias, out=out[s : s + rows])
+    if keep:
+        spectrum_out.append(X)
+    return out
 
 
-def _sum_leading(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1]).sum(0)
+def _backward_rows(
+    g2: torch.Tensor, x2: torch.Tensor | None, X: torch.Tensor | None, cWf: torch.Tensor, plan: Plan,
+    need_x: bool, need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and the batch-summed spectrum ``S = sum_rows G * X``.
+
+    ``G = rfft(g2, L)``; X is the saved input spectrum, or recomputed from ``x2`` chunk by chunk.
+    """
+    L, p = plan.fft_size, plan.in_features
+    spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
+    if not _fast_kernels():
+        G = torch.fft.rfft(g2, L)
+        gx = torch.fft.irfft((G * cWf).conj(), L)[:, :p].contiguous() if need_x else None
+        S = (G * spectrum(slice(None))).sum(0) if need_w else None
+        return gx, S
+    M = g2.shape[0]
+    rows = _chunk_rows(L, cWf.dtype)
+    gx = g2.new_empty(M, p) if need_x and M > rows else None
+    S = cWf.new_zeros(L // 2 + 1) if need_w else None
+    for s in range(0, M, rows):
+        chunk = slice(s, s + rows)
+        Gc = torch.fft.rfft(g2[chunk], L)
+        if need_w:
+            Xc = spectrum(chunk)
+            S += (Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0)
+        if need_x:
+            z = torch.fft.irfft(Gc.mul_(cWf).conj_physical_(), L)[:, :p]
+            if gx is None:  # one chunk: no copy where the FFT's output is the result
+                gx = z if p == L else z.contiguous()
+            else:
+                gx[chunk] = z
+    return gx, S
 
 
-def dft_forward(x: torch.Tensor, weight: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def dft_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
+) -> torch.Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference."""
     L = plan.fft_size
-    return _correlate(torch.fft.rfft(x, L), weight_spectrum(weight, plan), L, plan.out_features)
+    out = _correlate_rows(_rows(x), weight_spectrum(weight, plan), L, plan.out_features, bias)
+    return out.reshape(*x.shape[:-1], plan.out_features)
+
+
+def _forward(x, weight, bias, plan: Plan, save_spectrum: bool):
+    """(z, X, conj(Wf)): the layer's output, the input spectrum (empty unless ``save_spectrum``; shape
+    (rows, L // 2 + 1), the leading dimensions flattened) and the conjugate weight spectrum."""
+    cWf = weight_spectrum(weight, plan)
+    spectra = [] if save_spectrum else None
+    z = _correlate_rows(_rows(x), cWf, plan.fft_size, plan.out_features, bias, spectra)
+    X = spectra[0] if save_spectrum else cWf.new_empty(0)
+    return z.reshape(*x.shape[:-1], plan.out_features), X, cWf
+
+
+def _save(ctx, x, weight, X, cWf, plan: Plan, save_spectrum: bool) -> None:
+    """Save the input x (needed for double backward and, in memory-saving mode, to rebuild X), the weight
+    (for double backward), the conjugate weight spectrum (O(L), reused by grad_input) and, unless
+    ``save_spectrum`` is False, the input spectrum X (so that backward needs only 2 batched FFTs).
+    That is what a plain torch.fft autograd implementation saves (x and X); without X it is half."""
+    ctx.plan = plan
+    ctx.input_shape = x.shape
+    # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
+    # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
+    keep_x = not save_spectrum or x.requires_grad
+    ctx.save_for_backward(x if keep_x else None, weight, cWf, X if save_spectrum else None)
+
+
+def _backward(ctx, grad_out):
+    x, weight, cWf, X = ctx.saved_tensors
+    plan = ctx.plan
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = grad_w = grad_b = None
+    if need_b:
+        grad_b = _rows(grad_out).sum(0)
+    if torch.is_grad_enabled():
+        # create_graph=True: build the gradients from differentiable pieces (double backward).
+        if need_x:
+            grad_x = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
+        if need_w:
+            if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
+                x = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
+            grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
+        return grad_x, grad_w, grad_b, None, None
+    x2 = None if x is None else _rows(x)
+    gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w)
+    if need_x:
+        grad_x = gx.reshape(ctx.input_shape)
+    if need_w:
+        grad_w = fold_taps(torch.fft.irfft(S, plan.fft_size), plan)
+    return grad_x, grad_w, grad_b, None, None
 
 
 class DFTLinearFunction(Function):
-    """z = W x for the q x p DFT matrix W. Returns (z, X, conj(Wf)), the last two non-differentiable by-products.
-
-    Saved for backward: the input x (needed for double backward and, in memory-saving mode, to rebuild
-    X), the weight (for double backward), the conjugate weight spectrum (O(L), reused by grad_input) and, unless
-    ``save_spectrum`` is False, the input spectrum X (so that backward needs only 2 batched FFTs).
-    This is what a plain torch.fft autograd implementation saves (x and X); without X it is half.
-    """
+    """z = W x + b for the q x p DFT matrix W, in the form torch.func transforms need (``setup_context``,
+    a generated vmap rule). Returns (z, X, conj(Wf)), the last two non-differentiable by-products."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, weight, plan: Plan, save_spectrum: bool):
-        L = plan.fft_size
-        cWf = weight_spectrum(weight, plan)
-        X = torch.fft.rfft(x, L)
-        return _correlate(X, cWf, L, plan.out_features), X, cWf
+    forward = staticmethod(_forward)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, plan, save_spectrum = inputs
+        x, weight, bias, plan, save_spectrum = inputs
         _, X, cWf = output
-        ctx.plan = plan
         ctx.mark_non_differentiable(X, cWf)
-        # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
-        # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
-        keep_x = not save_spectrum or x.requires_grad
-        ctx.save_for_backward(x if keep_x else None, weight, cWf, X if save_spectrum else None)
+        ctx.set_materialize_grads(False)  # X and cWf never get gradients: don't fill zeros for them
+        _save(ctx, x, weight, X, cWf, plan, save_spectrum)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_X, _grad_Wf):
-        x, weight, cWf, X = ctx.saved_tensors
-        plan = ctx.plan
-        need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x = grad_w = None
-        if torch.is_grad_enabled():
-            # create_graph=True: build the gradients from differentiable pieces (double backward).
-            if need_x:
-                grad_x = DFTLinearFunction.apply(grad_out, weight, transpose_plan(plan), False)[0]
-            if need_w:
-                if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
-                    x = torch.fft.irfft(X, plan.fft_size)[..., : plan.in_features]
-                grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
-            return grad_x, grad_w, None, None
-        L = plan.fft_size
-        G = torch.fft.rfft(grad_out, L)
-        if need_x:
-            grad_x = _correlate(G, cWf, L, plan.in_features)
-        if need_w:
-            if X is None:
-                X = torch.fft.rfft(x, L)
-            # G is ours to overwrite, except under torch.func transforms (batched/unbatched mixes)
-            GX = G * X if torch._C._are_functorch_transforms_active() else G.mul_(X)
-            grad_w = fold_taps(torch.fft.irfft(_sum_leading(GX), L), plan)
-        return grad_x, grad_w, None, None
+        if grad_out is None:
+            return None, None, None, None, None
+        return _backward(ctx, grad_out)
+
+
+class _EagerDFTLinearFunction(Function):
+    """The same layer as :class:`DFTLinearFunction` in the classic ``forward(ctx, ...)`` form, which
+    returns z alone: ``apply`` of a ``setup_context`` Function binds its arguments with
+    ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan: Plan, save_spectrum: bool):
+        z, X, cWf = _forward(x, weight, bias, plan, save_spectrum)
+        _save(ctx, x, weight, X, cWf, plan, save_spectrum)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _backward(ctx, grad_out)
+
+
+def dft_linear_autograd(x, weight, bias, plan: Plan, save_spectrum: bool) -> torch.Tensor:
+    """``z = x W^T + b`` with the hand-derived backward (the torch.func-compatible Function under transforms)."""
+    if torch._C._are_functorch_transforms_active():
+        return DFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)[0]
+    return _EagerDFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)
 
 
 class DFTWeightGradFunction(Function):
@@ -149,7 +269,7 @@ class DFTWeightGradFunction(Function):
     @staticmethod
     def forward(grad_out, x, plan: Plan):
         L = plan.fft_size
-        S = _sum_leading(torch.fft.rfft(grad_out, L) * torch.fft.rfft(x, L))
+        S = (torch.fft.rfft(_rows(grad_out), L) * torch.fft.rfft(_rows(x), L)).sum(0)
         return fold_taps(torch.fft.irfft(S, L), plan)
 
     @staticmethod
@@ -165,9 +285,9 @@ class DFTWeightGradFunction(Function):
         need_g, need_x = ctx.needs_input_grad[:2]
         dg = dx = None
         if need_g:
-            dg = DFTLinearFunction.apply(x, u, plan, False)[0]
+            dg = dft_linear_autograd(x, u, None, plan, False)
         if need_x:
-            dx = DFTLinearFunction.apply(grad_out, u, transpose_plan(plan), False)[0]
+            dx = dft_linear_autograd(grad_out, u, None, transpose_plan(plan), False)
         return dg, dx, None
 
 
@@ -196,20 +316,15 @@ class DenseDFTFunction(Function):
 
     W is rebuilt in backward (a strided copy of q * p values), so the route never keeps more than
     the FFT route for backward, whatever the batch. Backward is built from differentiable ops, so
-    the same code serves double backward.
+    the same code serves double backward. Classic ``forward(ctx, ...)`` form for a cheap ``apply``
+    (see :class:`_EagerDFTLinearFunction`); under torch.func the functional uses the gathered matrix.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x, weight, p: int, q: int):
-        return x @ circulant_view(weight, p, q).T
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, p, q = inputs
+    def forward(ctx, x, weight, p: int, q: int):
         ctx.shape = (p, q)
         ctx.save_for_backward(x, weight)
+        return x @ circulant_view(weight, p, q).T
 
     @staticmethod
     def backward(ctx, g):

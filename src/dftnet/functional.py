@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._autograd import DenseDFTFunction, DFTLinearFunction, circulant_view, dft_forward
+from ._autograd import DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd
 from .plan import make_plan, use_dense
 
 __all__ = ["dft_linear", "dft_matrix"]
@@ -140,10 +140,8 @@ def dft_linear(
     traced = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
     if not traced and not _in_safe_range(input, weight):
         out = _fft_guarded(input, weight, plan, recompute_spectrum)
-    else:
-        out = _fft(input, weight, plan, recompute_spectrum)
-    # ``out`` is a fresh tensor nobody saved: add the bias in place (a new large tensor costs page faults)
-    return out if bias is None else out.add_(bias)
+        return out if bias is None else out + bias
+    return _fft(input, weight, bias, plan, recompute_spectrum)
 
 
 # Inputs and weights whose magnitudes stay within 2^+-_SAFE_EXP give FFT sums that neither overflow nor
@@ -151,11 +149,11 @@ def dft_linear(
 _SAFE_EXP = 40
 
 
-def _fft(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) -> Tensor:
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+def _fft(input: Tensor, weight: Tensor, bias: Tensor | None, plan, recompute_spectrum: bool) -> Tensor:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
         save_spectrum = plan.circular and not recompute_spectrum
-        return DFTLinearFunction.apply(input, weight, plan, save_spectrum)[0]
-    return dft_forward(input, weight, plan)  # inference: skip the autograd.Function overhead
+        return dft_linear_autograd(input, weight, bias, plan, save_spectrum)
+    return dft_forward(input, weight, bias, plan)  # inference: skip the autograd.Function overhead
 
 
 def _in_safe_range(input: Tensor, weight: Tensor) -> bool:
@@ -185,7 +183,7 @@ def _fft_guarded(input: Tensor, weight: Tensor, plan, recompute_spectrum: bool) 
     # exact powers of two (torch.ldexp's backward loses negative exponents, so build the factors)
     row_exp = torch.frexp(clean.detach().abs().amax(-1, keepdim=True)).exponent.to(input.dtype)
     w_exp = torch.frexp(weight.detach().abs().amax()).exponent.to(input.dtype)
-    out = _fft(clean * torch.exp2(-row_exp), weight * torch.exp2(-w_exp), plan, recompute_spectrum)
+    out = _fft(clean * torch.exp2(-row_exp), weight * torch.exp2(-w_exp), None, plan, recompute_spectrum)
     out = out * torch.exp2(row_exp) * torch.exp2(w_exp)
     if not bool(finite.all()):
         rows = ~finite.all(-1)
