@@ -9,6 +9,10 @@ plus the gradients of the input, the weight and the bias) it times four contende
   with autograd doing the backward;
 * ``linear``: ``nn.Linear(p, q)`` (skipped when its weight would be too big: 3 p q bytes-per-element
   over ``linear_max_gb``);
+* ``other``: the same layer forced onto the route ``dftnet`` did not take (``method="fft"`` where it
+  chose the dense product, ``method="dense"`` where it chose the FFT), for layers of at most
+  ``ROUTE_CHECK_MAX_ENTRIES`` matrix entries: ``auto_over_best`` = dftnet / min(dftnet, other) checks the
+  automatic choice (1.00 when it picked the faster way);
 * ``floor``: the FFTs that any FFT layer must do, at DFTLinear's length L: a real FFT and an inverse
   real FFT of shape (B, L) for the forward, twice that for forward+backward. ``floor_n`` is the same at
   length n, for reference (it is what ``plain`` must pay).
@@ -78,7 +82,7 @@ __all__ = [
 
 MODES = ("fwd", "fwd+bwd")
 STATS = ("median", "min")
-CONTENDERS = ("dftnet", "plain", "linear", "floor", "floor_n")
+CONTENDERS = ("dftnet", "other", "plain", "linear", "floor", "floor_n")
 AWKWARD_WIDTHS = (785, 1000, 1009, 4099, 10007)
 DEFAULT_WIDTHS: tuple = tuple(2**k for k in range(6, 21)) + AWKWARD_WIDTHS + ((785, 300),)
 DEFAULT_BATCHES = (1, 32, 128, 1024)
@@ -90,17 +94,18 @@ QUICK_BUDGET_S = 0.4
 QUICK_REPEATS = 11
 MIN_REPEATS = 3
 TARGET_SAMPLE_S = 2e-3  # each timed group of calls lasts at least this long
+ROUTE_CHECK_MAX_ENTRIES = 4096 * 4096  # time the route not taken up to this p * q
 BYTES_PER_ACTIVATION = 10  # memory estimate of a cell: B * max(n, L) * 10 elements (~40 bytes in float32)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _GIB = 1024**3
 
 CSV_FIELDS = (
     "p", "q", "n", "batch", "mode", "dtype", "device", "route", "fft_size", "circular", "dense",
-    "dftnet_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms",
-    "dftnet_over_floor", "plain_over_dftnet", "linear_over_dftnet", "floor_n_over_floor",
-    "dftnet_min_ms", "plain_min_ms", "linear_min_ms", "floor_min_ms", "floor_n_min_ms",
-    "dftnet_over_floor_min", "plain_over_dftnet_min", "linear_over_dftnet_min",
-    "dftnet_spread", "plain_spread", "linear_spread", "floor_spread", "floor_n_spread",
+    "dftnet_ms", "other_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms",
+    "dftnet_over_floor", "auto_over_best", "plain_over_dftnet", "linear_over_dftnet", "floor_n_over_floor",
+    "dftnet_min_ms", "other_min_ms", "plain_min_ms", "linear_min_ms", "floor_min_ms", "floor_n_min_ms",
+    "dftnet_over_floor_min", "auto_over_best_min", "plain_over_dftnet_min", "linear_over_dftnet_min",
+    "dftnet_spread", "other_spread", "plain_spread", "linear_spread", "floor_spread", "floor_n_spread",
     "repeats", "linear_repeats", "rel_err", "linear_skipped", "skipped",
 )
 
@@ -457,12 +462,20 @@ def bench_cell(
             return y
         return f
 
+    other = None
+    if p * q <= ROUTE_CHECK_MAX_ENTRIES:
+        other = DFTLinear(p, q, method="fft" if dense else "dense", device=device, dtype=dtype)
+        other.load_state_dict(layer.state_dict())
+
     passes = 2 if grad else 1
     if grad:
         dft_params = (x, layer.weight, layer.bias)
 
         def f_dft():
             return torch.autograd.grad(layer(x), dft_params, g)
+
+        def f_other():
+            return torch.autograd.grad(other(x), (x, other.weight, other.bias), g)
 
         def f_plain():
             return torch.autograd.grad(_plain_layer(x, w, b, n, q), (x, w, b), g)
@@ -473,6 +486,9 @@ def bench_cell(
         def f_dft():
             return layer(x)
 
+        def f_other():
+            return other(x)
+
         def f_plain():
             return _plain_layer(x, w, b, n, q)
 
@@ -480,6 +496,8 @@ def bench_cell(
             return linear(x)
 
     fns = {"dftnet": f_dft, "plain": f_plain}
+    if other is not None:
+        fns["other"] = f_other
     if linear is not None:
         fns["linear"] = f_lin
     fns["floor"] = floor_at(xL, L, passes)
@@ -515,6 +533,9 @@ def _add_ratios(row: dict) -> None:
 
     for stat, suffix in (("", ""), ("_min", "_min")):
         row["dftnet_over_floor" + suffix] = ratio("dftnet", "floor", stat)
+        if row.get(f"other{stat}_ms") is not None:
+            best = min(row[f"dftnet{stat}_ms"], row[f"other{stat}_ms"])
+            row["auto_over_best" + suffix] = row[f"dftnet{stat}_ms"] / best if best else None
         row["plain_over_dftnet" + suffix] = ratio("plain", "dftnet", stat)
         row["linear_over_dftnet" + suffix] = ratio("linear", "dftnet", stat)
     row["floor_n_over_floor"] = ratio("floor_n", "floor")
@@ -623,6 +644,7 @@ _COLUMNS = (  # (title, width, formatter)
     ("floor ms", 9, lambda r, t: _fmt_ms(r["floor" + t + "_ms"])),
     ("floor@n", 9, lambda r, t: _fmt_ms(r["floor_n" + t + "_ms"])),
     ("dft/floor", 9, lambda r, t: _fmt_ratio(r["dftnet_over_floor" + t])),
+    ("auto/best", 9, lambda r, t: _fmt_ratio(r["auto_over_best" + t])),
     ("plain/dft", 9, lambda r, t: _fmt_ratio(r["plain_over_dftnet" + t])),
     ("lin/dft", 8, lambda r, t: _fmt_ratio(r["linear_over_dftnet" + t])),
     ("noise", 6, lambda r, t: "" if r["dftnet_spread"] is None else f"{100 * r['dftnet_spread']:.0f}%"),
