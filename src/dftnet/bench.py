@@ -388,9 +388,9 @@ def _plain_layer(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int, q: i
     return torch.fft.irfft(torch.fft.rfft(x, n).conj() * torch.fft.rfft(w, n), n)[..., :q] + b
 
 
-def _route(p: int, q: int, batch: int, device: torch.device):
+def _route(p: int, q: int, batch: int, device: torch.device, mode: str = "fwd+bwd"):
     plan = make_plan(p, q)
-    dense = bool(use_dense(p, q, batch, device))
+    dense = bool(use_dense(p, q, batch, device, training=mode == "fwd+bwd"))
     return plan, dense
 
 
@@ -433,7 +433,7 @@ def bench_cell(
     device = torch.device(device)
     if mode not in MODES:
         raise ValueError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
-    plan, dense = _route(p, q, batch, device)
+    plan, dense = _route(p, q, batch, device, mode)
     row = _base_row(p, q, batch, mode, dtype, device, plan, dense)
     n, L = plan.n, plan.fft_size
     layers = layers or {}
@@ -602,7 +602,7 @@ def sweep(
             for bt in batches:
                 for mode in modes:
                     if bt not in runnable:
-                        plan_b, dense_b = _route(p, q, bt, device)
+                        plan_b, dense_b = _route(p, q, bt, device, mode)
                         row = _base_row(p, q, bt, mode, dtype, device, plan_b, dense_b)
                         need = _cell_mem_bytes(p, q, bt, plan.fft_size, itemsize) / _GIB
                         row["skipped"] = f"needs ~{need:.1f} GiB > --max-mem-gb {max_mem_gb:g}"

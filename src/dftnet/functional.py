@@ -126,10 +126,12 @@ def dft_linear(
         # FFTs of half types are unsupported on CPU and power-of-two only on CUDA: compute in float32.
         return in_float32(input.dtype)
     p = input.shape[-1]
+    training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     if method == "dense" or input.numel() == 0 or (
-        method == "auto" and fft_size is None and use_dense(p, q, input.numel() // p, input.device)
+        method == "auto" and fft_size is None
+        and use_dense(p, q, input.numel() // p, input.device, training)
     ):
-        if not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)):
+        if not training:
             return torch.nn.functional.linear(input, circulant_view(weight, p, q), bias)  # inference
         if input.numel() == 0 or torch._C._are_functorch_transforms_active():
             return torch.nn.functional.linear(input, dft_matrix(weight, p, q), bias)

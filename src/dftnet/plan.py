@@ -112,21 +112,28 @@ def make_plan(in_features: int, out_features: int, fft_size: int | None = None) 
     return plan
 
 
-# Measured with `dftnet bench` on 2 CPU cores (README; nn.Linear as the dense route's proxy):
-# forward+backward, batch 128: dense wins up to 256 x 256 (0.84 vs 1.40 ms), the FFT from 512 x 512
-# (1.91 vs 2.42 ms) and for 785 x 300 (3.1 ms FFT vs 4.7 ms dense route); batch 8: dense wins up to
-# 512 x 512 and for 785 x 300 (0.6 vs 1.0 ms), the FFT from 1024 x 1024 (1.1 vs 2.1 ms).
-_DENSE_MAX_ENTRIES_LARGE_BATCH = 2**16
-_DENSE_MAX_ENTRIES_SMALL_BATCH = 2**18
-_SMALL_BATCH = 32
+# Cost model of the two routes, in microseconds, fitted to `dftnet bench` on 2 CPU cores (float32; README,
+# "small layers"): a fixed cost per call (the FFT route's is larger: more kernels, the range check, the
+# weight's spectrum), a cost per matrix entry for the dense route (building W, and in training folding
+# its gradient), and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
+_DENSE_US = {False: (50.0, 4e-4, 1.8e-5), True: (400.0, 2.5e-3, 5.6e-5)}  # fixed, per entry, per row-entry
+_FFT_US = {False: (200.0, 3.2e-4), True: (600.0, 9.7e-4)}  # fixed, per row-unit of fft_cost
 
 
-def use_dense(in_features: int, out_features: int, batch: int, device: torch.device) -> bool:
-    """Whether multiplying by the materialised q x p matrix is faster than the FFT route.
+def use_dense(
+    in_features: int, out_features: int, batch: int, device: torch.device, training: bool = True
+) -> bool:
+    """Whether multiplying by the materialised q x p matrix is cheaper than the FFT route.
 
     For small matrices the FFT's fixed costs (spectra, several kernel launches) exceed a matmul's; the
-    more rows per call, the sooner the FFT's O(n log n) per row wins. Measured on CPU; on CUDA the
-    same rule is used (not measured here).
+    more rows per call, the sooner the FFT's O(n log n) per row wins; with gradients the dense route
+    also pays for its matrix gradient (p q per call). Fitted on CPU (within 1.15x of the faster route
+    for n = 16 ... 4096, batches 1 ... 1024, in the README's bench); on CUDA the same rule is used (not
+    measured here).
     """
-    limit = _DENSE_MAX_ENTRIES_SMALL_BATCH if batch <= _SMALL_BATCH else _DENSE_MAX_ENTRIES_LARGE_BATCH
-    return in_features * out_features <= limit
+    pq = in_features * out_features
+    fixed, per_entry, per_row_entry = _DENSE_US[training]
+    dense = fixed + per_entry * pq + per_row_entry * batch * pq
+    fixed, per_row_unit = _FFT_US[training]
+    fft = fixed + per_row_unit * batch * fft_cost(make_plan(in_features, out_features).fft_size)
+    return dense <= fft
