@@ -89,6 +89,7 @@ def tiny_chunks(monkeypatch):
 
     monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
     monkeypatch.setattr(kernels, "MIN_CHUNK_ROWS", 3)
+    monkeypatch.setattr(kernels, "SMALL_BATCH_ROWS", 0)  # not the few-rows kernels
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -63,6 +63,9 @@ def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
 # least MIN_CHUNK_ROWS rows: every FFT call has a fixed cost of O(L). Measured with `dftnet bench`.
 CHUNK_BYTES = 16 << 20
 MIN_CHUNK_ROWS = 8
+# Up to this many rows, the weight's FFT rides in the same call as the input's, and the weight gradient's
+# inverse FFT in the same call as grad_input's: for a few rows, a call's fixed cost exceeds the copies.
+SMALL_BATCH_ROWS = 16
 
 
 def _chunk_rows(L: int, spectrum_dtype: torch.dtype) -> int:
@@ -75,14 +78,30 @@ def _fast_kernels() -> bool:
     return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
 
 
+def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and the weight's spectrum from one batched FFT
+    of [x2; taps]; otherwise X is None (computed chunk by chunk) and the weight is transformed alone."""
+    M, p = x2.shape
+    small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex()))
+    if not small or not _fast_kernels():
+        return None, weight_spectrum(weight, plan)
+    taps = weight_taps(weight, plan)
+    buf = x2.new_zeros(M + 1, max(p, taps.shape[0]))
+    buf[:M, :p] = x2
+    buf[M, : taps.shape[0]] = taps
+    spectra = torch.fft.rfft(buf, plan.fft_size)
+    return spectra[:M], spectra[M].conj_physical_()
+
+
 def _correlate_rows(
     x2: torch.Tensor, cWf: torch.Tensor, L: int, length: int, bias: torch.Tensor | None = None,
-    spectrum_out: list | None = None,
+    spectrum_out: list | None = None, X: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``irfft(conj(rfft(x2, L)) * Wf, L)[:, :length] (+ bias)`` for the rows of ``x2`` (M, p).
 
     ``conj(X) * Wf = conj(X * conj(Wf))``: we multiply by the saved conjugate spectrum and conjugate the
     product in place. If ``spectrum_out`` is a list, ``X = rfft(x2, L)`` is appended to it (for backward).
+    ``X`` may be given already computed (a single chunk).
     """
     keep = spectrum_out is not None
     if not _fast_kernels():
@@ -94,7 +113,8 @@ def _correlate_rows(
     M = x2.shape[0]
     rows = _chunk_rows(L, cWf.dtype)
     if M <= rows:  # one chunk: the FFT's output is the result, no copy
-        X = torch.fft.rfft(x2, L)
+        if X is None:
+            X = torch.fft.rfft(x2, L)
         if keep:
             spectrum_out.append(X)
         z = torch.fft.irfft((X * cWf if keep else X.mul_(cWf)).conj_physical_(), L)
@@ -121,19 +141,26 @@ def _backward_rows(
     g2: torch.Tensor, x2: torch.Tensor | None, X: torch.Tensor | None, cWf: torch.Tensor, plan: Plan,
     need_x: bool, need_w: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and the batch-summed spectrum ``S = sum_rows G * X``.
+    """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and the gradient of the taps ``irfft(sum_rows G * X)``.
 
     ``G = rfft(g2, L)``; X is the saved input spectrum, or recomputed from ``x2`` chunk by chunk.
     """
     L, p = plan.fft_size, plan.in_features
     spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
+    M = g2.shape[0]
     if not _fast_kernels():
         G = torch.fft.rfft(g2, L)
         gx = torch.fft.irfft((G * cWf).conj(), L)[:, :p].contiguous() if need_x else None
         S = (G * spectrum(slice(None))).sum(0) if need_w else None
-        return gx, S
-    M = g2.shape[0]
+        return gx, None if S is None else torch.fft.irfft(S, L)
     rows = _chunk_rows(L, cWf.dtype)
+    if need_x and need_w and 0 < M <= min(SMALL_BATCH_ROWS, rows):  # one inverse FFT for both gradients
+        G = torch.fft.rfft(g2, L)
+        both = cWf.new_empty(M + 1, L // 2 + 1)
+        torch.sum(G * spectrum(slice(None)), 0, out=both[M])
+        torch.mul(G, cWf, out=both[:M]).conj_physical_()
+        z = torch.fft.irfft(both, L)
+        return z[:M, :p].contiguous(), z[M]
     gx = g2.new_empty(M, p) if need_x and M > rows else None
     S = cWf.new_zeros(L // 2 + 1) if need_w else None
     for s in range(0, M, rows):
@@ -148,7 +175,7 @@ def _backward_rows(
                 gx = z if p == L else z.contiguous()
             else:
                 gx[chunk] = z
-    return gx, S
+    return gx, None if S is None else torch.fft.irfft(S, L)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -159,17 +186,19 @@ def dft_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
 ) -> torch.Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference."""
-    L = plan.fft_size
-    out = _correlate_rows(_rows(x), weight_spectrum(weight, plan), L, plan.out_features, bias)
+    x2 = _rows(x)
+    X, cWf = _spectra(x2, weight, plan)
+    out = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, X=X)
     return out.reshape(*x.shape[:-1], plan.out_features)
 
 
 def _forward(x, weight, bias, plan: Plan, save_spectrum: bool):
     """(z, X, conj(Wf)): the layer's output, the input spectrum (empty unless ``save_spectrum``; shape
     (rows, L // 2 + 1), the leading dimensions flattened) and the conjugate weight spectrum."""
-    cWf = weight_spectrum(weight, plan)
+    x2 = _rows(x)
+    X, cWf = _spectra(x2, weight, plan)
     spectra = [] if save_spectrum else None
-    z = _correlate_rows(_rows(x), cWf, plan.fft_size, plan.out_features, bias, spectra)
+    z = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, spectra, X)
     X = spectra[0] if save_spectrum else cWf.new_empty(0)
     return z.reshape(*x.shape[:-1], plan.out_features), X, cWf
 
@@ -204,11 +233,11 @@ def _backward(ctx, grad_out):
             grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
         return grad_x, grad_w, grad_b, None, None
     x2 = None if x is None else _rows(x)
-    gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w)
+    gx, taps_grad = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w)
     if need_x:
         grad_x = gx.reshape(ctx.input_shape)
     if need_w:
-        grad_w = fold_taps(torch.fft.irfft(S, plan.fft_size), plan)
+        grad_w = fold_taps(taps_grad, plan)
     return grad_x, grad_w, grad_b, None, None
 
 
