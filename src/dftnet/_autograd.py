@@ -68,9 +68,12 @@ MIN_CHUNK_ROWS = 8
 SMALL_BATCH_ROWS = 16
 
 
-def _chunk_rows(L: int, spectrum_dtype: torch.dtype) -> int:
+def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
+    """Rows per chunk for M rows: at most CHUNK_BYTES of spectrum, and chunks of equal size (not 127 + 1)."""
     row_bytes = (L // 2 + 1) * spectrum_dtype.itemsize
-    return max(MIN_CHUNK_ROWS, CHUNK_BYTES // row_bytes)
+    rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // row_bytes)
+    chunks = -(-M // rows)
+    return max(1, -(-M // chunks)) if chunks > 1 else rows
 
 
 def _fast_kernels() -> bool:
@@ -82,7 +85,7 @@ def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.
     """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and the weight's spectrum from one batched FFT
     of [x2; taps]; otherwise X is None (computed chunk by chunk) and the weight is transformed alone."""
     M, p = x2.shape
-    small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex()))
+    small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
     if not small or not _fast_kernels():
         return None, weight_spectrum(weight, plan)
     taps = weight_taps(weight, plan)
@@ -111,7 +114,7 @@ def _correlate_rows(
             spectrum_out.append(X)
         return z.contiguous() if bias is None else z + bias
     M = x2.shape[0]
-    rows = _chunk_rows(L, cWf.dtype)
+    rows = _chunk_rows(L, cWf.dtype, M)
     if M <= rows:  # one chunk: the FFT's output is the result, no copy
         if X is None:
             X = torch.fft.rfft(x2, L)
@@ -153,7 +156,7 @@ def _backward_rows(
         gx = torch.fft.irfft((G * cWf).conj(), L)[:, :p].contiguous() if need_x else None
         S = (G * spectrum(slice(None))).sum(0) if need_w else None
         return gx, None if S is None else torch.fft.irfft(S, L)
-    rows = _chunk_rows(L, cWf.dtype)
+    rows = _chunk_rows(L, cWf.dtype, M)
     if need_x and need_w and 0 < M <= min(SMALL_BATCH_ROWS, rows):  # one inverse FFT for both gradients
         G = torch.fft.rfft(g2, L)
         both = cWf.new_empty(M + 1, L // 2 + 1)
