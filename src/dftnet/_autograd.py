@@ -97,33 +97,30 @@ def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.
 
 
 def _correlate_rows(
-    x2: torch.Tensor, cWf: torch.Tensor, L: int, length: int, bias: torch.Tensor | None = None,
-    spectrum_out: list | None = None, X: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``irfft(conj(rfft(x2, L)) * Wf, L)[:, :length] (+ bias)`` for the rows of ``x2`` (M, p).
+    x2: torch.Tensor, cWf: torch.Tensor, L: int, length: int, bias: torch.Tensor | None, keep: bool,
+    X: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(irfft(conj(X) * Wf, L)[:, :length] (+ bias), X if keep else None)`` with ``X = rfft(x2, L)``,
+    for the rows of ``x2`` (M, p); ``X`` may be given already computed (used for a single chunk).
 
     ``conj(X) * Wf = conj(X * conj(Wf))``: we multiply by the saved conjugate spectrum and conjugate the
-    product in place. If ``spectrum_out`` is a list, ``X = rfft(x2, L)`` is appended to it (for backward).
-    ``X`` may be given already computed (a single chunk).
+    product in place. X is kept (for backward) only if ``keep``; otherwise it is overwritten.
     """
-    keep = spectrum_out is not None
     if not _fast_kernels():
         X = torch.fft.rfft(x2, L)
         z = torch.fft.irfft((X * cWf).conj(), L)[:, :length]
-        if keep:
-            spectrum_out.append(X)
-        return z.contiguous() if bias is None else z + bias
+        return (z.contiguous() if bias is None else z + bias), (X if keep else None)
     M = x2.shape[0]
     rows = _chunk_rows(L, cWf.dtype, M)
     if M <= rows:  # one chunk: the FFT's output is the result, no copy
         if X is None:
             X = torch.fft.rfft(x2, L)
-        if keep:
-            spectrum_out.append(X)
         z = torch.fft.irfft((X * cWf if keep else X.mul_(cWf)).conj_physical_(), L)
         if length == L:
-            return z if bias is None else z.add_(bias)
-        return z[:, :length].contiguous() if bias is None else torch.add(z[:, :length], bias)
+            out = z if bias is None else z.add_(bias)
+        else:
+            out = z[:, :length].contiguous() if bias is None else torch.add(z[:, :length], bias)
+        return out, (X if keep else None)
     out = x2.new_empty(M, length)
     X = cWf.new_empty(M, L // 2 + 1) if keep else None
     for s in range(0, M, rows):
@@ -135,9 +132,7 @@ def _correlate_rows(
             out[s : s + rows] = z
         else:
             torch.add(z, bias, out=out[s : s + rows])
-    if keep:
-        spectrum_out.append(X)
-    return out
+    return out, X
 
 
 def _backward_rows(
@@ -189,10 +184,7 @@ def dft_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
 ) -> torch.Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference."""
-    x2 = _rows(x)
-    X, cWf = _spectra(x2, weight, plan)
-    out = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, X=X)
-    return out.reshape(*x.shape[:-1], plan.out_features)
+    return _forward(x, weight, bias, plan, False)[0]
 
 
 def _forward(x, weight, bias, plan: Plan, save_spectrum: bool):
@@ -200,10 +192,8 @@ def _forward(x, weight, bias, plan: Plan, save_spectrum: bool):
     (rows, L // 2 + 1), the leading dimensions flattened) and the conjugate weight spectrum."""
     x2 = _rows(x)
     X, cWf = _spectra(x2, weight, plan)
-    spectra = [] if save_spectrum else None
-    z = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, spectra, X)
-    X = spectra[0] if save_spectrum else cWf.new_empty(0)
-    return z.reshape(*x.shape[:-1], plan.out_features), X, cWf
+    z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X)
+    return z.reshape(*x.shape[:-1], plan.out_features), (X if save_spectrum else cWf.new_empty(0)), cWf
 
 
 def _save(ctx, x, weight, X, cWf, plan: Plan, save_spectrum: bool) -> None:
