@@ -22,6 +22,13 @@ def register_sign_buffer(module: nn.Module, in_features: int, enabled: bool, *, 
     module.register_buffer("sign", random_signs(in_features, device=device, dtype=dtype) if enabled else None)
 
 
+@torch.no_grad()
+def reset_signs(module: nn.Module) -> None:
+    """Re-draw ``module.sign`` in place (nothing if the module has no signs)."""
+    if module.sign is not None:
+        module.sign.copy_(random_signs(module.sign.shape[0], device=module.sign.device, dtype=module.sign.dtype))
+
+
 def apply_signs(input: Tensor, sign: Tensor | None) -> Tensor:
     """``D x``: the input with its last dimension multiplied by the signs (unchanged if ``sign`` is None)."""
     if sign is None or not isinstance(input, Tensor) or not input.is_floating_point():

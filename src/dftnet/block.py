@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from ._signs import apply_signs, random_signs, register_sign_buffer
-from .layers import _check_features
+from ._signs import apply_signs, random_signs, register_sign_buffer, reset_signs
+from .layers import _check_features, register_bias_and_signs, reset_bias
 
 __all__ = [
     "BlockDFTLinear",
@@ -420,23 +420,14 @@ class BlockDFTLinear(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(shape.out_blocks, shape.in_blocks, block_size, **factory_kwargs)
         )
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
-        else:
-            self.register_parameter("bias", None)
-        register_sign_buffer(self, in_features, sign_flip, **factory_kwargs)
+        register_bias_and_signs(self, bias, sign_flip, **factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-draw the weight, the bias and (if any) the signs."""
         block_circulant_kaiming_(self.weight, self.in_features, self.out_features)
-        if self.bias is not None:
-            b = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -b, b)
-        if self.sign is not None:
-            with torch.no_grad():
-                signs = random_signs(self.in_features, device=self.sign.device, dtype=self.sign.dtype)
-                self.sign.copy_(signs)
+        reset_bias(self)
+        reset_signs(self)
 
     def forward(self, input: Tensor) -> Tensor:
         if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):

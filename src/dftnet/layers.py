@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._signs import apply_signs, random_signs, register_sign_buffer
+from ._signs import apply_signs, register_sign_buffer, reset_signs
 
 __all__ = ["DFTLinear", "circulant_kaiming_"]
 
@@ -41,6 +41,23 @@ def circulant_kaiming_(weight: Tensor, in_features: int, out_features: int) -> T
     if n % 2 == 0:  # the Nyquist bin of a real signal is real: a random sign
         spectrum[-1] = magnitude * (1.0 if torch.rand(()).item() < 0.5 else -1.0)
     return weight.copy_(torch.fft.irfft(spectrum, n))
+
+
+def register_bias_and_signs(module: nn.Module, bias: bool, sign_flip: bool, *, device=None, dtype=None) -> None:
+    """Give a layer with ``in_features`` and ``out_features`` its parameter ``bias`` ``(out_features,)``
+    (or None) and its buffer ``sign`` (see :func:`dftnet._signs.register_sign_buffer`)."""
+    if bias:
+        module.bias = nn.Parameter(torch.empty(module.out_features, device=device, dtype=dtype))
+    else:
+        module.register_parameter("bias", None)
+    register_sign_buffer(module, module.in_features, sign_flip, device=device, dtype=dtype)
+
+
+def reset_bias(module: nn.Module) -> None:
+    """``nn.Linear``'s bias init: ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` (nothing if no bias)."""
+    if module.bias is not None:
+        b = 1.0 / math.sqrt(module.in_features)
+        nn.init.uniform_(module.bias, -b, b)
 
 
 def _check_features(name: str, value) -> int:
@@ -101,11 +118,7 @@ class DFTLinear(nn.Module):
 
             make_plan(in_features, out_features, fft_size)  # validates
         self.weight = nn.Parameter(torch.empty(n, **factory_kwargs))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
-        else:
-            self.register_parameter("bias", None)
-        register_sign_buffer(self, in_features, sign_flip, **factory_kwargs)
+        register_bias_and_signs(self, bias, sign_flip, **factory_kwargs)
         self.reset_parameters()
 
     @property
@@ -114,12 +127,8 @@ class DFTLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         circulant_kaiming_(self.weight, self.in_features, self.out_features)
-        if self.sign is not None:
-            with torch.no_grad():
-                self.sign.copy_(random_signs(self.in_features, device=self.sign.device, dtype=self.sign.dtype))
-        if self.bias is not None:
-            b = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -b, b)
+        reset_signs(self)
+        reset_bias(self)
 
     def forward(self, input: Tensor) -> Tensor:
         if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):
