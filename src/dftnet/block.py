@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from ._signs import apply_signs, random_signs, register_sign_buffer, reset_signs
+from .functional import check_real_tensors
 from .layers import _check_features, register_bias_and_signs, reset_bias
 
 __all__ = [
@@ -198,13 +199,7 @@ class BlockWeightGradFunction(Function):
 
 def _check(input: Tensor, weight: Tensor, bias: Tensor | None, out_features: int | None) -> BlockShape:
     name = "block_dft_linear"
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{name}: expected input to be a torch.Tensor, got {type(input).__name__}")
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"{name}: expected weight to be a torch.Tensor, got {type(weight).__name__}")
-    for what, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if t is not None and (not t.is_floating_point() or t.is_complex()):
-            raise TypeError(f"{name}: expected a real floating-point {what}, got dtype {t.dtype}")
+    check_real_tensors(name, input, weight, bias)
     if weight.dim() != 3 or weight.shape[-1] < 1:
         raise ValueError(
             f"{name}: expected a 3-D weight of shape (out_blocks, in_blocks, block_size), "

@@ -46,14 +46,19 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
     return weight[..., _dense_index(in_features, out_features, n, weight.device)]
 
 
-def _check(input: Tensor, weight: Tensor, bias: Tensor | None, out_features: int | None) -> int:
+def check_real_tensors(fn: str, input, weight, bias) -> None:
+    """TypeError unless input and weight are tensors and all three (bias may be None) real floating-point."""
     if not isinstance(input, Tensor):
-        raise TypeError(f"dft_linear: expected input to be a torch.Tensor, got {type(input).__name__}")
+        raise TypeError(f"{fn}: expected input to be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(weight, Tensor):
-        raise TypeError(f"dft_linear: expected weight to be a torch.Tensor, got {type(weight).__name__}")
+        raise TypeError(f"{fn}: expected weight to be a torch.Tensor, got {type(weight).__name__}")
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is not None and (not t.is_floating_point() or t.is_complex()):
-            raise TypeError(f"dft_linear: expected a real floating-point {name}, got dtype {t.dtype}")
+            raise TypeError(f"{fn}: expected a real floating-point {name}, got dtype {t.dtype}")
+
+
+def _check(input: Tensor, weight: Tensor, bias: Tensor | None, out_features: int | None) -> int:
+    check_real_tensors("dft_linear", input, weight, bias)
     if weight.dim() != 1:
         raise ValueError(f"dft_linear: expected a 1-D weight of shape (n,), got shape {tuple(weight.shape)}")
     if input.dim() == 0:
