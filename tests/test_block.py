@@ -20,6 +20,14 @@ from dftnet.block import (
     register_sign_buffer,
 )
 
+from layer_checks import (
+    check_compile_matches_eager,
+    check_dtype_against_dense,
+    check_leading_shapes,
+    check_trains,
+    penalty_weight_grad,
+)
+
 F64 = torch.float64
 
 
@@ -107,14 +115,8 @@ def test_gradient_penalty_matches_dense():
     p, q, k = 11, 7, 4
     w = torch.randn(2, 3, k, dtype=F64, requires_grad=True)
     x = torch.randn(4, p, dtype=F64, requires_grad=True)
-
-    def penalised(fn):
-        y = torch.tanh(fn(x)).sum()
-        (gx,) = torch.autograd.grad(y, x, create_graph=True)
-        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
-
-    got = penalised(lambda x: block_dft_linear(x, w, None, q, method="fft"))
-    ref = penalised(lambda x: x @ block_matrix(w, p, q).T)
+    got = penalty_weight_grad(lambda x: block_dft_linear(x, w, None, q, method="fft"), x, w)
+    ref = penalty_weight_grad(lambda x: x @ block_matrix(w, p, q).T, x, w)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -260,12 +262,7 @@ def test_state_dict_round_trip_with_signs():
 @pytest.mark.parametrize("method", ["fft", "auto"])
 def test_dtypes(device, dtype, method):
     layer = BlockDFTLinear(40, 24, 8, device=device, dtype=dtype, method=method, sign_flip=True)
-    x = torch.randn(3, 40, device=device, dtype=dtype)
-    y = layer(x)
-    assert y.dtype == dtype and y.device.type == device.type
-    ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
-    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
-    assert ((y.double() - ref).abs().max() / ref.abs().max()) <= tol
+    y = check_dtype_against_dense(layer, torch.randn(3, 40, device=device, dtype=dtype))
     y.float().sum().backward()
     assert layer.weight.grad.dtype == dtype
 
@@ -282,27 +279,13 @@ def test_autocast_returns_autocast_dtype_and_fp32_accuracy():
 
 
 def test_leading_shapes():
-    layer = BlockDFTLinear(10, 6, 4, method="fft")
-    for shape in [(10,), (0, 10), (2, 3, 10), (1, 1, 1, 10)]:
-        x = torch.randn(*shape, requires_grad=True)
-        y = layer(x)
-        assert y.shape == shape[:-1] + (6,)
-        y.sum().backward()
-        assert x.grad.shape == x.shape
+    check_leading_shapes(BlockDFTLinear(10, 6, 4, method="fft"))
 
 
 def test_torch_compile_same_results():
     """Traced whole (fullgraph) through dynamo and AOT autograd; "aot_eager" skips inductor's C++ build."""
     layer = BlockDFTLinear(50, 36, 8, method="fft", sign_flip=True)
-    x = torch.randn(8, 50, requires_grad=True)
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    y_eager = layer(x)
-    gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.weight))
-    y_comp = compiled(x)
-    gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.weight))
-    torch.testing.assert_close(y_comp, y_eager)
-    torch.testing.assert_close(gx_comp, gx_eager)
-    torch.testing.assert_close(gw_comp, gw_eager)
+    check_compile_matches_eager(layer, torch.randn(8, 50, requires_grad=True), backend="aot_eager", fullgraph=True)
 
 
 def test_torch_func_grad_vmap_jacrev():
@@ -325,17 +308,7 @@ def test_torch_func_grad_vmap_jacrev():
 
 
 def test_trains_in_sequential():
-    model = nn.Sequential(BlockDFTLinear(20, 32, 8), nn.ReLU(), BlockDFTLinear(32, 5, 4, sign_flip=True))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
-    losses = []
-    for _ in range(20):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_trains(nn.Sequential(BlockDFTLinear(20, 32, 8), nn.ReLU(), BlockDFTLinear(32, 5, 4, sign_flip=True)), 20, 5)
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from dftnet import DFTLinear
 from dftnet.functional import dft_linear, dft_matrix
 from dftnet.plan import fast_length, make_plan
+from layer_checks import penalty_weight_grad
 
 F64 = torch.float64
 
@@ -153,14 +154,8 @@ def test_gradient_penalty_matches_dense():
     p, q = 9, 6
     w = torch.randn(9, dtype=F64, requires_grad=True)
     x = torch.randn(4, p, dtype=F64, requires_grad=True)
-
-    def penalised(fn):
-        y = torch.tanh(fn(x)).sum()
-        (gx,) = torch.autograd.grad(y, x, create_graph=True)
-        return torch.autograd.grad(gx.pow(2).sum(), w)[0]
-
-    got = penalised(lambda x: dft_linear(x, w, None, q, method="fft"))
-    ref = penalised(lambda x: x @ dft_matrix(w, p, q).T)
+    got = penalty_weight_grad(lambda x: dft_linear(x, w, None, q, method="fft"), x, w)
+    ref = penalty_weight_grad(lambda x: x @ dft_matrix(w, p, q).T, x, w)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 

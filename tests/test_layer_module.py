@@ -9,6 +9,7 @@ from torch import nn
 
 from dftnet import DFTLinear
 from dftnet.functional import dft_linear, dft_matrix
+from layer_checks import check_compile_matches_eager, check_dtype_against_dense, check_leading_shapes, check_trains
 
 
 def test_parameters_and_repr():
@@ -57,35 +58,15 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_dtypes(device, dtype):
     layer = DFTLinear(40, 24, device=device, dtype=dtype)
-    x = torch.randn(3, 40, device=device, dtype=dtype)
-    y = layer(x)
-    assert y.dtype == dtype and y.device.type == device.type
-    ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
-    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
-    assert ((y.double() - ref).abs().max() / ref.abs().max()) <= tol
+    check_dtype_against_dense(layer, torch.randn(3, 40, device=device, dtype=dtype))
 
 
 def test_leading_shapes():
-    layer = DFTLinear(10, 6)
-    for shape in [(10,), (0, 10), (2, 3, 10), (1, 1, 1, 10)]:
-        x = torch.randn(*shape, requires_grad=True)
-        y = layer(x)
-        assert y.shape == shape[:-1] + (6,)
-        y.sum().backward()
-        assert x.grad.shape == x.shape
+    check_leading_shapes(DFTLinear(10, 6))
 
 
 def test_torch_compile_same_results():
-    layer = DFTLinear(100, 48, method="fft")
-    x = torch.randn(8, 100, requires_grad=True)
-    compiled = torch.compile(layer)
-    y_eager = layer(x)
-    gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.weight))
-    y_comp = compiled(x)
-    gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.weight))
-    torch.testing.assert_close(y_comp, y_eager)
-    torch.testing.assert_close(gx_comp, gx_eager)
-    torch.testing.assert_close(gw_comp, gw_eager)
+    check_compile_matches_eager(DFTLinear(100, 48, method="fft"), torch.randn(8, 100, requires_grad=True))
 
 
 def test_autocast_returns_autocast_dtype_and_fp32_accuracy():
@@ -119,17 +100,7 @@ def test_torch_func_grad_vmap_jacrev():
 
 
 def test_drop_in_replacement_in_sequential():
-    model = nn.Sequential(DFTLinear(20, 32), nn.ReLU(), DFTLinear(32, 5))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
-    losses = []
-    for _ in range(20):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    check_trains(nn.Sequential(DFTLinear(20, 32), nn.ReLU(), DFTLinear(32, 5)), 20, 5)
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""Checks shared by the test suites of DFTLinear and BlockDFTLinear (both drop-in nn.Linear replacements)."""
+
+import torch
+from torch import nn
+
+
+def check_dtype_against_dense(layer, x):
+    """The layer's output has x's dtype and device and matches its dense matrix (float64 reference)."""
+    y = layer(x)
+    assert y.dtype == x.dtype and y.device.type == x.device.type
+    ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(x.dtype, 2e-2)
+    assert ((y.double() - ref).abs().max() / ref.abs().max()) <= tol
+    return y
+
+
+def check_leading_shapes(layer):
+    """Input (*, in_features) for several leading shapes, empty included; gradients keep the shape."""
+    p, q = layer.in_features, layer.out_features
+    for lead in [(), (0,), (2, 3), (1, 1, 1)]:
+        x = torch.randn(*lead, p, requires_grad=True)
+        y = layer(x)
+        assert y.shape == lead + (q,)
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def check_compile_matches_eager(layer, x, **compile_kwargs):
+    """torch.compile gives the eager forward and the eager gradients of input and weight."""
+    compiled = torch.compile(layer, **compile_kwargs)
+    y_eager = layer(x)
+    gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.weight))
+    y_comp = compiled(x)
+    gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.weight))
+    torch.testing.assert_close(y_comp, y_eager)
+    torch.testing.assert_close(gx_comp, gx_eager)
+    torch.testing.assert_close(gw_comp, gw_eager)
+
+
+def check_trains(model, in_features, classes):
+    """20 SGD steps on a fixed batch lower the cross-entropy."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, in_features), torch.randint(0, classes, (16,))
+    losses = []
+    for _ in range(20):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def penalty_weight_grad(fn, x, w):
+    """d/dw of a gradient penalty ``|d sum(tanh(fn(x)))/dx|^2`` (needs create_graph=True through fn)."""
+    y = torch.tanh(fn(x)).sum()
+    (gx,) = torch.autograd.grad(y, x, create_graph=True)
+    return torch.autograd.grad(gx.pow(2).sum(), w)[0]
