@@ -533,9 +533,8 @@ def _add_ratios(row: dict) -> None:
 
     for stat, suffix in (("", ""), ("_min", "_min")):
         row["dftnet_over_floor" + suffix] = ratio("dftnet", "floor", stat)
-        if row.get(f"other{stat}_ms") is not None:
-            best = min(row[f"dftnet{stat}_ms"], row[f"other{stat}_ms"])
-            row["auto_over_best" + suffix] = row[f"dftnet{stat}_ms"] / best if best else None
+        to_other = ratio("dftnet", "other", stat)  # dftnet / min(dftnet, other) = max(1, dftnet / other)
+        row["auto_over_best" + suffix] = None if to_other is None else max(1.0, to_other)
         row["plain_over_dftnet" + suffix] = ratio("plain", "dftnet", stat)
         row["linear_over_dftnet" + suffix] = ratio("linear", "dftnet", stat)
     row["floor_n_over_floor"] = ratio("floor_n", "floor")
