@@ -78,7 +78,7 @@ def test_autocast_returns_autocast_dtype_and_fp32_accuracy():
     assert y.dtype == torch.bfloat16
     ref = layer(x)
     torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
-    assert layer.weight.grad.dtype == torch.float32
+    assert layer.spectrum.grad.dtype == torch.float32
 
 
 def test_torch_func_grad_vmap_jacrev():

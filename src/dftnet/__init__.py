@@ -1,10 +1,9 @@
 """DFTnet: circulant dense layers for PyTorch, computed with the FFT."""
 
-from . import functional
-from .block import BlockDFTLinear
+from . import functional, init, spectral
 from .convert import convert, nearest_block_weight, nearest_dft_weight
-from .layers import DFTLinear
+from .layers import BlockDFTLinear, DFTLinear
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["DFTLinear", "BlockDFTLinear", "convert", "nearest_dft_weight", "nearest_block_weight",
-           "functional", "__version__"]
+           "functional", "init", "spectral", "__version__"]

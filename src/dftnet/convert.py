@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .block import BlockDFTLinear, BlockShape
-from .layers import DFTLinear
+from .kernels.block import BlockShape
+from .layers import BlockDFTLinear, DFTLinear
 
 __all__ = ["convert", "nearest_block_weight", "nearest_dft_weight"]
 
@@ -90,12 +90,12 @@ def _structured_from(linear: nn.Linear, layer: str, block_size: int | None, sign
     # W ~ S diag(sign)  <=>  W diag(sign) ~ S (diag(sign) is orthogonal and its own inverse)
     target = W if sign is None else W * sign.to(W.dtype)
     if layer == "dft":
-        new.weight.copy_(nearest_dft_weight(target))
+        new.set_weight_(nearest_dft_weight(target))
     else:
-        new.weight.copy_(nearest_block_weight(target, block_size))
+        new.set_weight_(nearest_block_weight(target, block_size))
     if linear.bias is not None:
         new.bias.copy_(linear.bias.detach())
-    new.weight.requires_grad_(linear.weight.requires_grad)
+    new.spectrum.requires_grad_(linear.weight.requires_grad)
     if linear.bias is not None:
         new.bias.requires_grad_(linear.bias.requires_grad)
     new.train(linear.training)
@@ -123,7 +123,7 @@ def convert(
     """Replace, in place, the ``nn.Linear`` layers of ``model`` by structured layers nearest to them.
 
     Every ``nn.Linear`` (and subclass) child is replaced by :class:`dftnet.DFTLinear` (``layer="dft"``)
-    or :class:`dftnet.block.BlockDFTLinear` (``layer="block"``) on the same device and dtype, with the
+    or :class:`dftnet.BlockDFTLinear` (``layer="block"``) on the same device and dtype, with the
     same bias, the same ``requires_grad`` and training mode, and the weight projected onto the
     structured matrices (:func:`nearest_dft_weight`, :func:`nearest_block_weight`): the nearest
     structured matrix in the Frobenius norm. Like ``torchao.quantization.quantize_(model, config,

@@ -1,4 +1,9 @@
-"""The DFT (circulant) dense layer as an ``nn.Module``."""
+"""The structured layers as ``nn.Module``s: :class:`DFTLinear` and :class:`BlockDFTLinear`.
+
+Both store their weight in the spectral parametrisation (:mod:`dftnet.spectral`): the parameter
+``spectrum`` holds the scaled Hartley spectrum of the weight, and ``weight`` is the structured weight
+computed from it (differentiable, same shape as ``spectrum``), which defines the matrix (``to_dense()``).
+"""
 
 from __future__ import annotations
 
@@ -7,57 +12,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
 from ._signs import apply_signs, register_sign_buffer, reset_signs
+from ._pipeline import METHODS
+from .functional import block_dft_linear, block_matrix, dft_linear, dft_matrix
+from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
+from .kernels.block import BlockShape
+from .plan import make_plan
+from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
 
-__all__ = ["DFTLinear", "circulant_kaiming_"]
-
-
-@torch.no_grad()
-def circulant_kaiming_(weight: Tensor, in_features: int, out_features: int) -> Tensor:
-    r"""He-style init for a circulant weight: flat magnitude spectrum, random phases, zero mean.
-
-    I.i.d. weights give every frequency k a random gain ``|rfft(w)[k]|^2`` (exponentially distributed),
-    and through a deep stack these gains multiply per frequency: activations vanish or explode (seen
-    for 19 of 20 seeds in a 10-layer i.i.d. He-initialised DFT+ReLU stack). Instead every non-zero
-    frequency gets the same magnitude and a uniform random phase, so a square layer is a scaled
-    orthogonal matrix; the DC gain is 0 (``sum(w) = 0``), so outputs are zero-mean and a ReLU keeps
-    half their energy. With p inputs of mean-square ``E[a^2] = v + mu^2`` (post-ReLU: ``mu^2 =
-    E[a^2] / pi``), ``E[z_i^2] = g (v + mu^2 (1 - p/n))`` for ``Var(w) = g/p``, so
-    ``g = 2 / (1 - p / (n pi))`` keeps ``E[relu(z)^2] = E[a^2]`` layer after layer (``g = 2``, He's,
-    when p << n). Layers with n <= 2 fall back to He-uniform.
-    """
-    n = weight.shape[-1]
-    p = in_features
-    if n <= 2:
-        bound = math.sqrt(6.0 / p)
-        return nn.init.uniform_(weight, -bound, bound)
-    gain = 2.0 / (1.0 - p / (n * math.pi))
-    magnitude = math.sqrt(n * gain / p)
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    phase = torch.rand(n // 2 + 1, device=weight.device, dtype=dtype) * (2 * math.pi)
-    spectrum = torch.polar(torch.full_like(phase, magnitude), phase)
-    spectrum[0] = 0
-    if n % 2 == 0:  # the Nyquist bin of a real signal is real: a random sign
-        spectrum[-1] = magnitude * (1.0 if torch.rand(()).item() < 0.5 else -1.0)
-    return weight.copy_(torch.fft.irfft(spectrum, n))
-
-
-def register_bias_and_signs(module: nn.Module, bias: bool, sign_flip: bool, *, device=None, dtype=None) -> None:
-    """Give a layer with ``in_features`` and ``out_features`` its parameter ``bias`` ``(out_features,)``
-    (or None) and its buffer ``sign`` (see :func:`dftnet._signs.register_sign_buffer`)."""
-    if bias:
-        module.bias = nn.Parameter(torch.empty(module.out_features, device=device, dtype=dtype))
-    else:
-        module.register_parameter("bias", None)
-    register_sign_buffer(module, module.in_features, sign_flip, device=device, dtype=dtype)
-
-
-def reset_bias(module: nn.Module) -> None:
-    """``nn.Linear``'s bias init: ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` (nothing if no bias)."""
-    if module.bias is not None:
-        b = 1.0 / math.sqrt(module.in_features)
-        nn.init.uniform_(module.bias, -b, b)
+__all__ = ["DFTLinear", "BlockDFTLinear"]
 
 
 def _check_features(name: str, value) -> int:
@@ -66,12 +29,103 @@ def _check_features(name: str, value) -> int:
     return value
 
 
-class DFTLinear(nn.Module):
+class _StructuredLinear(nn.Module):
+    """What DFTLinear and BlockDFTLinear share: the spectral parameter and its weight, bias, sign flip,
+    init, loading of version-1 state dicts (which stored ``weight`` itself), the shape check, repr."""
+
+    # version 2: the parameter is ``spectrum`` (version 1 stored ``weight`` directly)
+    _version = 2
+
+    def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, method, magnitude, factory_kwargs):
+        self.in_features = _check_features("in_features", in_features)
+        self.out_features = _check_features("out_features", out_features)
+        if method not in METHODS:
+            raise ValueError(f"method must be 'auto', 'fft' or 'dense', got {method!r}")
+        self.method = method
+        self.spectral_scale = SPECTRAL_GAIN * magnitude
+        self.spectrum = nn.Parameter(torch.empty(weight_shape, **factory_kwargs))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        register_sign_buffer(self, in_features, sign_flip, **factory_kwargs)
+        self.reset_parameters()
+
+    @property
+    def weight(self) -> Tensor:
+        """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable)."""
+        return spectrum_to_weight(self.spectrum, self.spectral_scale)
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        raise AttributeError(
+            f"{type(self).__name__}.weight is computed from the parameter `spectrum`; "
+            "use set_weight_(tensor) to load a weight"
+        )
+
+    @torch.no_grad()
+    def set_weight_(self, weight: Tensor) -> "_StructuredLinear":
+        """Make the layer's weight equal ``weight`` (same shape as ``spectrum``), in place."""
+        if tuple(weight.shape) != tuple(self.spectrum.shape):
+            raise ValueError(f"expected a weight of shape {tuple(self.spectrum.shape)}, got {tuple(weight.shape)}")
+        self.spectrum.copy_(weight_to_spectrum(weight.to(self.spectrum), self.spectral_scale))
+        return self
+
+    def reset_parameters(self) -> None:
+        """Re-draw the weight (He-style, :mod:`dftnet.init`), the bias (as ``nn.Linear``) and any signs."""
+        if self.spectrum.is_meta:
+            pass  # nothing to draw; to_empty() then reset_parameters() initialises for real
+        else:
+            weight = torch.empty_like(self.spectrum)
+            self._init_weight(weight)
+            self.set_weight_(weight)
+        reset_signs(self)
+        if self.bias is not None:
+            b = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -b, b)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        old, new = prefix + "weight", prefix + "spectrum"
+        if old in state_dict and new not in state_dict:  # a version-1 checkpoint stored the weight itself
+            w = state_dict[old]
+            if tuple(w.shape) == tuple(self.spectrum.shape):
+                state_dict = dict(state_dict)
+                state_dict[new] = weight_to_spectrum(w.to(torch.float64), self.spectral_scale).to(w.dtype)
+                del state_dict[old]
+            else:
+                error_msgs.append(f"size mismatch for {old}: copying a weight of shape {tuple(w.shape)}, "
+                                  f"the layer's is {tuple(self.spectrum.shape)}")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_input(self, input) -> None:
+        if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):
+            raise ValueError(
+                f"{type(self).__name__}: expected input of shape (*, {self.in_features}), got {tuple(input.shape)}"
+            )
+
+    def to_dense(self) -> Tensor:
+        """The explicit ``(out_features, in_features)`` matrix (times ``diag(sign)`` with sign_flip)."""
+        W = self._matrix(self.weight)
+        return W if self.sign is None else W * self.sign.to(W.dtype)
+
+    def _repr_tail(self) -> str:
+        s = f", bias={self.bias is not None}"
+        if self.method != "auto":
+            s += f", method={self.method!r}"
+        if self.sign is not None:
+            s += ", sign_flip=True"
+        return s
+
+
+class DFTLinear(_StructuredLinear):
     r"""A dense layer whose q x p weight matrix is circulant: ``W[i, j] = weight[(i + j) % n]``.
 
     Drop-in for :class:`torch.nn.Linear`: ``y = x W^T + b`` for input ``(*, in_features)``, computed as
     a circular correlation by real FFTs in O(n log n) per example, with n = max(in_features,
-    out_features) parameters instead of in_features * out_features.
+    out_features) weights instead of in_features * out_features.
 
     Args:
         in_features: p, size of each input sample.
@@ -82,78 +136,113 @@ class DFTLinear(nn.Module):
             (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
 
     Attributes:
-        weight: ``(n,)``, initialised by :func:`circulant_kaiming_`: ``Var(w) ~ 2/p`` like He's init
-            (each output is a sum of p distinct weights times p inputs), but with a flat magnitude
-            spectrum and zero mean, so that deep DFT+ReLU stacks neither explode nor vanish.
+        spectrum: the parameter, ``(n,)``: the weight's Hartley spectrum over ``spectral_scale``
+            (:mod:`dftnet.spectral`), so that Adam steps every frequency on its own at any width.
+        weight: ``(n,)``, computed from ``spectrum``; initialised by
+            :func:`dftnet.init.circulant_kaiming_` (flat magnitude spectrum, zero mean, Var ~ 2/p).
         bias: ``(out_features,)``, initialised ``U(-1/sqrt(p), 1/sqrt(p))`` like ``nn.Linear``.
     """
 
     __constants__ = ["in_features", "out_features", "fft_size", "method", "recompute_spectrum"]
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        fft_size: int | None = None,
-        method: str = "auto",
-        recompute_spectrum: bool = False,
-        sign_flip: bool = False,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool = False,
+                 sign_flip: bool = False) -> None:
         super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        if method not in ("auto", "fft", "dense"):
-            raise ValueError(f"method must be 'auto', 'fft' or 'dense', got {method!r}")
-        self.fft_size = fft_size
-        self.method = method
-        self.recompute_spectrum = recompute_spectrum
-        n = max(in_features, out_features)
+        p = _check_features("in_features", in_features)
+        q = _check_features("out_features", out_features)
         if fft_size is not None:
-            from .plan import make_plan
-
-            make_plan(in_features, out_features, fft_size)  # validates
-        self.weight = nn.Parameter(torch.empty(n, **factory_kwargs))
-        register_bias_and_signs(self, bias, sign_flip, **factory_kwargs)
-        self.reset_parameters()
+            make_plan(p, q, fft_size)  # validates
+        self.fft_size = fft_size
+        self.recompute_spectrum = recompute_spectrum
+        self._setup(p, q, (max(p, q),), bias, sign_flip, method, circulant_magnitude(p, q),
+                    {"device": device, "dtype": dtype})
 
     @property
     def n(self) -> int:
-        return self.weight.shape[0]
+        return self.spectrum.shape[0]
 
-    def reset_parameters(self) -> None:
-        circulant_kaiming_(self.weight, self.in_features, self.out_features)
-        reset_signs(self)
-        reset_bias(self)
+    def _init_weight(self, weight: Tensor) -> None:
+        circulant_kaiming_(weight, self.in_features, self.out_features)
+
+    def _matrix(self, weight: Tensor) -> Tensor:
+        return dft_matrix(weight, self.in_features, self.out_features)
 
     def forward(self, input: Tensor) -> Tensor:
-        if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):
-            raise ValueError(
-                f"{type(self).__name__}: expected input of shape (*, {self.in_features}), "
-                f"got {tuple(input.shape)}"
-            )
-        return F.dft_linear(
+        self._check_input(input)
+        return dft_linear(
             apply_signs(input, self.sign), self.weight, self.bias, self.out_features,
             fft_size=self.fft_size, method=self.method, recompute_spectrum=self.recompute_spectrum,
         )
 
-    def to_dense(self) -> Tensor:
-        """The explicit ``(out_features, in_features)`` weight matrix (differentiable)."""
-        W = F.dft_matrix(self.weight, self.in_features, self.out_features)
-        return W if self.sign is None else W * self.sign
-
     def extra_repr(self) -> str:
-        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()
         if self.fft_size is not None:
             s += f", fft_size={self.fft_size}"
-        if self.method != "auto":
-            s += f", method={self.method!r}"
         if self.recompute_spectrum:
             s += ", recompute_spectrum=True"
-        if self.sign is not None:
-            s += ", sign_flip=True"
         return s
+
+
+def _check_block_size(block_size, in_features: int, out_features: int) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if block_size > max(in_features, out_features):
+        raise ValueError(
+            f"block_size must be at most max(in_features, out_features) = "
+            f"{max(in_features, out_features)}, got {block_size}"
+        )
+    return block_size
+
+
+class BlockDFTLinear(_StructuredLinear):
+    r"""A dense layer whose q x p weight matrix is tiled by k x k circulant blocks.
+
+    Drop-in for :class:`torch.nn.Linear`: ``y = x W^T + b`` for input ``(*, in_features)``, with
+    ``W[i, j] = weight[i // k, j // k, (i + j) % k]`` (see :mod:`dftnet.kernels.block`), computed by
+    batched FFTs in O((p + q) log k + p q / k) per example, with ``ceil(q/k) ceil(p/k) k`` weights instead
+    of p q. ``block_size=1`` is ``nn.Linear``; ``block_size=max(p, q)`` is :class:`DFTLinear`.
+
+    Args:
+        in_features: p, size of each input sample.
+        out_features: q, size of each output sample.
+        block_size: k, between 1 and max(p, q).
+        bias: learn an additive bias of shape ``(out_features,)``.
+        sign_flip: multiply the input by a fixed random +-1 diagonal D first, ``y = W (D x) + b``.
+        method: see :func:`dftnet.functional.block_dft_linear`.
+
+    Attributes:
+        spectrum: the parameter, ``(ceil(q/k), ceil(p/k), k)``: each block's Hartley spectrum over
+            ``spectral_scale`` (:mod:`dftnet.spectral`).
+        weight: same shape, computed from ``spectrum``; initialised by
+            :func:`dftnet.init.block_circulant_kaiming_`.
+        bias: ``(out_features,)``, initialised ``U(-1/sqrt(p), 1/sqrt(p))`` like ``nn.Linear``.
+        sign: buffer ``(in_features,)`` of +-1 if ``sign_flip``, else None.
+    """
+
+    __constants__ = ["in_features", "out_features", "block_size", "method"]
+
+    def __init__(self, in_features: int, out_features: int, block_size: int, bias: bool = True, device=None,
+                 dtype=None, *, sign_flip: bool = False, method: str = "auto") -> None:
+        super().__init__()
+        p = _check_features("in_features", in_features)
+        q = _check_features("out_features", out_features)
+        self.block_size = _check_block_size(block_size, p, q)
+        shape = BlockShape(p, q, block_size)
+        self._setup(p, q, (shape.out_blocks, shape.in_blocks, block_size), bias, sign_flip, method,
+                    block_magnitude(p, q, block_size), {"device": device, "dtype": dtype})
+
+    def _init_weight(self, weight: Tensor) -> None:
+        block_circulant_kaiming_(weight, self.in_features, self.out_features)
+
+    def _matrix(self, weight: Tensor) -> Tensor:
+        return block_matrix(weight, self.in_features, self.out_features)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return block_dft_linear(apply_signs(input, self.sign), self.weight, self.bias, self.out_features,
+                                method=self.method)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"block_size={self.block_size}" + self._repr_tail())

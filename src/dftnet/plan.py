@@ -13,6 +13,7 @@ cost ~8x their next power of two; and "5-smooth" is not enough (2025 = 3^4 5^2 a
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -74,42 +75,38 @@ def fft_cost(L: int) -> float:
     return penalty * L * math.log2(L)
 
 
-_FAST_LENGTHS: dict[int, int] = {}
-_PLANS: dict[tuple, Plan] = {}
-
-
+@lru_cache(maxsize=4096)
 def fast_length(min_length: int) -> int:
     """Cheapest length L >= min_length by :func:`fft_cost`, among 2^a * m with m odd and 7-smooth."""
-    if min_length not in _FAST_LENGTHS:
-        best, best_cost = min_length, math.inf
-        for m in _SMOOTH_ODD:
-            L = m
-            while L < min_length:
-                L *= 2
-            cost = fft_cost(L)
-            if cost < best_cost:
-                best, best_cost = L, cost
-        _FAST_LENGTHS[min_length] = best
-    return _FAST_LENGTHS[min_length]
+    best, best_cost = min_length, math.inf
+    for m in _SMOOTH_ODD:
+        L = m
+        while L < min_length:
+            L *= 2
+        cost = fft_cost(L)
+        if cost < best_cost:
+            best, best_cost = L, cost
+    return best
 
 
 def make_plan(in_features: int, out_features: int, fft_size: int | None = None) -> Plan:
     """Choose the FFT length for a layer (or validate a requested one)."""
-    key = (in_features, out_features, fft_size)
-    plan = _PLANS.get(key)
-    if plan is None:
-        p, q = in_features, out_features
-        n = max(p, q)
-        if fft_size is None:
-            linear = fast_length(p + q - 1)
-            fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
-        elif fft_size != n and fft_size < p + q - 1:
-            raise ValueError(
-                f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
-                f"in_features + out_features - 1 = {p + q - 1} (linear), got {fft_size}"
-            )
-        plan = _PLANS[key] = Plan(p, q, n, fft_size)
-    return plan
+    n = max(in_features, out_features)
+    if fft_size is not None and fft_size != n and fft_size < in_features + out_features - 1:
+        raise ValueError(
+            f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
+            f"in_features + out_features - 1 = {in_features + out_features - 1} (linear), got {fft_size}"
+        )
+    return _plan(in_features, out_features, fft_size)
+
+
+@lru_cache(maxsize=4096)
+def _plan(p: int, q: int, fft_size: int | None) -> Plan:
+    n = max(p, q)
+    if fft_size is None:
+        linear = fast_length(p + q - 1)
+        fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
+    return Plan(p, q, n, fft_size)
 
 
 # Cost model of the two routes, in microseconds, fitted to `dftnet bench` on 2 CPU cores (float32; README,
@@ -121,19 +118,29 @@ _FFT_US = {False: (200.0, 3.2e-4), True: (600.0, 9.7e-4)}  # fixed, per row-unit
 
 
 def use_dense(
-    in_features: int, out_features: int, batch: int, device: torch.device, training: bool = True
+    in_features: int, out_features: int, batch: int, device: torch.device, training: bool = True,
+    block_size: int | None = None,
 ) -> bool:
     """Whether multiplying by the materialised q x p matrix is cheaper than the FFT route.
 
-    For small matrices the FFT's fixed costs (spectra, several kernel launches) exceed a matmul's; the
-    more rows per call, the sooner the FFT's O(n log n) per row wins; with gradients the dense route
-    also pays for its matrix gradient (p q per call). Fitted on CPU (within 1.15x of the faster route
-    for n = 16 ... 4096, batches 1 ... 1024, in the README's bench); on CUDA the same rule is used (not
-    measured here).
+    One model for both structures. The dense route costs a fixed amount per call, a cost per matrix
+    entry (building W, and in training folding its gradient) and B p q multiply-adds. The FFT route
+    costs a larger fixed amount (more kernels, the range check, the weight's spectrum) and per row:
+    for a DFT layer two FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of
+    length k plus the per-frequency complex products, C R (k/2 + 1) complex multiply-adds, which run
+    at about half the speed of one large real matmul (8 flops each, counted as 8 row-entries).
+    Fitted on CPU for DFT layers (within 1.15x of the faster route for n = 16 ... 4096, batches
+    1 ... 1024, in the README's bench); on CUDA the same rule is used (not measured here).
     """
-    pq = in_features * out_features
+    p, q = in_features, out_features
+    pq = p * q
     fixed, per_entry, per_row_entry = _DENSE_US[training]
     dense = fixed + per_entry * pq + per_row_entry * batch * pq
     fixed, per_row_unit = _FFT_US[training]
-    fft = fixed + per_row_unit * batch * fft_cost(make_plan(in_features, out_features).fft_size)
-    return dense <= fft
+    if block_size is None or block_size >= max(p, q):
+        row = per_row_unit * fft_cost(make_plan(p, q).fft_size)
+    else:
+        k = block_size
+        C, R = -(-p // k), -(-q // k)
+        row = per_row_unit * (C + R) * fft_cost(k) / 2 + per_row_entry * 8 * C * R * (k // 2 + 1)
+    return dense <= fixed + batch * row

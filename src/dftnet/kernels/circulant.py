@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from .plan import Plan
+from .._compat import functorch_active, tracing
+from ..plan import Plan
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -78,7 +79,7 @@ def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
 
 def _fast_kernels() -> bool:
     """In-place, chunked kernels, except while torch.compile traces or a torch.func transform is active."""
-    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+    return not tracing()
 
 
 def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -274,7 +275,7 @@ class _EagerDFTLinearFunction(Function):
 
 def dft_linear_autograd(x, weight, bias, plan: Plan, save_spectrum: bool) -> torch.Tensor:
     """``z = x W^T + b`` with the hand-derived backward (the torch.func-compatible Function under transforms)."""
-    if torch._C._are_functorch_transforms_active():
+    if functorch_active():
         return DFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)[0]
     return _EagerDFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)
 

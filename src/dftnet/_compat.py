@@ -1,0 +1,26 @@
+"""The one place that touches private PyTorch APIs.
+
+``torch._C._are_functorch_transforms_active`` tells whether a ``torch.func`` transform (grad, vmap,
+jacrev, ...) is running. The fast kernels work in place and use the classic ``autograd.Function`` form,
+which functorch cannot see through, so under a transform the layer takes its out-of-place path. There is
+no public equivalent in torch 2.4-2.13. If the private function disappears, ``functorch_active`` falls
+back to ``False`` only where torch.func itself is absent; otherwise update this module to the new API.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["functorch_active", "tracing"]
+
+_are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def functorch_active() -> bool:
+    """True while a ``torch.func`` transform is active."""
+    return bool(_are_transforms_active()) if _are_transforms_active is not None else False
+
+
+def tracing() -> bool:
+    """True while torch.compile traces or a torch.func transform runs: no in-place tricks, no host syncs."""
+    return torch.compiler.is_compiling() or functorch_active()

@@ -1,0 +1,1 @@
+"""FFT kernels and their hand-derived autograd Functions: one module per structure."""

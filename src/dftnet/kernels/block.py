@@ -1,0 +1,171 @@
+r"""Block-circulant kernels: a q x p matrix tiled by k x k circulant blocks, computed by batched FFTs.
+
+With block size k, ``R = ceil(q / k)`` output blocks and ``C = ceil(p / k)`` input blocks, the layer is
+``W[i, j] = weight[i // k, j // k, (i + j) % k]`` (weight: (R, C, k)); block (r, c) is
+``W_rc[i][j] = w_rc[(i + j) % k]``. Inputs are zero-padded to C k and outputs truncated to q.
+
+Each output block is a sum over input blocks of circular correlations, so with ``X = rfft(x_blocks)``
+(F, B, C), ``F = k // 2 + 1`` and ``Wf = rfft(weight)``:
+
+Forward, a correlation:     Z[f, b, r] = sum_c conj(X[f, b, c]) Wf[r, c, f],   z = irfft(Z)[:q]
+grad_input (layer W^T):     GX[f, b, c] = sum_r conj(G[f, b, r]) Wf[r, c, f],  gx = irfft(GX)[:p]
+grad_weight, a convolution: S[r, c, f] = sum_batch G[f, b, r] X[f, b, c],      gw = irfft(S)
+
+with ``G = rfft(grad_output_blocks)``: one batched rfft, one batched complex matmul over frequencies
+(F, B, C) @ (F, C, R), one batched irfft. ``W^T`` is the p x q block layer with ``weight.transpose(0, 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+__all__ = ["BlockShape", "block_matrix", "BlockDFTFunction", "BlockWeightGradFunction"]
+
+
+class BlockShape(NamedTuple):
+    """A q x p block-circulant layer with k x k blocks (k = ``block_size``)."""
+
+    in_features: int
+    out_features: int
+    block_size: int
+
+    @property
+    def in_blocks(self) -> int:
+        return -(-self.in_features // self.block_size)
+
+    @property
+    def out_blocks(self) -> int:
+        return -(-self.out_features // self.block_size)
+
+    def transpose(self) -> "BlockShape":
+        return BlockShape(self.out_features, self.in_features, self.block_size)
+
+
+def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
+    """The explicit q x p matrix ``W[i, j] = weight[i // k, j // k, (i + j) % k]`` (differentiable)."""
+    R, C, k = weight.shape[-3:]
+    shape = BlockShape(in_features, out_features, k)
+    if (R, C) != (shape.out_blocks, shape.in_blocks):
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} does not tile a {out_features} x {in_features} matrix "
+            f"with block size {k}: expected ({shape.out_blocks}, {shape.in_blocks}, {k})"
+        )
+    i = torch.arange(k, device=weight.device)
+    blocks = weight[..., (i[:, None] + i[None, :]) % k]  # (..., R, C, k, k): block (r, c), row i, column j
+    W = blocks.transpose(-3, -2).reshape(*weight.shape[:-3], R * k, C * k)
+    return W[..., :out_features, :in_features]
+
+
+def _spectrum(t: Tensor, n_blocks: int, k: int) -> Tensor:
+    """(B, m) -> zero-padded to n_blocks k, blocks of k, rfft: the (F, B, n_blocks) spectrum, contiguous."""
+    if t.shape[0] == 0:  # MKL rejects empty FFT batches
+        return t.new_zeros(k // 2 + 1, 0, n_blocks, dtype=t.dtype.to_complex())
+    pad = n_blocks * k - t.shape[-1]
+    if pad:
+        t = torch.nn.functional.pad(t, (0, pad))
+    return torch.fft.rfft(t.reshape(t.shape[0], n_blocks, k), dim=-1).permute(2, 0, 1).contiguous()
+
+
+def _inverse(Z: Tensor, k: int, length: int) -> Tensor:
+    """(F, B, n_blocks) spectrum -> irfft per block -> (B, n_blocks k) truncated to ``length``, contiguous."""
+    if Z.shape[1] == 0:
+        return Z.real.new_zeros(0, length)
+    z = torch.fft.irfft(Z.permute(1, 2, 0), k, dim=-1)
+    z = z.reshape(z.shape[0], -1)
+    return z if z.shape[-1] == length else z[:, :length].contiguous()
+
+
+def _weight_spectrum(weight: Tensor) -> Tensor:
+    """(R, C, k) -> (F, C, R): the per-frequency C x R matrices of the forward product."""
+    return torch.fft.rfft(weight, dim=-1).permute(2, 1, 0).contiguous()
+
+
+def _weight_from_spectrum(S: Tensor, k: int) -> Tensor:
+    """(F, R, C) -> (R, C, k)."""
+    return torch.fft.irfft(S.permute(1, 2, 0), k, dim=-1)
+
+
+class BlockDFTFunction(Function):
+    """z = W x for a q x p block-circulant W, x of shape (B, p). Returns (z, X, Wf); X, Wf are by-products.
+
+    Saved for backward: x and weight (for double backward), the weight spectrum Wf (F, C, R) and the
+    input spectrum X (F, B, C), so that backward needs one rfft (of the output gradient), two batched
+    matmuls and two irffts.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, shape: BlockShape):
+        k = shape.block_size
+        X = _spectrum(x, shape.in_blocks, k)
+        Wf = _weight_spectrum(weight)
+        return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), X, Wf
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, shape = inputs
+        _, X, Wf = output
+        ctx.shape = shape
+        ctx.mark_non_differentiable(X, Wf)
+        ctx.save_for_backward(x, weight, X, Wf)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_X, _grad_Wf):
+        x, weight, X, Wf = ctx.saved_tensors
+        shape = ctx.shape
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if torch.is_grad_enabled():
+            # create_graph=True: build the gradients from differentiable pieces (double backward).
+            if need_x:
+                grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), shape.transpose())[0]
+            if need_w:
+                grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
+            return grad_x, grad_w, None
+        k = shape.block_size
+        G = _spectrum(grad_out, shape.out_blocks, k)  # (F, B, R)
+        if need_x:
+            grad_x = _inverse(torch.matmul(G.conj(), Wf.transpose(1, 2)), k, shape.in_features)
+        if need_w:
+            grad_w = _weight_from_spectrum(torch.matmul(G.transpose(1, 2), X), k)
+        return grad_x, grad_w, None
+
+
+class BlockWeightGradFunction(Function):
+    """gw[r, c] = sum_batch conv_k(g_r, x_c): the weight gradient as a differentiable bilinear map of (g, x).
+
+    Its own gradients are block layers with the incoming gradient u (R, C, k) as weight:
+    d<u, gw>/dg = W_u x (q x p layer), d<u, gw>/dx = W_u^T g (p x q layer).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, x, shape: BlockShape):
+        k = shape.block_size
+        G = _spectrum(grad_out, shape.out_blocks, k)
+        X = _spectrum(x, shape.in_blocks, k)
+        return _weight_from_spectrum(torch.matmul(G.transpose(1, 2), X), k)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, x, shape = inputs
+        ctx.shape = shape
+        ctx.save_for_backward(grad_out, x)
+
+    @staticmethod
+    def backward(ctx, u):
+        grad_out, x = ctx.saved_tensors
+        shape = ctx.shape
+        need_g, need_x = ctx.needs_input_grad[:2]
+        dg = dx = None
+        if need_g:
+            dg = BlockDFTFunction.apply(x, u, shape)[0]
+        if need_x:
+            dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), shape.transpose())[0]
+        return dg, dx, None
