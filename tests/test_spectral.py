@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dftnet import DFTLinear
-from dftnet.spectral import hartley, spectrum_to_weight, weight_to_spectrum
+from dftnet.spectral import SPECTRAL_GAIN, hartley, spectrum_to_weight, weight_to_spectrum
 
 F64 = torch.float64
 
@@ -35,7 +35,7 @@ def test_init_spectrum_scale_is_width_independent():
     for p, q in [(784, 16384), (16384, 16384), (16384, 10), (256, 64)]:
         layer = DFTLinear(p, q)
         rms = layer.spectrum.detach()[1:].pow(2).mean().sqrt().item()
-        assert 0.8 / 16 < rms < 1.25 / 16, (p, q, rms)
+        assert 0.8 < rms * SPECTRAL_GAIN < 1.25, (p, q, rms)
 
 
 def _alive(model, x):
