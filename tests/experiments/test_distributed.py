@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dftnet.checkpoint import load_checkpoint
+from dftnet.experiments.checkpoint import load_checkpoint
 
 ARGS = ["--widths", "784,48,10", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--quiet",
         "--device", "cpu", "--lr", "5e-3"]

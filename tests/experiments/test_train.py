@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from dftnet import train as train_mod
-from dftnet.checkpoint import load_checkpoint
-from dftnet.models import MLP
-from dftnet.train import TrainConfig, run
+from dftnet.experiments import train as train_mod
+from dftnet.experiments.checkpoint import load_checkpoint
+from dftnet.experiments.models import MLP
+from dftnet.experiments.train import TrainConfig, run
 
 SMALL = dict(widths=(784, 24, 10), limit=256, batch_size=32, epochs=2, quiet=True)
 

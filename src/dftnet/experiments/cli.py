@@ -1,4 +1,4 @@
-"""The ``dftnet`` command line: ``train``, ``eval``, ``bench``.
+"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``.
 
 User mistakes (bad flags, missing data, unusable files) end with exit status 2 and one line on
 stderr; ``--debug`` shows the traceback instead.
@@ -162,7 +162,7 @@ def _add_sweep(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from dftnet import __version__
 
     parser = _Parser(prog="dftnet", description="DFTnet: circulant dense layers computed with the FFT.")
     parser.add_argument("--version", action="version", version=f"dftnet {__version__}")
@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    from . import EXTRA_HINT, missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:  # the core is installed without the application's extra
+        print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
+        return 2
     from .checkpoint import CheckpointError
     from .data import DataError
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import DFTLinear
+from dftnet import BlockDFTLinear, DFTLinear
 
 __all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec"]
 
@@ -72,10 +72,7 @@ class MLP(nn.Sequential):
         widths = tuple(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least an input and an output size, got {widths}")
-        if layer == "block":
-            from .block import BlockDFTLinear as cls
-        else:
-            cls = DFTLinear if layer == "dft" else nn.Linear
+        cls = {"dft": DFTLinear, "dense": nn.Linear, "block": BlockDFTLinear}[layer]
         modules: list[nn.Module] = []
         for i, (p, q) in enumerate(zip(widths[:-1], widths[1:])):
             if i:

@@ -83,7 +83,7 @@ _DFT_LR_WIDTH = 4096
 
 def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """AdamW parameter groups: DFT weights wider than 4096 get a proportionally smaller lr."""
-    from .layers import DFTLinear
+    from dftnet import DFTLinear
 
     scaled, seen = {}, set()
     for m in model.modules():
