@@ -145,9 +145,20 @@ RUN = ["-m", "dftnet", "train", "--layer", "dft", "--widths", "784,32,10", "--li
        "--batch-size", "32", "--epochs", "2", "--quiet", "--checkpoint-every", "2", "--seed", "3"]
 
 
-def _start(out, env=None):
-    return subprocess.Popen([sys.executable, *RUN, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+# The command line with the checkpoint writer's test hook set: sleep between writing the temporary
+# file and renaming it over the checkpoint.
+SLOW_SAVE = """import sys, time
+from dftnet.experiments import checkpoint
+checkpoint.before_replace = lambda tmp: time.sleep(0.5)
+from dftnet.experiments.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _start(out, slow_save=False):
+    program = ["-c", SLOW_SAVE] if slow_save else RUN[:2]
+    return subprocess.Popen([sys.executable, *program, *RUN[2:], "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_step(path: Path, step: int, proc, timeout=120):
@@ -197,10 +208,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_
 
 
 def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
-    """DFTNET_SLOW_SAVE stretches the window between writing the temp file and renaming it."""
+    """A slow checkpoint writer (test hook) stretches the window between writing the temp file and renaming it."""
     TRIED["sigkill-during-write"] += 1
     out = tmp_path / "run"
-    proc = _start(out, env={"DFTNET_SLOW_SAVE": "0.5"})
+    proc = _start(out, slow_save=True)
     t0 = time.time()
     while time.time() - t0 < 120 and not list((out / "dft").glob(".last.pt.*.tmp")):
         time.sleep(0.01)

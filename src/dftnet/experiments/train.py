@@ -158,17 +158,18 @@ class TrainingInterrupted(Exception):
         self.path = path
 
 
-class _StopFlag:
-    """Turns the first SIGINT into a flag the loop checks between steps (so no step is cut in half).
+# Test hook: when > 0, the stop flag rises after this many steps of this process, a deterministic
+# stand-in for Ctrl-C. The tests set it (in a subprocess, through a small wrapper, under torchrun too).
+STOP_AFTER_STEPS = 0
 
-    ``DFTNET_STOP_AFTER_STEPS=N`` raises the flag after N steps of this process: a deterministic
-    stand-in for Ctrl-C, used by the tests (also under torchrun).
-    """
+
+class _StopFlag:
+    """Turns the first SIGINT into a flag the loop checks between steps (so no step is cut in half)."""
 
     def __init__(self):
         self.set = False
         self.steps = 0
-        self.stop_after = int(os.environ.get("DFTNET_STOP_AFTER_STEPS", "0") or 0)
+        self.stop_after = STOP_AFTER_STEPS
         self._old = None
 
     def __enter__(self):
