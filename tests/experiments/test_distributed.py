@@ -23,8 +23,8 @@ def _free_port() -> int:
 # Runs the command line with the training loop's test hook set: every process raises its stop flag
 # (a stand-in for Ctrl-C) after this many steps.
 STOP_AFTER = """import sys
-from dftnet.experiments import train
-train.STOP_AFTER_STEPS = {steps}
+from dftnet.experiments import interrupt
+interrupt.STOP_AFTER_STEPS = {steps}
 from dftnet.experiments.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """

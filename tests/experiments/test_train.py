@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from dftnet.experiments import interrupt
 from dftnet.experiments import train as train_mod
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.models import MLP
@@ -59,12 +60,12 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_a
     cfg = dict(layer="dft", epochs=2)
     ref = run(_cfg(tmp_path, "ref", **cfg), log=lambda *a: None)["results"][0]
 
-    monkeypatch.setattr(train_mod, "STOP_AFTER_STEPS", stop_after)
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", stop_after)
     with pytest.raises(train_mod.TrainingInterrupted) as info:
         run(_cfg(tmp_path, "cut", **cfg), log=lambda *a: None)
     assert info.value.path.name == "last.pt"
     assert load_checkpoint(info.value.path)["step"] == stop_after
-    monkeypatch.setattr(train_mod, "STOP_AFTER_STEPS", 0)
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", 0)
     res = run(_cfg(tmp_path, "cut", resume=True, **cfg), log=lambda *a: None)["results"][0]
 
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch", "steps"):

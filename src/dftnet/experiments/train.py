@@ -1,17 +1,22 @@
 """Train an MLP classifier, DFT and dense side by side: the original note's MNIST experiment.
 
-Read top to bottom: config -> data -> for each net: model, optimizer, schedule -> epochs of steps ->
-validation, checkpoints -> test with the best epoch -> summary table, CSV, JSON, curves.
+Read top to bottom, like nanoGPT's train.py. For each net (:func:`train_net`):
+
+1. :func:`build_net_run`: seed, model, AdamW, one-cycle schedule;
+2. :func:`maybe_resume`: continue from ``last.pt`` (mid-epoch too);
+3. :func:`train_epoch`, made of :func:`train_step`: one pass over this epoch's batches, with a
+   checkpoint every ``--checkpoint-every`` steps and on Ctrl-C;
+4. :func:`end_epoch`: validation, the epoch's row of metrics, ``best.pt`` and ``last.pt``;
+5. :func:`test_best`: the test set, once, with the epoch that validation chose.
+
+The job (:func:`run`) then writes the summary table, ``metrics.csv``, ``summary.json`` and the curves.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -27,19 +32,15 @@ from . import data as data_mod
 from . import distributed as dist_mod
 from .checkpoint import (FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries, save_atomic,
                          save_safetensors)
+from .device import resolve_device
+from .evaluate import evaluate
+from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
-from .models import MLP, SEED_WIDTHS, parse_layer_spec
+from .models import SEED_WIDTHS, build_model, parse_layer_spec
+from .recipe import DEFAULT_LR, default_lr, param_groups
+from .reports import plot_curves, train_table, write_csv
 
-__all__ = ["TrainConfig", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
-
-# Measured on MNIST, seed widths, 10 epochs, batch 128, AdamW (weight decay 1e-4) + one-cycle + label
-# smoothing 0.1 (README, "Training recipe"). DFT nets diverge (dead ReLUs) from lr 1e-2 up.
-DEFAULT_LR = {"dft": 3e-3, "dense": 1e-3, "block": 1e-3}
-
-
-def default_lr(spec: str) -> float:
-    return DEFAULT_LR[parse_layer_spec(spec)[0]]
-
+__all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 
 @dataclass
 class TrainConfig:
@@ -74,71 +75,6 @@ class TrainConfig:
         self.widths = tuple(self.widths)
 
 
-# Every weight of a circulant layer touches every output, and Adam's early, sign-like steps move the
-# whole spectrum together: the gain at DC changes by up to n * lr per step. lr 3e-3 trains the seed
-# net (n <= 4096) but a 784-16384-16384-10 DFT net diverged with it (11% test accuracy), so wider
-# DFT layers get lr * 4096 / n.
-_DFT_LR_WIDTH = 4096
-
-
-def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
-    """AdamW parameter groups: DFT weights wider than 4096 get a proportionally smaller lr."""
-    from dftnet import DFTLinear
-
-    scaled, seen = {}, set()
-    for m in model.modules():
-        if isinstance(m, DFTLinear) and m.n > _DFT_LR_WIDTH:
-            scaled.setdefault(_DFT_LR_WIDTH / m.n, []).append(m.weight)
-            seen.add(id(m.weight))
-    rest = [p for p in model.parameters() if id(p) not in seen]
-    return [{"params": rest, "lr": lr}] + [{"params": ps, "lr": lr * f} for f, ps in sorted(scaled.items())]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def build_model(spec: str, widths, recompute_spectrum: bool = False, device=None) -> MLP:
-    """The MLP of a variant name (``dft``, ``dense``, ``dft-sign``, ``block-32``; see ``parse_layer_spec``)."""
-    kwargs = {"recompute_spectrum": True} if (spec.startswith("dft") and recompute_spectrum) else {}
-    return MLP.from_spec(spec, widths, device=device, **kwargs)
-
-
-@torch.no_grad()
-def evaluate(model, x, y, batch_size=1000, num_classes=None, ctx: dist_mod.Context | None = None):
-    """Mean loss, accuracy and (optionally) the confusion matrix [true, predicted] over (x, y).
-
-    Under DDP each rank evaluates every world_size-th example and the sums are reduced.
-    """
-    if ctx is not None and ctx.distributed:
-        loss_sum, correct, _ = evaluate(model, x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size],
-                                        batch_size)
-        n_local = len(x[ctx.rank :: ctx.world_size])
-        loss_sum, correct = dist_mod.all_reduce_sum(ctx, [loss_sum * n_local, correct * n_local])
-        return loss_sum / max(len(x), 1), correct / max(len(x), 1), None
-    model.eval()
-    device = next(model.parameters()).device
-    total_loss, correct = 0.0, 0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long) if num_classes else None
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        logits = model(xb)
-        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        pred = logits.argmax(1)
-        correct += (pred == yb).sum().item()
-        if confusion is not None:
-            confusion += torch.bincount(
-                (yb * num_classes + pred).cpu(), minlength=num_classes * num_classes
-            ).reshape(num_classes, num_classes)
-    model.train()
-    n = max(len(x), 1)
-    return total_loss / n, correct / n, confusion
-
-
 def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.Tensor:
     """This rank's examples of epoch ``epoch``, in order: a function of (seed, epoch) alone, so resuming
     replays it. ``DistributedSampler`` deals rank r every world_size-th example of one shuffle, so the
@@ -150,80 +86,40 @@ def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.
     return torch.tensor(list(iter(sampler)), dtype=torch.long)
 
 
-class TrainingInterrupted(Exception):
-    """Ctrl-C: training stopped after a step, with a resumable checkpoint at ``path``."""
-
-    def __init__(self, path: Path):
-        super().__init__(str(path))
-        self.path = path
-
-
-# Test hook: when > 0, the stop flag rises after this many steps of this process, a deterministic
-# stand-in for Ctrl-C. The tests set it (in a subprocess, through a small wrapper, under torchrun too).
-STOP_AFTER_STEPS = 0
-
-
-class _StopFlag:
-    """Turns the first SIGINT into a flag the loop checks between steps (so no step is cut in half)."""
-
-    def __init__(self):
-        self.set = False
-        self.steps = 0
-        self.stop_after = STOP_AFTER_STEPS
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.set:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.set = True
-
-    def check(self) -> bool:
-        self.steps += 1
-        return self.set or (self.stop_after > 0 and self.steps >= self.stop_after)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def _checkpoint(model, opt, sched, cfg, kind, position, step, history, best, accum) -> dict:
-    return {
-        "format": FORMAT,
-        "model": {"kind": kind, "widths": list(cfg.widths), "recompute_spectrum": cfg.recompute_spectrum},
-        "dataset": cfg.dataset,
-        "state_dict": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "position": {"epoch": position[0], "batch": position[1]},  # where training continues
-        "step": step,
-        "accum": accum,  # running train metrics of the current epoch
-        "history": history,
-        "best": best,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-    }
-
-
 def _new_accum() -> dict:
     return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
-def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.Context, log=print) -> dict:
-    """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch).
+@dataclass
+class NetRun:
+    """One net in training: its modules, and where training stands (what a checkpoint records)."""
 
-    ``cfg.batch_size`` is the global batch: under DDP each of the world_size processes takes its share.
-    """
-    device, net_dir, last = ctx.device, out_dir / kind, out_dir / kind / "last.pt"
+    kind: str
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    local_batch: int  # this process's share of the global batch
+    steps_per_epoch: int
+    total_steps: int
+    epoch: int = 0  # position: where training continues
+    batch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)  # one row of metrics per epoch
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
+    accum: dict = field(default_factory=_new_accum)  # running train metrics of the current epoch
+
+
+# ------------------------------------------------------------------------- 1. model, optimizer, schedule
+
+
+def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context) -> NetRun:
+    """``cfg.batch_size`` is the global batch: under DDP each of the world_size processes takes its share."""
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
                          f"({ctx.world_size})")
     local_batch = cfg.batch_size // ctx.world_size
     torch.manual_seed(cfg.seed)
-    model = build_model(kind, cfg.widths, cfg.recompute_spectrum, device)
+    model = build_model(kind, cfg.widths, cfg.recompute_spectrum, ctx.device)
     lr = cfg.lr if cfg.lr is not None else default_lr(kind)
     groups = param_groups(model, lr)
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
@@ -234,177 +130,198 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=max(total_steps, 1))
-    epoch, batch, step, history, accum = 0, 0, 0, [], _new_accum()
-    best = {"val_acc": -1.0, "epoch": -1}
+    return NetRun(kind, model, opt, sched, local_batch, steps_per_epoch, total_steps)
 
-    if cfg.resume and ctx.is_main and net_dir.exists():
+
+# ------------------------------------------------------------------------- 2. resume, checkpoints
+
+
+def maybe_resume(r: NetRun, cfg: TrainConfig, net_dir: Path, ctx: dist_mod.Context, log) -> None:
+    """With ``--resume``, continue from ``last.pt``: weights, optimizer, schedule, position, metrics."""
+    if not cfg.resume:
+        return
+    last = net_dir / "last.pt"
+    if ctx.is_main and net_dir.exists():
         remove_stale_temporaries(net_dir)
-    if cfg.resume and last.exists():
-        ck = load_checkpoint(last, map_location=device)
-        if ck["model"]["kind"] != kind or tuple(ck["model"]["widths"]) != tuple(cfg.widths):
-            raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        epoch, batch = ck["position"]["epoch"], ck["position"]["batch"]
-        step, history, best = ck["step"], ck["history"], ck["best"]
-        accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
-        log(f"{kind}: resumed from {last} at epoch {epoch + 1}, batch {batch} (step {step})")
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if ctx.distributed else model
+    if not last.exists():
+        return
+    ck = load_checkpoint(last, map_location=ctx.device)
+    if ck["model"]["kind"] != r.kind or tuple(ck["model"]["widths"]) != tuple(cfg.widths):
+        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
+    r.model.load_state_dict(ck["state_dict"])
+    r.opt.load_state_dict(ck["optimizer"])
+    r.sched.load_state_dict(ck["scheduler"])
+    r.epoch, r.batch = ck["position"]["epoch"], ck["position"]["batch"]
+    r.step, r.history, r.best = ck["step"], ck["history"], ck["best"]
+    r.accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
+    log(f"{r.kind}: resumed from {last} at epoch {r.epoch + 1}, batch {r.batch} (step {r.step})")
 
-    def reduce_accum():
-        """Make rank 0 hold the global running sums (what a checkpoint stores), other ranks zero."""
-        keys = ("loss_sum", "correct", "seen")
-        total = dist_mod.all_reduce_sum(ctx, [accum[k] for k in keys])
-        for k, v in zip(keys, total):
-            accum[k] = v if ctx.is_main else 0
 
-    def save(path, position):
-        if ctx.is_main:
-            save_atomic(_checkpoint(model, opt, sched, cfg, kind, position, step, history, best, accum), path)
-        dist_mod.barrier(ctx)
+def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
+    return {
+        "format": FORMAT,
+        "model": {"kind": r.kind, "widths": list(cfg.widths), "recompute_spectrum": cfg.recompute_spectrum},
+        "dataset": cfg.dataset,
+        "state_dict": r.model.state_dict(),
+        "optimizer": r.opt.state_dict(),
+        "scheduler": r.sched.state_dict(),
+        "position": {"epoch": position[0], "batch": position[1]},  # where training continues
+        "step": r.step,
+        "accum": r.accum,  # running train metrics of the current epoch
+        "history": r.history,
+        "best": r.best,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
 
-    model.train()
-    with _StopFlag() as stop:
-        while epoch < cfg.epochs and step < total_steps:
-            order = _epoch_order(len(splits.train_x), cfg.seed, epoch, ctx)
-            n_steps = min(steps_per_epoch, batch + total_steps - step)
-            bar = tqdm(total=n_steps, initial=batch, desc=f"{kind:>5} {epoch + 1}/{cfg.epochs}",
-                       disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
+
+def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
+    """Rank 0 writes the checkpoint (atomically); every rank waits for it."""
+    if ctx.is_main:
+        save_atomic(_checkpoint(r, cfg, position), path)
+    dist_mod.barrier(ctx)
+
+
+def _reduce_accum(r: NetRun, ctx: dist_mod.Context) -> None:
+    """Make rank 0 hold the global running sums (what a checkpoint stores), other ranks zero."""
+    keys = ("loss_sum", "correct", "seen")
+    total = dist_mod.all_reduce_sum(ctx, [r.accum[k] for k in keys])
+    for k, v in zip(keys, total):
+        r.accum[k] = v if ctx.is_main else 0
+
+
+# ------------------------------------------------------------------------- 3. one step, one epoch
+
+
+def train_step(net, r: NetRun, xb: torch.Tensor, yb: torch.Tensor, label_smoothing: float):
+    """Forward, loss, backward, AdamW step, schedule step; returns (loss, logits)."""
+    logits = net(xb)
+    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    r.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    r.opt.step()
+    r.sched.step()
+    return loss, logits
+
+
+def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, stop: StopFlag,
+                last: Path) -> int:
+    """Train from ``r.batch`` to the end of epoch ``r.epoch`` (or to ``total_steps``); returns the
+    epoch's number of steps. On Ctrl-C: checkpoint, then :class:`TrainingInterrupted`."""
+    order = _epoch_order(len(splits.train_x), cfg.seed, r.epoch, ctx)
+    n_steps = min(r.steps_per_epoch, r.batch + r.total_steps - r.step)
+    bar = tqdm(total=n_steps, initial=r.batch, desc=f"{r.kind:>5} {r.epoch + 1}/{cfg.epochs}",
+               disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
+    t0 = time.perf_counter()
+    while r.batch < n_steps:
+        idx = order[r.batch * r.local_batch : (r.batch + 1) * r.local_batch]
+        xb, yb = splits.train_x[idx].to(ctx.device), splits.train_y[idx].to(ctx.device)
+        loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
+        r.step += 1
+        r.batch += 1
+        r.accum["loss_sum"] += loss.item() * len(idx)
+        r.accum["correct"] += (logits.argmax(1) == yb).sum().item()
+        r.accum["seen"] += len(idx)
+        if not bar.disable:
+            _show_progress(bar, r, ctx, time.perf_counter() - t0, n_steps)
+        stopping = dist_mod.broadcast_flag(ctx, stop.check())
+        if stopping or (cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.batch < n_steps):
+            r.accum["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            while batch < n_steps:
-                idx = order[batch * local_batch : (batch + 1) * local_batch]
-                xb, yb = splits.train_x[idx].to(device), splits.train_y[idx].to(device)
-                logits = net(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                batch += 1
-                accum["loss_sum"] += loss.item() * len(idx)
-                accum["correct"] += (logits.argmax(1) == yb).sum().item()
-                accum["seen"] += len(idx)
-                if not bar.disable:
-                    bar.update()
-                    if batch % 10 == 0 or batch == n_steps:
-                        rate = accum["seen"] * ctx.world_size / max(accum["seconds"] + time.perf_counter() - t0, 1e-9)
-                        bar.set_postfix(loss=f"{accum['loss_sum'] / max(accum['seen'], 1):.4f}",
-                                        acc=f"{accum['correct'] / max(accum['seen'], 1):.2%}", ex_s=f"{rate:,.0f}")
-                stopping = dist_mod.broadcast_flag(ctx, stop.check())
-                if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and batch < n_steps):
-                    accum["seconds"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    reduce_accum()
-                    save(last, (epoch, batch))
-                    if stopping:
-                        bar.close()
-                        raise TrainingInterrupted(last)
-            accum["seconds"] += time.perf_counter() - t0
-            bar.close()
-            val_loss, val_acc, _ = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, ctx=ctx)
-            loss_sum, correct, seen = dist_mod.all_reduce_sum(
-                ctx, [accum["loss_sum"], accum["correct"], accum["seen"]])
-            seconds = accum["seconds"]
-            row = {
-                "layer": kind, "epoch": epoch + 1, "steps": step,
-                "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                "val_loss": val_loss, "val_acc": val_acc,
-                "seconds": seconds, "examples_per_s": seen / seconds,
-                "epoch_fraction": n_steps / steps_per_epoch, "lr": sched.get_last_lr()[0],
-            }
-            history.append(row)
-            log(f"{kind:>5} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.2%}  val loss {val_loss:.4f} acc {val_acc:.2%}  "
-                f"{seconds:.1f} s  {row['examples_per_s']:,.0f} ex/s")
-            epoch, batch, accum = epoch + 1, 0, _new_accum()
-            if val_acc > best["val_acc"]:
-                best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch}
-                save(net_dir / "best.pt", (epoch, 0))
-            save(last, (epoch, 0))
+            _reduce_accum(r, ctx)
+            save(r, cfg, ctx, last, (r.epoch, r.batch))
+            if stopping:
+                bar.close()
+                raise TrainingInterrupted(last)
+    r.accum["seconds"] += time.perf_counter() - t0
+    bar.close()
+    return n_steps
 
-    # The test set is evaluated once, with the epoch that validation chose.
+
+def _show_progress(bar, r: NetRun, ctx: dist_mod.Context, elapsed: float, n_steps: int) -> None:
+    bar.update()
+    if r.batch % 10 == 0 or r.batch == n_steps:
+        a = r.accum
+        rate = a["seen"] * ctx.world_size / max(a["seconds"] + elapsed, 1e-9)
+        bar.set_postfix(loss=f"{a['loss_sum'] / max(a['seen'], 1):.4f}",
+                        acc=f"{a['correct'] / max(a['seen'], 1):.2%}", ex_s=f"{rate:,.0f}")
+
+
+# ------------------------------------------------------------------------- 4. end of an epoch
+
+
+def end_epoch(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path, n_steps: int,
+              log) -> None:
+    """Validate, record the epoch's metrics, move to the next epoch, write best.pt and last.pt."""
+    val_loss, val_acc, _ = evaluate(r.model, splits.val_x, splits.val_y, cfg.eval_batch_size, ctx=ctx)
+    loss_sum, correct, seen = dist_mod.all_reduce_sum(
+        ctx, [r.accum["loss_sum"], r.accum["correct"], r.accum["seen"]])
+    seconds = r.accum["seconds"]
+    row = {
+        "layer": r.kind, "epoch": r.epoch + 1, "steps": r.step,
+        "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        "val_loss": val_loss, "val_acc": val_acc,
+        "seconds": seconds, "examples_per_s": seen / seconds,
+        "epoch_fraction": n_steps / r.steps_per_epoch, "lr": r.sched.get_last_lr()[0],
+    }
+    r.history.append(row)
+    log(f"{r.kind:>5} epoch {r.epoch + 1:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.2%}  val loss {val_loss:.4f} acc {val_acc:.2%}  "
+        f"{seconds:.1f} s  {row['examples_per_s']:,.0f} ex/s")
+    r.epoch, r.batch, r.accum = r.epoch + 1, 0, _new_accum()
+    if val_acc > r.best["val_acc"]:
+        r.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": r.epoch}
+        save(r, cfg, ctx, net_dir / "best.pt", (r.epoch, 0))
+    save(r, cfg, ctx, net_dir / "last.pt", (r.epoch, 0))
+
+
+# ------------------------------------------------------------------------- 5. test the best epoch
+
+
+def test_best(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path) -> dict:
+    """The test set is evaluated once, with the epoch that validation chose; returns the net's results."""
+    model, device = r.model, ctx.device
     if (net_dir / "best.pt").exists():
         model.load_state_dict(load_checkpoint(net_dir / "best.pt", map_location=device)["state_dict"])
     if ctx.is_main:
         save_safetensors(model.state_dict(), net_dir / "model.safetensors", {
-            "kind": kind, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
-            "best_epoch": str(best["epoch"])})
+            "kind": r.kind, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
+            "best_epoch": str(r.best["epoch"])})
     test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, ctx=ctx)
-    full = [r for r in history if r["epoch_fraction"] == 1.0] or history
+    full = [row for row in r.history if row["epoch_fraction"] == 1.0] or r.history
     memory = math.nan
     if ctx.is_main:
         # clone: a slice would keep (and be charged for) the whole training set's storage
-        memory = peak_step_memory(model, splits.train_x[:local_batch].to(device).clone(),
-                                  splits.train_y[:local_batch].to(device).clone())
+        memory = peak_step_memory(model, splits.train_x[:r.local_batch].to(device).clone(),
+                                  splits.train_y[:r.local_batch].to(device).clone())
     return {
-        "layer": kind,
+        "layer": r.kind,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test_acc": test_acc, "test_loss": test_loss,
-        "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
-        "seconds_per_epoch": (sum(r["seconds"] / r["epoch_fraction"] for r in full) / len(full))
+        "best_epoch": r.best["epoch"], "best_val_acc": r.best["val_acc"],
+        "seconds_per_epoch": (sum(row["seconds"] / row["epoch_fraction"] for row in full) / len(full))
         if full else math.nan,
-        "examples_per_s": (sum(r["examples_per_s"] for r in full) / len(full)) if full else math.nan,
+        "examples_per_s": (sum(row["examples_per_s"] for row in full) / len(full)) if full else math.nan,
         "peak_memory_bytes": memory,
-        "epochs_run": len(history), "steps": step, "processes": ctx.world_size,
+        "epochs_run": len(r.history), "steps": r.step, "processes": ctx.world_size,
     }
 
 
-# ----------------------------------------------------------------------------------- reporting
+# ------------------------------------------------------------------------- one net, then the job
 
 
-def _fmt_bytes(b: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(b) < 1024 or unit == "TiB":
-            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-        b /= 1024
-
-
-def format_table(results: list[dict]) -> str:
-    """The side-by-side table, with a DFT/dense ratio row when both nets ran."""
-    cols = ["net", "parameters", "test acc", "s/epoch", "examples/s", "peak memory"]
-    rows = [[r["layer"], f"{r['parameters']:,}", f"{r['test_acc']:.2%}", f"{r['seconds_per_epoch']:.1f}",
-             f"{r['examples_per_s']:,.0f}", _fmt_bytes(r["peak_memory_bytes"])] for r in results]
-    by = {r["layer"]: r for r in results}
-    if "dft" in by and "dense" in by:
-        d, e = by["dft"], by["dense"]
-        rows.append(["dft/dense", f"1/{e['parameters'] / d['parameters']:.0f}",
-                     f"{d['test_acc'] - e['test_acc']:+.2%} pts",
-                     f"1/{e['seconds_per_epoch'] / d['seconds_per_epoch']:.1f}",
-                     f"{d['examples_per_s'] / e['examples_per_s']:.1f}x",
-                     f"1/{e['peak_memory_bytes'] / max(d['peak_memory_bytes'], 1):.1f}"])
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    kinds = list(dict.fromkeys(r["layer"] for r in history))  # in order of appearance
-    colors = {"dft": "tab:blue", "dense": "tab:orange"}
-    for i, kind in enumerate(kinds):
-        color = colors.get(kind, f"C{i + 2}")
-        rows = [r for r in history if r["layer"] == kind]
-        ep = [r["epoch"] for r in rows]
-        ax_loss.plot(ep, [r["train_loss"] for r in rows], "--", color=color, label=f"{kind} train")
-        ax_loss.plot(ep, [r["val_loss"] for r in rows], "-o", color=color, ms=3, label=f"{kind} val")
-        ax_acc.plot(ep, [100 * r["train_acc"] for r in rows], "--", color=color, label=f"{kind} train")
-        ax_acc.plot(ep, [100 * r["val_acc"] for r in rows], "-o", color=color, ms=3, label=f"{kind} val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.Context, log=print) -> dict:
+    """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch)."""
+    net_dir = out_dir / kind
+    r = build_net_run(kind, cfg, splits, ctx)
+    maybe_resume(r, cfg, net_dir, ctx, log)
+    net = DistributedDataParallel(r.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else r.model
+    r.model.train()
+    with StopFlag() as stop:
+        while r.epoch < cfg.epochs and r.step < r.total_steps:
+            n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
+            end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
+    return test_best(r, cfg, splits, ctx, net_dir)
 
 
 def default_out_dir(dataset: str) -> Path:
@@ -465,13 +382,10 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
         results.append(train_net(kind, cfg, splits, out_dir, ctx, log))
         history += load_checkpoint(out_dir / kind / "last.pt")["history"]
 
-    table = format_table(results)
+    table = train_table(results)
     summary = {"config": config, "data_source": splits.source, "results": results, "table": table}
     if ctx.is_main:
-        with open(out_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0].keys()) if history else ["layer"])
-            writer.writeheader()
-            writer.writerows(history)
+        write_csv(out_dir / "metrics.csv", history, list(history[0].keys()) if history else ["layer"])
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if history:
             plot_curves(history, out_dir / "curves.png")
