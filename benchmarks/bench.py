@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed benchmark of DFTLinear: the same code as ``dftnet bench`` (see ``dftnet.bench``).
+"""Speed benchmark of DFTLinear: the same code as ``dftnet bench`` (see ``dftnet.experiments.bench``).
 
     python benchmarks/bench.py --quick                 # ~30 s on a 2-core CPU
     python benchmarks/bench.py --widths 2^6..2^16,785,1009,4099 --batches 8,128
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 try:
-    from dftnet import bench
+    from dftnet.experiments import bench
 except ImportError:  # not installed: use the source tree next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dftnet import bench
+    from dftnet.experiments import bench
 
 if __name__ == "__main__":
     sys.exit(bench.main(prog="benchmarks/bench.py"))

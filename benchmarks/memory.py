@@ -5,7 +5,7 @@ Reports, for DFT layers in the default mode and in ``recompute_spectrum`` mode, 
 ``torch.fft`` autograd implementation and for dense ``nn.Linear``:
   - what autograd saves for backward (``saved_tensors_hooks``: every saved tensor in full, and each
     storage once), and
-  - the peak tensor memory of one AdamW step (``dftnet.memory.peak_step_memory``), and
+  - the peak tensor memory of one AdamW step (``dftnet.experiments.memory.peak_step_memory``), and
   - the median time of a training step (interleaved repeats).
 
     python benchmarks/memory.py [--batch 128] [--widths 784,4096,1024,256,64,10] [--repeats 15]
@@ -27,8 +27,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import dftnet
-from dftnet.memory import peak_step_memory, saved_tensor_bytes
-from dftnet.models import MLP
+from dftnet.experiments.memory import peak_step_memory, saved_tensor_bytes
+from dftnet.experiments.models import MLP
 
 
 class PlainDFTLinear(nn.Module):

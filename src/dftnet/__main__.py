@@ -1,5 +1,5 @@
-"""``python -m dftnet``: the command line (also under torchrun)."""
+"""``python -m dftnet``: the command line of the experiments (also under torchrun)."""
 
-from .cli import main
+from dftnet.experiments.cli import main
 
 raise SystemExit(main())

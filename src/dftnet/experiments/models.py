@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import DFTLinear
+from dftnet import BlockDFTLinear, DFTLinear
 
-__all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec"]
+__all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec", "build_model"]
 
 SEED_WIDTHS = (784, 4096, 1024, 256, 64, 10)
 LAYER_KINDS = ("dft", "dense", "block")
@@ -72,10 +72,7 @@ class MLP(nn.Sequential):
         widths = tuple(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least an input and an output size, got {widths}")
-        if layer == "block":
-            from .block import BlockDFTLinear as cls
-        else:
-            cls = DFTLinear if layer == "dft" else nn.Linear
+        cls = {"dft": DFTLinear, "dense": nn.Linear, "block": BlockDFTLinear}[layer]
         modules: list[nn.Module] = []
         for i, (p, q) in enumerate(zip(widths[:-1], widths[1:])):
             if i:
@@ -106,3 +103,9 @@ class MLP(nn.Sequential):
 
 def model_from_spec(spec: str, widths=SEED_WIDTHS, device=None, **layer_kwargs) -> MLP:
     return MLP.from_spec(spec, widths, device=device, **layer_kwargs)
+
+
+def build_model(spec: str, widths, recompute_spectrum: bool = False, device=None) -> MLP:
+    """The MLP of a variant name (``dft``, ``dense``, ``dft-sign``, ``block-32``; see ``parse_layer_spec``)."""
+    kwargs = {"recompute_spectrum": True} if (spec.startswith("dft") and recompute_spectrum) else {}
+    return MLP.from_spec(spec, widths, device=device, **kwargs)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dftnet.cli import main
+from dftnet.experiments.cli import main
 
 TINY = ["--widths", "784,16,10", "--limit", "128", "--batch-size", "32", "--epochs", "1", "--quiet"]
 
@@ -55,7 +55,7 @@ def test_missing_data_dir(capsys, tmp_path):
 
 
 def test_missing_fashion_mnist(capsys, tmp_path, monkeypatch):
-    from dftnet import data
+    from dftnet.experiments import data
 
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
     code, _, err = run_main(capsys, "train", "--dataset", "fashion-mnist", "--out", str(tmp_path / "o"))

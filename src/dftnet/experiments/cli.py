@@ -1,4 +1,4 @@
-"""The ``dftnet`` command line: ``train``, ``eval``, ``bench``.
+"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``.
 
 User mistakes (bad flags, missing data, unusable files) end with exit status 2 and one line on
 stderr; ``--debug`` shows the traceback instead.
@@ -10,59 +10,10 @@ import argparse
 import os
 import sys
 
+from .argtypes import (Parser, UsageError, mlp_widths, nonneg_float, nonneg_int, positive_float, positive_int,
+                       train_layer)
+
 __all__ = ["main", "build_parser"]
-
-
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + message
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def _number(cast, positive: bool):
-    """An argparse type: a finite ``cast`` (int or float) that is > 0 (``positive``) or >= 0."""
-    what = f"a {'positive' if positive else 'non-negative'} {'integer' if cast is int else 'number'}"
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not (value > 0 if positive else value >= 0) or value == float("inf"):  # also rejects nan
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, positive=True)
-_nonneg_int = _number(int, positive=False)
-_positive_float = _number(float, positive=True)
-_nonneg_float = _number(float, positive=False)
-
-
-def _widths(text: str):
-    from .models import parse_widths
-
-    try:
-        return parse_widths(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _layer(text: str) -> str:
-    from .models import parse_layer_spec
-
-    if text == "both":
-        return text
-    try:
-        parse_layer_spec(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text.lower()
 
 
 def _add_train(sub) -> None:
@@ -71,24 +22,24 @@ def _add_train(sub) -> None:
                                    "of the same widths, one after the other, and compare them.")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four IDX files (raw or .gz)")
-    p.add_argument("--layer", type=_layer, default="both", metavar="{dft,dense,both,dft-sign,block-K}",
+    p.add_argument("--layer", type=train_layer, default="both", metavar="{dft,dense,both,dft-sign,block-K}",
                    help="which net(s): both = dft then dense (default); also dft-sign, block-32, ...")
-    p.add_argument("--widths", type=_widths, default=None, metavar="784,4096,...",
+    p.add_argument("--widths", type=mlp_widths, default=None, metavar="784,4096,...",
                    help="layer widths, input first (default 784,4096,1024,256,64,10)")
-    p.add_argument("--epochs", type=_positive_int, default=7, help="(default 7: both nets in under 6 min on 2 cores)")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--epochs", type=positive_int, default=7, help="(default 7: both nets in under 6 min on 2 cores)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate of the one-cycle schedule (default: 3e-3 DFT, 1e-3 dense)")
-    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    p.add_argument("--label-smoothing", type=_nonneg_float, default=0.1, help="(default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--label-smoothing", type=nonneg_float, default=0.1, help="(default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop each net after this many steps")
-    p.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="STEPS",
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop each net after this many steps")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS steps (default: at epoch ends)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many training images")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many training images")
     p.add_argument("--recompute-spectrum", action="store_true",
                    help="DFT layers keep only their input for backward (less memory, one more FFT)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -129,7 +80,7 @@ def _add_eval(sub) -> None:
                    help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--limit", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=positive_int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run_eval)
 
 
@@ -162,12 +113,12 @@ def _add_sweep(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from dftnet import __version__
 
-    parser = _Parser(prog="dftnet", description="DFTnet: circulant dense layers computed with the FFT.")
+    parser = Parser(prog="dftnet", description="DFTnet: circulant dense layers computed with the FFT.")
     parser.add_argument("--version", action="version", version=f"dftnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_train(sub)
     _add_eval(sub)
     _add_sweep(sub)
@@ -178,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    from . import EXTRA_HINT, missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:  # the core is installed without the application's extra
+        print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
+        return 2
     from .checkpoint import CheckpointError
     from .data import DataError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dftnet import bench
+from dftnet.experiments import bench
 
 TIME_FIELDS = ("dftnet_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms")
 
@@ -171,7 +171,7 @@ def test_run_prints_table_and_writes(tmp_path, capsys):
 
 
 def test_script_reports_bad_value_with_exit_2(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
     res = subprocess.run([sys.executable, str(script), "--widths", "-5", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2

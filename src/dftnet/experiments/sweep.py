@@ -9,11 +9,12 @@ in its own folder; the sweep collects them into ``sweep.csv``/``sweep.json`` and
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
-from .models import SEED_WIDTHS, parse_layer_spec
+from .argtypes import comma_list, layer_spec, one_of, positive_float, positive_int
+from .models import SEED_WIDTHS
+from .reports import plot_frontier, plot_widths, sweep_table, write_csv
 
 __all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
 
@@ -41,36 +42,26 @@ def dense_parameters(widths) -> int:
     return sum(p * q + q for p, q in zip(widths[:-1], widths[1:]))
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip().lower() for v in text.split(",") if v.strip()]
+DATASETS = ("mnist", "fashion-mnist")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", default="784,W,W,10", help="width template; W takes each --W value")
-    p.add_argument("--W", type=_ints, default=[1024, 4096, 16384, 65536], metavar="1024,4096,...")
-    p.add_argument("--variants", type=_names, default=["dft", "dense"],
+    p.add_argument("--W", type=comma_list(positive_int, "width"), default=[1024, 4096, 16384, 65536],
+                   metavar="1024,4096,...")
+    p.add_argument("--variants", type=comma_list(layer_spec, "variant"), default=["dft", "dense"],
                    help="comma-separated: dense, dft, dft-sign, block-K, block-K-sign")
-    p.add_argument("--datasets", type=_names, default=["mnist"])
+    p.add_argument("--datasets", type=comma_list(one_of(DATASETS), "dataset"), default=["mnist"])
     p.add_argument("--frontier", action="store_true",
                    help=f"seed widths, variants {','.join(FRONTIER_VARIANTS)}, MNIST and Fashion-MNIST")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--dense-max-params", type=float, default=60e6,
+    p.add_argument("--max-steps", type=positive_int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--dense-max-params", type=positive_float, default=60e6,
                    help="skip dense nets with more parameters than this (default 60e6)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<timestamp>)")
     p.add_argument("--quiet", action="store_true")
@@ -81,14 +72,6 @@ def plan_runs(args) -> list[dict]:
         args.widths, args.variants = ",".join(map(str, SEED_WIDTHS)), list(FRONTIER_VARIANTS)
         if args.datasets == ["mnist"]:
             args.datasets = ["mnist", "fashion-mnist"]
-    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    for v in args.variants:
-        parse_layer_spec(v)
-    for d in args.datasets:
-        if d not in ("mnist", "fashion-mnist"):
-            raise ValueError(f"unknown dataset {d!r}: expected mnist or fashion-mnist")
     runs = []
     for dataset in args.datasets:
         for widths in expand_widths(args.widths, args.W):
@@ -130,82 +113,19 @@ def run(args) -> int:
         log(f"    {res['parameters']:,} parameters, test acc {res['test_acc']:.2%}, "
             f"{res['seconds_per_epoch']:.1f} s/epoch")
     write_outputs(rows, out, args)
-    log("\n" + format_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
+    log("\n" + sweep_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
         + ("frontier.png" if args.frontier else "sweep.png"))
     return 0
 
 
-def format_table(rows: list[dict]) -> str:
-    cols = ["dataset", "variant", "widths", "parameters", "test acc", "s/epoch", "examples/s"]
-    lines = []
-    for r in rows:
-        if "skipped" in r:
-            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['dense_parameters']:,}", "skipped", "-", "-"])
-        else:
-            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['parameters']:,}", f"{r['test_acc']:.2%}",
-                          f"{r['seconds_per_epoch']:.1f}", f"{r['examples_per_s']:,.0f}"])
-    w = [max(len(c), *(len(x[i]) for x in lines)) if lines else len(c) for i, c in enumerate(cols)]
-    fmt = lambda cells: "  ".join(c.ljust(w[i]) if i < 3 else c.rjust(w[i]) for i, c in enumerate(cells))
-    return "\n".join([fmt(cols), fmt(["-" * x for x in w]), *map(fmt, lines)])
-
-
 def write_outputs(rows: list[dict], out: Path, args) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
-    with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "sweep.csv", rows, keys)
     (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
                                                 "rows": rows}, indent=2, default=str) + "\n")
     done = [r for r in rows if "skipped" not in r]
     if done:
-        (plot_frontier if args.frontier else plot_widths)(done, out)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_widths(rows: list[dict], out: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for (dataset, variant) in sorted({(r["dataset"], r["variant"]) for r in rows}):
-        rs = sorted((r for r in rows if r["dataset"] == dataset and r["variant"] == variant), key=lambda r: r["W"])
-        label = f"{variant} ({dataset})"
-        W = [r["W"] for r in rs]
-        axes[0].plot(W, [100 * r["test_acc"] for r in rs], "-o", label=label)
-        axes[1].plot(W, [r["seconds_per_epoch"] for r in rs], "-o", label=label)
-        axes[2].plot(W, [r["parameters"] for r in rs], "-o", label=label)
-    axes[0].set(ylabel="test accuracy (%)", title="accuracy")
-    axes[1].set(ylabel="seconds per epoch", yscale="log", title="time")
-    axes[2].set(ylabel="parameters", yscale="log", title="parameters")
-    for ax in axes:
-        ax.set(xscale="log", xlabel="hidden width W")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=110)
-    plt.close(fig)
-
-
-def plot_frontier(rows: list[dict], out: Path) -> None:
-    plt = _plt()
-    datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        rs = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["parameters"])
-        ax.plot([r["parameters"] for r in rs], [100 * r["test_acc"] for r in rs], ":", color="gray")
-        for r in rs:
-            ax.scatter(r["parameters"], 100 * r["test_acc"], s=30)
-            ax.annotate(r["variant"], (r["parameters"], 100 * r["test_acc"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-        ax.set(xscale="log", xlabel="parameters", ylabel="test accuracy (%)", title=dataset)
-        ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=110)
-    plt.close(fig)
+        if args.frontier:
+            plot_frontier(done, out / "frontier.png")
+        else:
+            plot_widths(done, out / "sweep.png")

@@ -6,17 +6,19 @@ import os
 import pickle
 import re
 import tempfile
-import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
 FORMAT = "dftnet-checkpoint-v1"
-_SLOW_SAVE = float(os.environ.get("DFTNET_SLOW_SAVE", "0") or 0)
+
+# Test hook: called with the temporary file's path between its fsync and the rename over the target.
+# The tests set it (in the process they kill) to sleep there, widening the window a SIGKILL can hit.
+before_replace: Callable[[Path], None] | None = None
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -46,8 +48,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        if _SLOW_SAVE:  # test hook: widen the window a SIGKILL can hit
-            time.sleep(_SLOW_SAVE)
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         try:

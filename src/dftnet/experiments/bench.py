@@ -27,7 +27,7 @@ and the table and plot can show it instead (``stat="min"``, ``--stat min``).
 
 Python use::
 
-    from dftnet import bench
+    from dftnet.experiments import bench
     rows = bench.sweep([256, 1024, "785x300"], [8, 128])
     print(bench.format_table(rows))
     bench.write_outputs(rows, "runs/my-bench")      # bench.csv, bench.json, bench.png
@@ -52,8 +52,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .layers import DFTLinear
-from .plan import make_plan, use_dense
+from dftnet import DFTLinear
+from dftnet.plan import make_plan, use_dense
 
 __all__ = [
     "MODES",
@@ -723,7 +723,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
     """Description of the machine and software the numbers come from."""
     import numpy
 
-    from . import __version__
+    from dftnet import __version__
 
     device = torch.device(device)
     try:

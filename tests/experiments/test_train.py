@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from dftnet import train as train_mod
-from dftnet.checkpoint import load_checkpoint
-from dftnet.models import MLP
-from dftnet.train import TrainConfig, run
+from dftnet.experiments import interrupt
+from dftnet.experiments import train as train_mod
+from dftnet.experiments.checkpoint import load_checkpoint
+from dftnet.experiments.models import MLP
+from dftnet.experiments.train import TrainConfig, run
 
 SMALL = dict(widths=(784, 24, 10), limit=256, batch_size=32, epochs=2, quiet=True)
 
@@ -59,12 +60,12 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_a
     cfg = dict(layer="dft", epochs=2)
     ref = run(_cfg(tmp_path, "ref", **cfg), log=lambda *a: None)["results"][0]
 
-    monkeypatch.setenv("DFTNET_STOP_AFTER_STEPS", str(stop_after))
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", stop_after)
     with pytest.raises(train_mod.TrainingInterrupted) as info:
         run(_cfg(tmp_path, "cut", **cfg), log=lambda *a: None)
     assert info.value.path.name == "last.pt"
     assert load_checkpoint(info.value.path)["step"] == stop_after
-    monkeypatch.delenv("DFTNET_STOP_AFTER_STEPS")
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", 0)
     res = run(_cfg(tmp_path, "cut", resume=True, **cfg), log=lambda *a: None)["results"][0]
 
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch", "steps"):

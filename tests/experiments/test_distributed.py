@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dftnet.checkpoint import load_checkpoint
+from dftnet.experiments.checkpoint import load_checkpoint
 
 ARGS = ["--widths", "784,48,10", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--quiet",
         "--device", "cpu", "--lr", "5e-3"]
@@ -20,10 +20,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(nproc, out, *extra, env=None, expect=0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+# Runs the command line with the training loop's test hook set: every process raises its stop flag
+# (a stand-in for Ctrl-C) after this many steps.
+STOP_AFTER = """import sys
+from dftnet.experiments import interrupt
+interrupt.STOP_AFTER_STEPS = {steps}
+from dftnet.experiments.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _torchrun(nproc, out, *extra, stop_after=None, expect=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if stop_after is None:
+        program = ["-m", "dftnet"]
+    else:
+        script = out.parent / f"stop_after_{stop_after}.py"
+        script.write_text(STOP_AFTER.format(steps=stop_after))
+        program = [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={_free_port()}", "-m", "dftnet", "train", *ARGS, "--out", str(out), *extra]
+           f"--master-port={_free_port()}", *program, "train", *ARGS, "--out", str(out), *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert (res.returncode != 0) if expect is None else (res.returncode == expect), res.stderr[-3000:]
     return res
@@ -49,8 +65,7 @@ def test_resume_under_ddp(tmp_path):
     """Stop a 2-process run mid-epoch (as Ctrl-C would), resume it: same weights as uninterrupted."""
     _torchrun(2, tmp_path / "full", "--layer", "dft")
     cut = tmp_path / "cut"
-    env_stop = {"DFTNET_STOP_AFTER_STEPS": "5"}
-    res = _torchrun(2, cut, "--layer", "dft", env=env_stop, expect=None)  # torchrun: 1 if a worker failed
+    res = _torchrun(2, cut, "--layer", "dft", stop_after=5, expect=None)  # torchrun: 1 if a worker failed
     assert "resume with" in res.stderr
     assert load_checkpoint(cut / "dft" / "last.pt")["step"] == 5
     _torchrun(2, cut, "--layer", "dft", "--resume")

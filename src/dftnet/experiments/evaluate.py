@@ -1,14 +1,49 @@
-"""Evaluate a saved checkpoint on a test set: accuracy, loss and confusion matrix."""
+"""Evaluation: loss, accuracy and confusion matrix of a model on a data split (the validation and
+test passes of training, under DDP too), and ``dftnet eval`` of a saved checkpoint."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import data as data_mod
+from . import distributed as dist_mod
 from .checkpoint import CheckpointError, load_checkpoint, load_safetensors
-from .train import build_model, evaluate, resolve_device
+from .device import resolve_device
+from .models import build_model
 
-__all__ = ["evaluate_checkpoint", "load_model", "format_confusion"]
+__all__ = ["evaluate", "evaluate_checkpoint", "load_model", "format_confusion"]
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=1000, num_classes=None, ctx: dist_mod.Context | None = None):
+    """Mean loss, accuracy and (optionally) the confusion matrix [true, predicted] over (x, y).
+
+    Under DDP each rank evaluates every world_size-th example and the sums are reduced.
+    """
+    if ctx is not None and ctx.distributed:
+        loss_sum, correct, _ = evaluate(model, x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size],
+                                        batch_size)
+        n_local = len(x[ctx.rank :: ctx.world_size])
+        loss_sum, correct = dist_mod.all_reduce_sum(ctx, [loss_sum * n_local, correct * n_local])
+        return loss_sum / max(len(x), 1), correct / max(len(x), 1), None
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long) if num_classes else None
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        logits = model(xb)
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum().item()
+        if confusion is not None:
+            confusion += torch.bincount(
+                (yb * num_classes + pred).cpu(), minlength=num_classes * num_classes
+            ).reshape(num_classes, num_classes)
+    model.train()
+    n = max(len(x), 1)
+    return total_loss / n, correct / n, confusion
 
 
 def load_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from dftnet import data
-from dftnet.data import DATASETS, DataError, RawData, load_raw, load_splits, make_splits
+from dftnet.experiments import data
+from dftnet.experiments.data import DATASETS, DataError, RawData, load_raw, load_splits, make_splits
 
 NAMES = {
     "train_images": "train-images-idx3-ubyte",

@@ -1,0 +1,122 @@
+"""Command-line values, checked where argparse reads them: the ``type=`` functions that ``dftnet
+train``/``eval``, ``sweep`` and ``bench`` share, and the parser that reports a mistake in one line.
+
+Each type takes the text of one flag and returns its value, or raises :class:`ArgumentValueError`,
+whose message names what was expected and what was given. It is also a ``ValueError``, so the Python
+API of the benchmark and the sweep checks its arguments with the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+
+__all__ = ["ArgumentValueError", "UsageError", "Parser", "number", "positive_int", "nonneg_int",
+           "positive_float", "nonneg_float", "comma_list", "one_of", "mlp_widths", "layer_spec",
+           "train_layer", "device"]
+
+
+class ArgumentValueError(argparse.ArgumentTypeError, ValueError):
+    """A bad flag value: argparse reports the message as it is; Python callers get a ValueError."""
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (a :class:`UsageError`) instead of usage + message."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def number(cast, positive: bool) -> Callable[[str], int | float]:
+    """A finite ``cast`` (int or float) that is > 0 (``positive``) or >= 0."""
+    what = f"a {'positive' if positive else 'non-negative'} {'integer' if cast is int else 'number'}"
+
+    def parse(text):
+        if isinstance(text, bool):
+            raise ArgumentValueError(f"expected {what}, got {text!r}")
+        try:
+            value = cast(text.strip() if isinstance(text, str) else text)
+        except (TypeError, ValueError):
+            raise ArgumentValueError(f"expected {what}, got {text!r}") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):  # also rejects nan
+            raise ArgumentValueError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what.replace(" ", "_")
+    return parse
+
+
+positive_int = number(int, positive=True)
+nonneg_int = number(int, positive=False)
+positive_float = number(float, positive=True)
+nonneg_float = number(float, positive=False)
+
+
+def comma_list(item: Callable[[str], object], what: str = "value") -> Callable[[str | Iterable], list]:
+    """``"a,b,c"`` -> ``[item("a"), item("b"), item("c")]``; a sequence (Python callers) item by item."""
+
+    def parse(values) -> list:
+        if isinstance(values, str):
+            items = [v for v in values.split(",") if v.strip()]
+        elif isinstance(values, (int, float)):
+            items = [values]
+        else:
+            items = list(values)
+        if not items:
+            raise ArgumentValueError(f"no {what} given")
+        return [item(v) for v in items]
+
+    return parse
+
+
+def one_of(choices: Iterable[str]) -> Callable[[str], str]:
+    """One of ``choices`` (case-insensitive), returned in lower case."""
+    choices = tuple(choices)
+
+    def parse(text) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ArgumentValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def mlp_widths(text: str) -> tuple[int, ...]:
+    """``784,4096,10``: the layer widths of an MLP, input first."""
+    from .models import parse_widths
+
+    try:
+        return parse_widths(text)
+    except ValueError as e:
+        raise ArgumentValueError(str(e)) from None
+
+
+def layer_spec(text: str) -> str:
+    """A model variant: dft, dense, dft-sign, block-K, block-K-sign (see ``models.parse_layer_spec``)."""
+    from .models import parse_layer_spec
+
+    try:
+        parse_layer_spec(text)
+    except ValueError as e:
+        raise ArgumentValueError(str(e)) from None
+    return str(text).lower()
+
+
+def train_layer(text: str) -> str:
+    """What ``dftnet train`` trains: a variant, or ``both`` (dft, then dense)."""
+    return text if text == "both" else layer_spec(text)
+
+
+def device(text: str):
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``: the torch.device (see ``device.resolve_device``)."""
+    from .device import resolve_device
+
+    try:
+        return resolve_device(text)
+    except ValueError as e:
+        raise ArgumentValueError(str(e)) from None

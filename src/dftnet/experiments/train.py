@@ -1,0 +1,395 @@
+"""Train an MLP classifier, DFT and dense side by side: the original note's MNIST experiment.
+
+Read top to bottom, like nanoGPT's train.py. For each net (:func:`train_net`):
+
+1. :func:`build_net_run`: seed, model, AdamW, one-cycle schedule;
+2. :func:`maybe_resume`: continue from ``last.pt`` (mid-epoch too);
+3. :func:`train_epoch`, made of :func:`train_step`: one pass over this epoch's batches, with a
+   checkpoint every ``--checkpoint-every`` steps and on Ctrl-C;
+4. :func:`end_epoch`: validation, the epoch's row of metrics, ``best.pt`` and ``last.pt``;
+5. :func:`test_best`: the test set, once, with the epoch that validation chose.
+
+The job (:func:`run`) then writes the summary table, ``metrics.csv``, ``summary.json`` and the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from . import data as data_mod
+from . import distributed as dist_mod
+from .checkpoint import (FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries, save_atomic,
+                         save_safetensors)
+from .device import resolve_device
+from .evaluate import evaluate
+from .interrupt import StopFlag, TrainingInterrupted
+from .memory import peak_step_memory
+from .models import SEED_WIDTHS, build_model, parse_layer_spec
+from .recipe import DEFAULT_LR, default_lr, param_groups
+from .reports import plot_curves, train_table, write_csv
+
+__all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    layer: str = "both"  # dft | dense | both
+    widths: tuple[int, ...] = SEED_WIDTHS
+    epochs: int = 7  # the default run (both nets) fits in 6 minutes on 2 CPU cores
+    batch_size: int = 128
+    lr: float | None = None  # None: DEFAULT_LR of each layer kind
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    max_steps: int | None = None
+    quiet: bool = False
+    limit: int | None = None  # use at most this many training images (demos, tests)
+    val_size: int = 5000
+    recompute_spectrum: bool = False
+    eval_batch_size: int = 0  # 0: 1000, fewer for very wide nets (2^27 activations per batch at most)
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    kinds: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        if not self.eval_batch_size:
+            self.eval_batch_size = max(16, min(1000, 2**27 // max(self.widths)))
+        self.kinds = ("dft", "dense") if self.layer == "both" else (self.layer,)
+        for kind in self.kinds:
+            parse_layer_spec(kind)  # ValueError for unknown variants
+        self.widths = tuple(self.widths)
+
+
+def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.Tensor:
+    """This rank's examples of epoch ``epoch``, in order: a function of (seed, epoch) alone, so resuming
+    replays it. ``DistributedSampler`` deals rank r every world_size-th example of one shuffle, so the
+    k-th global batch is the same set of examples for any number of processes.
+    """
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(iter(sampler)), dtype=torch.long)
+
+
+def _new_accum() -> dict:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+@dataclass
+class NetRun:
+    """One net in training: its modules, and where training stands (what a checkpoint records)."""
+
+    kind: str
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    local_batch: int  # this process's share of the global batch
+    steps_per_epoch: int
+    total_steps: int
+    epoch: int = 0  # position: where training continues
+    batch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)  # one row of metrics per epoch
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
+    accum: dict = field(default_factory=_new_accum)  # running train metrics of the current epoch
+
+
+# ------------------------------------------------------------------------- 1. model, optimizer, schedule
+
+
+def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context) -> NetRun:
+    """``cfg.batch_size`` is the global batch: under DDP each of the world_size processes takes its share."""
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                         f"({ctx.world_size})")
+    local_batch = cfg.batch_size // ctx.world_size
+    torch.manual_seed(cfg.seed)
+    model = build_model(kind, cfg.widths, cfg.recompute_spectrum, ctx.device)
+    lr = cfg.lr if cfg.lr is not None else default_lr(kind)
+    groups = param_groups(model, lr)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    n_local = len(_epoch_order(len(splits.train_x), cfg.seed, 0, ctx))
+    steps_per_epoch = math.ceil(n_local / local_batch)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                total_steps=max(total_steps, 1))
+    return NetRun(kind, model, opt, sched, local_batch, steps_per_epoch, total_steps)
+
+
+# ------------------------------------------------------------------------- 2. resume, checkpoints
+
+
+def maybe_resume(r: NetRun, cfg: TrainConfig, net_dir: Path, ctx: dist_mod.Context, log) -> None:
+    """With ``--resume``, continue from ``last.pt``: weights, optimizer, schedule, position, metrics."""
+    if not cfg.resume:
+        return
+    last = net_dir / "last.pt"
+    if ctx.is_main and net_dir.exists():
+        remove_stale_temporaries(net_dir)
+    if not last.exists():
+        return
+    ck = load_checkpoint(last, map_location=ctx.device)
+    if ck["model"]["kind"] != r.kind or tuple(ck["model"]["widths"]) != tuple(cfg.widths):
+        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
+    r.model.load_state_dict(ck["state_dict"])
+    r.opt.load_state_dict(ck["optimizer"])
+    r.sched.load_state_dict(ck["scheduler"])
+    r.epoch, r.batch = ck["position"]["epoch"], ck["position"]["batch"]
+    r.step, r.history, r.best = ck["step"], ck["history"], ck["best"]
+    r.accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
+    log(f"{r.kind}: resumed from {last} at epoch {r.epoch + 1}, batch {r.batch} (step {r.step})")
+
+
+def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
+    return {
+        "format": FORMAT,
+        "model": {"kind": r.kind, "widths": list(cfg.widths), "recompute_spectrum": cfg.recompute_spectrum},
+        "dataset": cfg.dataset,
+        "state_dict": r.model.state_dict(),
+        "optimizer": r.opt.state_dict(),
+        "scheduler": r.sched.state_dict(),
+        "position": {"epoch": position[0], "batch": position[1]},  # where training continues
+        "step": r.step,
+        "accum": r.accum,  # running train metrics of the current epoch
+        "history": r.history,
+        "best": r.best,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
+
+
+def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
+    """Rank 0 writes the checkpoint (atomically); every rank waits for it."""
+    if ctx.is_main:
+        save_atomic(_checkpoint(r, cfg, position), path)
+    dist_mod.barrier(ctx)
+
+
+def _reduce_accum(r: NetRun, ctx: dist_mod.Context) -> None:
+    """Make rank 0 hold the global running sums (what a checkpoint stores), other ranks zero."""
+    keys = ("loss_sum", "correct", "seen")
+    total = dist_mod.all_reduce_sum(ctx, [r.accum[k] for k in keys])
+    for k, v in zip(keys, total):
+        r.accum[k] = v if ctx.is_main else 0
+
+
+# ------------------------------------------------------------------------- 3. one step, one epoch
+
+
+def train_step(net, r: NetRun, xb: torch.Tensor, yb: torch.Tensor, label_smoothing: float):
+    """Forward, loss, backward, AdamW step, schedule step; returns (loss, logits)."""
+    logits = net(xb)
+    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    r.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    r.opt.step()
+    r.sched.step()
+    return loss, logits
+
+
+def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, stop: StopFlag,
+                last: Path) -> int:
+    """Train from ``r.batch`` to the end of epoch ``r.epoch`` (or to ``total_steps``); returns the
+    epoch's number of steps. On Ctrl-C: checkpoint, then :class:`TrainingInterrupted`."""
+    order = _epoch_order(len(splits.train_x), cfg.seed, r.epoch, ctx)
+    n_steps = min(r.steps_per_epoch, r.batch + r.total_steps - r.step)
+    bar = tqdm(total=n_steps, initial=r.batch, desc=f"{r.kind:>5} {r.epoch + 1}/{cfg.epochs}",
+               disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
+    t0 = time.perf_counter()
+    while r.batch < n_steps:
+        idx = order[r.batch * r.local_batch : (r.batch + 1) * r.local_batch]
+        xb, yb = splits.train_x[idx].to(ctx.device), splits.train_y[idx].to(ctx.device)
+        loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
+        r.step += 1
+        r.batch += 1
+        r.accum["loss_sum"] += loss.item() * len(idx)
+        r.accum["correct"] += (logits.argmax(1) == yb).sum().item()
+        r.accum["seen"] += len(idx)
+        if not bar.disable:
+            _show_progress(bar, r, ctx, time.perf_counter() - t0, n_steps)
+        stopping = dist_mod.broadcast_flag(ctx, stop.check())
+        if stopping or (cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.batch < n_steps):
+            r.accum["seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _reduce_accum(r, ctx)
+            save(r, cfg, ctx, last, (r.epoch, r.batch))
+            if stopping:
+                bar.close()
+                raise TrainingInterrupted(last)
+    r.accum["seconds"] += time.perf_counter() - t0
+    bar.close()
+    return n_steps
+
+
+def _show_progress(bar, r: NetRun, ctx: dist_mod.Context, elapsed: float, n_steps: int) -> None:
+    bar.update()
+    if r.batch % 10 == 0 or r.batch == n_steps:
+        a = r.accum
+        rate = a["seen"] * ctx.world_size / max(a["seconds"] + elapsed, 1e-9)
+        bar.set_postfix(loss=f"{a['loss_sum'] / max(a['seen'], 1):.4f}",
+                        acc=f"{a['correct'] / max(a['seen'], 1):.2%}", ex_s=f"{rate:,.0f}")
+
+
+# ------------------------------------------------------------------------- 4. end of an epoch
+
+
+def end_epoch(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path, n_steps: int,
+              log) -> None:
+    """Validate, record the epoch's metrics, move to the next epoch, write best.pt and last.pt."""
+    val_loss, val_acc, _ = evaluate(r.model, splits.val_x, splits.val_y, cfg.eval_batch_size, ctx=ctx)
+    loss_sum, correct, seen = dist_mod.all_reduce_sum(
+        ctx, [r.accum["loss_sum"], r.accum["correct"], r.accum["seen"]])
+    seconds = r.accum["seconds"]
+    row = {
+        "layer": r.kind, "epoch": r.epoch + 1, "steps": r.step,
+        "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        "val_loss": val_loss, "val_acc": val_acc,
+        "seconds": seconds, "examples_per_s": seen / seconds,
+        "epoch_fraction": n_steps / r.steps_per_epoch, "lr": r.sched.get_last_lr()[0],
+    }
+    r.history.append(row)
+    log(f"{r.kind:>5} epoch {r.epoch + 1:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.2%}  val loss {val_loss:.4f} acc {val_acc:.2%}  "
+        f"{seconds:.1f} s  {row['examples_per_s']:,.0f} ex/s")
+    r.epoch, r.batch, r.accum = r.epoch + 1, 0, _new_accum()
+    if val_acc > r.best["val_acc"]:
+        r.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": r.epoch}
+        save(r, cfg, ctx, net_dir / "best.pt", (r.epoch, 0))
+    save(r, cfg, ctx, net_dir / "last.pt", (r.epoch, 0))
+
+
+# ------------------------------------------------------------------------- 5. test the best epoch
+
+
+def test_best(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path) -> dict:
+    """The test set is evaluated once, with the epoch that validation chose; returns the net's results."""
+    model, device = r.model, ctx.device
+    if (net_dir / "best.pt").exists():
+        model.load_state_dict(load_checkpoint(net_dir / "best.pt", map_location=device)["state_dict"])
+    if ctx.is_main:
+        save_safetensors(model.state_dict(), net_dir / "model.safetensors", {
+            "kind": r.kind, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
+            "best_epoch": str(r.best["epoch"])})
+    test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, ctx=ctx)
+    full = [row for row in r.history if row["epoch_fraction"] == 1.0] or r.history
+    memory = math.nan
+    if ctx.is_main:
+        # clone: a slice would keep (and be charged for) the whole training set's storage
+        memory = peak_step_memory(model, splits.train_x[:r.local_batch].to(device).clone(),
+                                  splits.train_y[:r.local_batch].to(device).clone())
+    return {
+        "layer": r.kind,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "test_acc": test_acc, "test_loss": test_loss,
+        "best_epoch": r.best["epoch"], "best_val_acc": r.best["val_acc"],
+        "seconds_per_epoch": (sum(row["seconds"] / row["epoch_fraction"] for row in full) / len(full))
+        if full else math.nan,
+        "examples_per_s": (sum(row["examples_per_s"] for row in full) / len(full)) if full else math.nan,
+        "peak_memory_bytes": memory,
+        "epochs_run": len(r.history), "steps": r.step, "processes": ctx.world_size,
+    }
+
+
+# ------------------------------------------------------------------------- one net, then the job
+
+
+def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.Context, log=print) -> dict:
+    """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch)."""
+    net_dir = out_dir / kind
+    r = build_net_run(kind, cfg, splits, ctx)
+    maybe_resume(r, cfg, net_dir, ctx, log)
+    net = DistributedDataParallel(r.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else r.model
+    r.model.train()
+    with StopFlag() as stop:
+        while r.epoch < cfg.epochs and r.step < r.total_steps:
+            n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
+            end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
+    return test_best(r, cfg, splits, ctx, net_dir)
+
+
+def default_out_dir(dataset: str) -> Path:
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{dataset}"
+
+
+def _resolve_out_dir(cfg: TrainConfig, ctx: dist_mod.Context) -> Path:
+    out = cfg.out or str(default_out_dir(cfg.dataset))
+    if ctx.distributed:  # every rank must use rank 0's folder (timestamps differ)
+        box = [out]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = box[0]
+    return Path(out)
+
+
+def run(cfg: TrainConfig, log=print) -> dict:
+    """The whole job; returns the summary that is also written to ``summary.json``.
+
+    Under ``torchrun`` it trains data-parallel (DDP); only rank 0 prints and writes files.
+    """
+    ctx = dist_mod.setup(resolve_device(cfg.device))
+    try:
+        return _run(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None))
+    finally:
+        dist_mod.teardown(ctx)
+
+
+def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
+    out_dir = _resolve_out_dir(cfg, ctx)
+    if cfg.resume and not out_dir.exists():
+        raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
+    if ctx.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(f"output folder {out_dir} is not writable")
+    dist_mod.barrier(ctx)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
+                  torch=torch.__version__, threads=torch.get_num_threads())
+
+    splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
+                                  limit=cfg.limit)
+    info = splits.info
+    if cfg.widths[0] != info.input_size or cfg.widths[-1] != info.num_classes:
+        raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
+                         f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
+    if ctx.is_main:
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "
+        f"{len(splits.test_x)} test;  device {ctx.device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else "") + f";  out {out_dir}")
+
+    results, history = [], []
+    for kind in cfg.kinds:
+        results.append(train_net(kind, cfg, splits, out_dir, ctx, log))
+        history += load_checkpoint(out_dir / kind / "last.pt")["history"]
+
+    table = train_table(results)
+    summary = {"config": config, "data_source": splits.source, "results": results, "table": table}
+    if ctx.is_main:
+        write_csv(out_dir / "metrics.csv", history, list(history[0].keys()) if history else ["layer"])
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if history:
+            plot_curves(history, out_dir / "curves.png")
+    log("\n" + table + "\n")
+    log(f"wrote {out_dir}/: config.json metrics.csv summary.json curves.png "
+        + " ".join(f"{k}/best.pt {k}/last.pt {k}/model.safetensors" for k in cfg.kinds))
+    return summary
