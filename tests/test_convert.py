@@ -114,7 +114,7 @@ def test_convert_dft_replaces_linears_in_place():
         expected = ((W - new.to_dense()).norm() / W.norm()).item()
         assert r["rel_error"] == pytest.approx(expected, rel=1e-12)
         assert 0.8 < r["rel_error"] < 1  # a random matrix is far from circulant
-    assert report[0]["params_after"] == 64 + 64
+    assert report[0]["params_after"] == 64 + 64 + 32  # spectrum, bias, diagonal (in_features)
     model(torch.randn(3, 32, dtype=F64))  # still runs
 
 

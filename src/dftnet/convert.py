@@ -96,6 +96,8 @@ def _structured_from(linear: nn.Linear, layer: str, block_size: int | None, sign
     if linear.bias is not None:
         new.bias.copy_(linear.bias.detach())
     new.spectrum.requires_grad_(linear.weight.requires_grad)
+    if new.diagonal is not None:
+        new.diagonal.requires_grad_(linear.weight.requires_grad)
     if linear.bias is not None:
         new.bias.requires_grad_(linear.bias.requires_grad)
     new.train(linear.training)

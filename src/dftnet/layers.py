@@ -36,7 +36,8 @@ class _StructuredLinear(nn.Module):
     # version 2: the parameter is ``spectrum`` (version 1 stored ``weight`` directly)
     _version = 2
 
-    def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, method, magnitude, factory_kwargs):
+    def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, diagonal, method, magnitude,
+               factory_kwargs):
         self.in_features = _check_features("in_features", in_features)
         self.out_features = _check_features("out_features", out_features)
         if method not in METHODS:
@@ -48,6 +49,10 @@ class _StructuredLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
         else:
             self.register_parameter("bias", None)
+        if diagonal:
+            self.diagonal = nn.Parameter(torch.empty(in_features, **factory_kwargs))
+        else:
+            self.register_parameter("diagonal", None)
         register_sign_buffer(self, in_features, sign_flip, **factory_kwargs)
         self.reset_parameters()
 
@@ -80,6 +85,8 @@ class _StructuredLinear(nn.Module):
             self._init_weight(weight)
             self.set_weight_(weight)
         reset_signs(self)
+        if self.diagonal is not None:
+            nn.init.ones_(self.diagonal)
         if self.bias is not None:
             b = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -b, b)
@@ -93,6 +100,8 @@ class _StructuredLinear(nn.Module):
                 state_dict = dict(state_dict)
                 state_dict[new] = weight_to_spectrum(w.to(torch.float64), self.spectral_scale).to(w.dtype)
                 del state_dict[old]
+                if self.diagonal is not None:  # version 1 had no diagonal: the identity
+                    state_dict.setdefault(prefix + "diagonal", torch.ones_like(self.diagonal))
             else:
                 error_msgs.append(f"size mismatch for {old}: copying a weight of shape {tuple(w.shape)}, "
                                   f"the layer's is {tuple(self.spectrum.shape)}")
@@ -106,10 +115,19 @@ class _StructuredLinear(nn.Module):
                 f"{type(self).__name__}: expected input of shape (*, {self.in_features}), got {tuple(input.shape)}"
             )
 
+    def _scale_input(self, input):
+        """``D x``: the input times the fixed signs and the learned diagonal (whichever the layer has)."""
+        input = apply_signs(input, self.sign)
+        if self.diagonal is not None and isinstance(input, Tensor) and input.is_floating_point():
+            input = input * self.diagonal.to(input.dtype)
+        return input
+
     def to_dense(self) -> Tensor:
-        """The explicit ``(out_features, in_features)`` matrix (times ``diag(sign)`` with sign_flip)."""
+        """The explicit ``(out_features, in_features)`` matrix ``S diag(sign) diag(diagonal)``."""
         W = self._matrix(self.weight)
-        return W if self.sign is None else W * self.sign.to(W.dtype)
+        if self.sign is not None:
+            W = W * self.sign.to(W.dtype)
+        return W if self.diagonal is None else W * self.diagonal
 
     def _repr_tail(self) -> str:
         s = f", bias={self.bias is not None}"
@@ -117,6 +135,8 @@ class _StructuredLinear(nn.Module):
             s += f", method={self.method!r}"
         if self.sign is not None:
             s += ", sign_flip=True"
+        if (self.diagonal is not None) != self._default_diagonal:
+            s += f", diagonal={self.diagonal is not None}"
         return s
 
 
@@ -134,6 +154,9 @@ class DFTLinear(_StructuredLinear):
         fft_size, method, recompute_spectrum: see :func:`dftnet.functional.dft_linear`.
         sign_flip: multiply the input by a fixed random +-1 diagonal first, ``y = W D x + b``
             (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
+        diagonal: learn a diagonal scaling of the input, ``y = W diag(d) x + b`` (diagonal-circulant
+            layers, Araujo et al., 2020): p more parameters, initialised to 1. On by default: it raised
+            the seed MNIST net's test accuracy by about half a point (README).
 
     Attributes:
         spectrum: the parameter, ``(n,)``: the weight's Hartley spectrum over ``spectral_scale``
@@ -144,10 +167,11 @@ class DFTLinear(_StructuredLinear):
     """
 
     __constants__ = ["in_features", "out_features", "fft_size", "method", "recompute_spectrum"]
+    _default_diagonal = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool = False,
-                 sign_flip: bool = False) -> None:
+                 sign_flip: bool = False, diagonal: bool = True) -> None:
         super().__init__()
         p = _check_features("in_features", in_features)
         q = _check_features("out_features", out_features)
@@ -155,7 +179,7 @@ class DFTLinear(_StructuredLinear):
             make_plan(p, q, fft_size)  # validates
         self.fft_size = fft_size
         self.recompute_spectrum = recompute_spectrum
-        self._setup(p, q, (max(p, q),), bias, sign_flip, method, circulant_magnitude(p, q),
+        self._setup(p, q, (max(p, q),), bias, sign_flip, diagonal, method, circulant_magnitude(p, q),
                     {"device": device, "dtype": dtype})
 
     @property
@@ -171,7 +195,7 @@ class DFTLinear(_StructuredLinear):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
         return dft_linear(
-            apply_signs(input, self.sign), self.weight, self.bias, self.out_features,
+            self._scale_input(input), self.weight, self.bias, self.out_features,
             fft_size=self.fft_size, method=self.method, recompute_spectrum=self.recompute_spectrum,
         )
 
@@ -209,6 +233,8 @@ class BlockDFTLinear(_StructuredLinear):
         block_size: k, between 1 and max(p, q).
         bias: learn an additive bias of shape ``(out_features,)``.
         sign_flip: multiply the input by a fixed random +-1 diagonal D first, ``y = W (D x) + b``.
+        diagonal: learn a diagonal scaling of the input (see :class:`DFTLinear`); off by default here
+            (blocks are expressive enough; not measured to help).
         method: see :func:`dftnet.functional.block_dft_linear`.
 
     Attributes:
@@ -221,15 +247,16 @@ class BlockDFTLinear(_StructuredLinear):
     """
 
     __constants__ = ["in_features", "out_features", "block_size", "method"]
+    _default_diagonal = False
 
     def __init__(self, in_features: int, out_features: int, block_size: int, bias: bool = True, device=None,
-                 dtype=None, *, sign_flip: bool = False, method: str = "auto") -> None:
+                 dtype=None, *, sign_flip: bool = False, diagonal: bool = False, method: str = "auto") -> None:
         super().__init__()
         p = _check_features("in_features", in_features)
         q = _check_features("out_features", out_features)
         self.block_size = _check_block_size(block_size, p, q)
         shape = BlockShape(p, q, block_size)
-        self._setup(p, q, (shape.out_blocks, shape.in_blocks, block_size), bias, sign_flip, method,
+        self._setup(p, q, (shape.out_blocks, shape.in_blocks, block_size), bias, sign_flip, diagonal, method,
                     block_magnitude(p, q, block_size), {"device": device, "dtype": dtype})
 
     def _init_weight(self, weight: Tensor) -> None:
@@ -240,7 +267,7 @@ class BlockDFTLinear(_StructuredLinear):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return block_dft_linear(apply_signs(input, self.sign), self.weight, self.bias, self.out_features,
+        return block_dft_linear(self._scale_input(input), self.weight, self.bias, self.out_features,
                                 method=self.method)
 
     def extra_repr(self) -> str:

@@ -469,13 +469,13 @@ def bench_cell(
 
     passes = 2 if grad else 1
     if grad:
-        dft_params = (x, layer.weight, layer.bias)
+        dft_params = (x, layer.spectrum, layer.bias)
 
         def f_dft():
             return torch.autograd.grad(layer(x), dft_params, g)
 
         def f_other():
-            return torch.autograd.grad(other(x), (x, other.weight, other.bias), g)
+            return torch.autograd.grad(other(x), (x, other.spectrum, other.bias), g)
 
         def f_plain():
             return torch.autograd.grad(_plain_layer(x, w, b, n, q), (x, w, b), g)
