@@ -32,9 +32,12 @@ def check_compile_matches_eager(layer, x, **compile_kwargs):
     gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.spectrum))
     y_comp = compiled(x)
     gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.spectrum))
-    torch.testing.assert_close(y_comp, y_eager)
-    torch.testing.assert_close(gx_comp, gx_eager)
-    torch.testing.assert_close(gw_comp, gw_eager)
+    # the compiled graph runs the reference form (plain torch.fft ops), eager the hand-written kernels:
+    # the same math in another order, so float32 rounding differs at ~1e-6 relative
+    tol = {"rtol": 2e-5, "atol": 1e-5}
+    torch.testing.assert_close(y_comp, y_eager, **tol)
+    torch.testing.assert_close(gx_comp, gx_eager, **tol)
+    torch.testing.assert_close(gw_comp, gw_eager, **tol)
 
 
 def check_trains(model, in_features, classes):

@@ -1,4 +1,4 @@
-"""The one place that touches private PyTorch APIs.
+"""The one place that touches private PyTorch APIs, and the tests of which autograd mode is running.
 
 ``torch._C._are_functorch_transforms_active`` tells whether a ``torch.func`` transform (grad, vmap,
 jacrev, ...) is running. The fast kernels work in place and use the classic ``autograd.Function`` form,
@@ -10,8 +10,9 @@ back to ``False`` only where torch.func itself is absent; otherwise update this 
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
-__all__ = ["functorch_active", "tracing"]
+__all__ = ["functorch_active", "tracing", "has_tangent"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
@@ -22,5 +23,10 @@ def functorch_active() -> bool:
 
 
 def tracing() -> bool:
-    """True while torch.compile traces or a torch.func transform runs: no in-place tricks, no host syncs."""
+    """True while torch.compile or torch.export traces, or a torch.func transform runs."""
     return torch.compiler.is_compiling() or functorch_active()
+
+
+def has_tangent(*tensors) -> bool:
+    """True if any tensor carries a forward-mode AD tangent (``torch.autograd.forward_ad``; public API)."""
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)

@@ -8,9 +8,16 @@ shapes and types:
    dtype; half types are computed in float32 unless ``method="dense"`` (FFTs of half types are
    unsupported on CPU and power-of-two only on CUDA).
 2. The dense route (multiply by the materialised matrix) where the structure's cost model says it is
-   cheaper, for empty inputs, or with ``method="dense"``.
-3. The FFT route. Inputs or weights with inf, nan or extreme magnitudes (outside ``2^+-40`` in float32)
-   go through :func:`_fft_guarded`, which gives what the dense product gives.
+   cheaper, for empty inputs, or with ``method="dense"``; otherwise the FFT route.
+3. Eager autograd gets the hand-written kernels. Tracers and transforms (torch.compile, torch.export,
+   torch.func) and forward-mode AD get the structure's reference form, plain differentiable torch ops:
+   one graph, no branch on the batch size (the cost model then assumes a batch of ``TRACE_BATCH`` rows
+   unless the batch is a plain int), and autograd derives jvp, vmap and higher derivatives.
+4. Nothing here reads a tensor's values on the host: no device synchronisation. With
+   ``exact_extremes=True`` (one sync per call) inputs or weights with inf, nan or extreme magnitudes
+   (outside ``2^+-40`` in float32) go through :func:`_fft_guarded`, which gives what the dense product
+   gives; by default an inf or nan input makes its row's outputs nan (as any FFT does), and magnitudes
+   up to about ``1e30`` keep float32 accuracy.
 """
 
 from __future__ import annotations
@@ -20,21 +27,23 @@ import math
 import torch
 from torch import Tensor
 
-from ._compat import tracing
+from ._compat import has_tangent, tracing
 
 __all__ = ["structured_linear", "METHODS"]
 
 METHODS = ("auto", "fft", "dense")
+TRACE_BATCH = 128
 
 # Inputs and weights whose magnitudes stay within 2^+-_SAFE_EXP give FFT sums that neither overflow nor
 # fall into denormals in float32 for any n up to 2^26; outside, see _fft_guarded.
 _SAFE_EXP = 40
 
 
-def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str) -> Tensor:
+def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str,
+                      exact_extremes: bool = False) -> Tensor:
     def in_float32(out_dtype: torch.dtype) -> Tensor:
         b = None if bias is None else bias.float()
-        return structured_linear(structure, input.float(), weight.float(), b, method).to(out_dtype)
+        return structured_linear(structure, input.float(), weight.float(), b, method, exact_extremes).to(out_dtype)
 
     device_type = input.device.type
     if torch.is_autocast_enabled(device_type) and input.dtype != torch.float64:
@@ -47,13 +56,21 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
         )
     if input.dtype in (torch.float16, torch.bfloat16) and method != "dense":
         return in_float32(input.dtype)
+    traced = tracing()
+    reference = traced or has_tangent(input, weight, bias)
     training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     batch = input.numel() // max(input.shape[-1], 1)
-    if method == "dense" or batch == 0 or (
-        method == "auto" and structure.dense_cheaper(batch, input.device, training)
-    ):
+    if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch
+        batch = TRACE_BATCH
+    elif batch == 0:
+        method = "dense"
+    if method == "dense" or (method == "auto" and structure.dense_cheaper(batch, input.device, training)):
+        if reference:
+            return torch.nn.functional.linear(input, structure.matrix(weight), bias)
         return structure.dense(input, weight, bias, training)
-    if not tracing() and not _in_safe_range(input, weight):
+    if reference:
+        return structure.reference(input, weight, bias)
+    if exact_extremes and not _in_safe_range(input, weight):
         out = _fft_guarded(structure, input, weight)
         return out if bias is None else out + bias
     return structure.fft(input, weight, bias)

@@ -2,7 +2,9 @@
 
 A *structure* is one layer shape of one kind (circulant or block-circulant). :mod:`dftnet._pipeline` runs
 every call through the same steps (dtypes, autocast, route choice, extreme values) and asks the
-structure only for these three things, so the two layers differ in their kernels and nothing else.
+structure only for its cost model, its explicit matrix, its dense and FFT routes for eager autograd, and
+its *reference* form (plain differentiable torch ops, for tracers and transforms), so the two layers
+differ in their kernels and nothing else.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from ._compat import functorch_active
-from .kernels.block import BlockDFTFunction, BlockShape, block_matrix
-from .kernels.circulant import DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd
+from .kernels.block import BlockDFTFunction, BlockShape, block_matrix, block_reference
+from .kernels.circulant import DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd, dft_reference
 from .plan import Plan, make_plan, use_dense
 
 __all__ = ["Circulant", "BlockCirculant", "dft_matrix"]
@@ -66,7 +67,7 @@ class Circulant:
         p, q = self.in_features, self.out_features
         if not training:
             return torch.nn.functional.linear(input, circulant_view(weight, p, q), bias)
-        if input.numel() == 0 or functorch_active():
+        if input.numel() == 0:
             return torch.nn.functional.linear(input, self.matrix(weight), bias)
         out = DenseDFTFunction.apply(input, weight, p, q)  # keeps only x and w for backward
         return out if bias is None else out + bias
@@ -77,6 +78,9 @@ class Circulant:
             save_spectrum = plan.circular and not self.recompute_spectrum
             return dft_linear_autograd(input, weight, bias, plan, save_spectrum)
         return dft_forward(input, weight, bias, plan)  # inference: no autograd bookkeeping
+
+    def reference(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return dft_reference(input, weight, bias, self.plan)
 
 
 class BlockCirculant:
@@ -104,3 +108,6 @@ class BlockCirculant:
         out = BlockDFTFunction.apply(input.reshape(-1, p), weight, self.shape)[0]
         out = out.reshape(*input.shape[:-1], q)
         return out if bias is None else out + bias
+
+    def reference(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return block_reference(input, weight, bias, self.shape)

@@ -60,6 +60,7 @@ def dft_linear(
     fft_size: int | None = None,
     method: str = "auto",
     recompute_spectrum: bool = False,
+    exact_extremes: bool = False,
 ) -> Tensor:
     """Apply the DFT layer: ``input @ W.T + bias`` with ``W[i, j] = weight[(i + j) % n]``.
 
@@ -74,6 +75,8 @@ def dft_linear(
             "auto" (dense where the cost model says the FFT does not pay off, and for empty inputs).
         recompute_spectrum: keep only the real input for backward and recompute its spectrum there
             (one more FFT, half the saved memory). The linear route always does this.
+        exact_extremes: check the input and weight for inf, nan and extreme magnitudes (one host sync
+            per call) and give exactly what the dense product gives there; see :mod:`dftnet._pipeline`.
 
     Returns:
         ``(*, q)`` tensor. Under ``torch.autocast`` the product runs in float32 and the result has the
@@ -95,7 +98,8 @@ def dft_linear(
     _check_common(fn, input, bias, q, weight, method)
     if fft_size is not None:
         make_plan(p, q, fft_size)  # validates
-    return structured_linear(Circulant(p, q, fft_size, recompute_spectrum), input, weight, bias, method)
+    return structured_linear(Circulant(p, q, fft_size, recompute_spectrum), input, weight, bias, method,
+                             exact_extremes)
 
 
 def block_dft_linear(
@@ -105,6 +109,7 @@ def block_dft_linear(
     out_features: int | None = None,
     *,
     method: str = "auto",
+    exact_extremes: bool = False,
 ) -> Tensor:
     """Apply the block-circulant layer: ``input @ W.T + bias``, ``W[i, j] = weight[i//k, j//k, (i+j) % k]``.
 
@@ -115,6 +120,7 @@ def block_dft_linear(
         out_features: q; defaults to R k.
         method: "fft", "dense" (multiply by the materialised matrix; same result and gradients), or
             "auto" (dense where the cost model says the FFT does not pay off, and for empty inputs).
+        exact_extremes: as for :func:`dft_linear`.
 
     Returns:
         ``(*, q)`` tensor, computed as :func:`dft_linear` is (autocast, half types, extreme values).
@@ -141,4 +147,4 @@ def block_dft_linear(
     if k > max(p, q):
         raise ValueError(f"{fn}: block_size must be at most max(in_features, out_features) = {max(p, q)}, got {k}")
     _check_common(fn, input, bias, q, weight, method)
-    return structured_linear(BlockCirculant(shape), input, weight, bias, method)
+    return structured_linear(BlockCirculant(shape), input, weight, bias, method, exact_extremes)

@@ -37,12 +37,13 @@ class _StructuredLinear(nn.Module):
     _version = 2
 
     def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, diagonal, method, magnitude,
-               factory_kwargs):
+               exact_extremes, factory_kwargs):
         self.in_features = _check_features("in_features", in_features)
         self.out_features = _check_features("out_features", out_features)
         if method not in METHODS:
             raise ValueError(f"method must be 'auto', 'fft' or 'dense', got {method!r}")
         self.method = method
+        self.exact_extremes = exact_extremes
         self.spectral_scale = SPECTRAL_GAIN * magnitude
         self.spectrum = nn.Parameter(torch.empty(weight_shape, **factory_kwargs))
         if bias:
@@ -135,6 +136,8 @@ class _StructuredLinear(nn.Module):
             s += f", method={self.method!r}"
         if self.sign is not None:
             s += ", sign_flip=True"
+        if self.exact_extremes:
+            s += ", exact_extremes=True"
         if (self.diagonal is not None) != self._default_diagonal:
             s += f", diagonal={self.diagonal is not None}"
         return s
@@ -151,7 +154,7 @@ class DFTLinear(_StructuredLinear):
         in_features: p, size of each input sample.
         out_features: q, size of each output sample.
         bias: learn an additive bias of shape ``(out_features,)``.
-        fft_size, method, recompute_spectrum: see :func:`dftnet.functional.dft_linear`.
+        fft_size, method, recompute_spectrum, exact_extremes: see :func:`dftnet.functional.dft_linear`.
         sign_flip: multiply the input by a fixed random +-1 diagonal first, ``y = W D x + b``
             (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
         diagonal: learn a diagonal scaling of the input, ``y = W diag(d) x + b`` (diagonal-circulant
@@ -171,7 +174,7 @@ class DFTLinear(_StructuredLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool = False,
-                 sign_flip: bool = False, diagonal: bool = True) -> None:
+                 sign_flip: bool = False, diagonal: bool = True, exact_extremes: bool = False) -> None:
         super().__init__()
         p = _check_features("in_features", in_features)
         q = _check_features("out_features", out_features)
@@ -180,7 +183,7 @@ class DFTLinear(_StructuredLinear):
         self.fft_size = fft_size
         self.recompute_spectrum = recompute_spectrum
         self._setup(p, q, (max(p, q),), bias, sign_flip, diagonal, method, circulant_magnitude(p, q),
-                    {"device": device, "dtype": dtype})
+                    exact_extremes, {"device": device, "dtype": dtype})
 
     @property
     def n(self) -> int:
@@ -197,6 +200,7 @@ class DFTLinear(_StructuredLinear):
         return dft_linear(
             self._scale_input(input), self.weight, self.bias, self.out_features,
             fft_size=self.fft_size, method=self.method, recompute_spectrum=self.recompute_spectrum,
+            exact_extremes=self.exact_extremes,
         )
 
     def extra_repr(self) -> str:
@@ -235,7 +239,7 @@ class BlockDFTLinear(_StructuredLinear):
         sign_flip: multiply the input by a fixed random +-1 diagonal D first, ``y = W (D x) + b``.
         diagonal: learn a diagonal scaling of the input (see :class:`DFTLinear`); off by default here
             (blocks are expressive enough; not measured to help).
-        method: see :func:`dftnet.functional.block_dft_linear`.
+        method, exact_extremes: see :func:`dftnet.functional.block_dft_linear`.
 
     Attributes:
         spectrum: the parameter, ``(ceil(q/k), ceil(p/k), k)``: each block's Hartley spectrum over
@@ -250,14 +254,15 @@ class BlockDFTLinear(_StructuredLinear):
     _default_diagonal = False
 
     def __init__(self, in_features: int, out_features: int, block_size: int, bias: bool = True, device=None,
-                 dtype=None, *, sign_flip: bool = False, diagonal: bool = False, method: str = "auto") -> None:
+                 dtype=None, *, sign_flip: bool = False, diagonal: bool = False, method: str = "auto",
+                 exact_extremes: bool = False) -> None:
         super().__init__()
         p = _check_features("in_features", in_features)
         q = _check_features("out_features", out_features)
         self.block_size = _check_block_size(block_size, p, q)
         shape = BlockShape(p, q, block_size)
         self._setup(p, q, (shape.out_blocks, shape.in_blocks, block_size), bias, sign_flip, diagonal, method,
-                    block_magnitude(p, q, block_size), {"device": device, "dtype": dtype})
+                    block_magnitude(p, q, block_size), exact_extremes, {"device": device, "dtype": dtype})
 
     def _init_weight(self, weight: Tensor) -> None:
         block_circulant_kaiming_(weight, self.in_features, self.out_features)
@@ -268,7 +273,7 @@ class BlockDFTLinear(_StructuredLinear):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
         return block_dft_linear(self._scale_input(input), self.weight, self.bias, self.out_features,
-                                method=self.method)
+                                method=self.method, exact_extremes=self.exact_extremes)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

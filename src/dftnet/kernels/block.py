@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-__all__ = ["BlockShape", "block_matrix", "BlockDFTFunction", "BlockWeightGradFunction"]
+__all__ = ["BlockShape", "block_matrix", "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
 
 
 class BlockShape(NamedTuple):
@@ -169,3 +169,16 @@ class BlockWeightGradFunction(Function):
         if need_x:
             dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), shape.transpose())[0]
         return dg, dx, None
+
+
+def block_reference(x: Tensor, weight: Tensor, bias: Tensor | None, shape: BlockShape) -> Tensor:
+    """``z = x W^T + b`` from plain differentiable torch ops (rfft per block, einsum over blocks, irfft).
+
+    What tracers and transforms see (torch.compile, torch.export, torch.func, forward-mode AD): no custom
+    Function and no branch on the batch size; autograd derives every gradient."""
+    k, C, R = shape.block_size, shape.in_blocks, shape.out_blocks
+    lead = x.shape[:-1]
+    xb = torch.nn.functional.pad(x, (0, C * k - shape.in_features)).reshape(*lead, C, k)
+    Z = torch.einsum("...cf,rcf->...rf", torch.fft.rfft(xb).conj(), torch.fft.rfft(weight))
+    z = torch.fft.irfft(Z, k).reshape(*lead, R * k)[..., : shape.out_features]
+    return z if bias is None else z + bias

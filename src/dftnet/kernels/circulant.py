@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from .._compat import functorch_active, tracing
 from ..plan import Plan
 
 
@@ -77,17 +76,12 @@ def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
     return max(1, -(-M // chunks)) if chunks > 1 else rows
 
 
-def _fast_kernels() -> bool:
-    """In-place, chunked kernels, except while torch.compile traces or a torch.func transform is active."""
-    return not tracing()
-
-
 def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and the weight's spectrum from one batched FFT
     of [x2; taps]; otherwise X is None (computed chunk by chunk) and the weight is transformed alone."""
     M, p = x2.shape
     small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
-    if not small or not _fast_kernels():
+    if not small:
         return None, weight_spectrum(weight, plan)
     taps = weight_taps(weight, plan)
     buf = x2.new_zeros(M + 1, max(p, taps.shape[0]))
@@ -107,10 +101,6 @@ def _correlate_rows(
     ``conj(X) * Wf = conj(X * conj(Wf))``: we multiply by the saved conjugate spectrum and conjugate the
     product in place. X is kept (for backward) only if ``keep``; otherwise it is overwritten.
     """
-    if not _fast_kernels():
-        X = torch.fft.rfft(x2, L)
-        z = torch.fft.irfft((X * cWf).conj(), L)[:, :length]
-        return (z.contiguous() if bias is None else z + bias), (X if keep else None)
     M = x2.shape[0]
     rows = _chunk_rows(L, cWf.dtype, M)
     if M <= rows:  # one chunk: the FFT's output is the result, no copy
@@ -147,11 +137,6 @@ def _backward_rows(
     L, p = plan.fft_size, plan.in_features
     spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
     M = g2.shape[0]
-    if not _fast_kernels():
-        G = torch.fft.rfft(g2, L)
-        gx = torch.fft.irfft((G * cWf).conj(), L)[:, :p].contiguous() if need_x else None
-        S = (G * spectrum(slice(None))).sum(0) if need_w else None
-        return gx, None if S is None else torch.fft.irfft(S, L)
     rows = _chunk_rows(L, cWf.dtype, M)
     if need_x and need_w and 0 < M <= min(SMALL_BATCH_ROWS, rows):  # one inverse FFT for both gradients
         G = torch.fft.rfft(g2, L)
@@ -236,31 +221,11 @@ def _backward(ctx, grad_out):
 
 
 class DFTLinearFunction(Function):
-    """z = W x + b for the q x p DFT matrix W, in the form torch.func transforms need (``setup_context``,
-    a generated vmap rule). Returns (z, X, conj(Wf)), the last two non-differentiable by-products."""
+    """z = W x + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
 
-    generate_vmap_rule = True
-    forward = staticmethod(_forward)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, plan, save_spectrum = inputs
-        _, X, cWf = output
-        ctx.mark_non_differentiable(X, cWf)
-        ctx.set_materialize_grads(False)  # X and cWf never get gradients: don't fill zeros for them
-        _save(ctx, x, weight, X, cWf, plan, save_spectrum)
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_X, _grad_Wf):
-        if grad_out is None:
-            return None, None, None, None, None
-        return _backward(ctx, grad_out)
-
-
-class _EagerDFTLinearFunction(Function):
-    """The same layer as :class:`DFTLinearFunction` in the classic ``forward(ctx, ...)`` form, which
-    returns z alone: ``apply`` of a ``setup_context`` Function binds its arguments with
-    ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured)."""
+    The classic ``forward(ctx, ...)`` form: ``apply`` of a ``setup_context`` Function binds its arguments
+    with ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured).
+    torch.compile, torch.export, torch.func and forward-mode AD use :func:`dft_reference` instead."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Plan, save_spectrum: bool):
@@ -274,10 +239,19 @@ class _EagerDFTLinearFunction(Function):
 
 
 def dft_linear_autograd(x, weight, bias, plan: Plan, save_spectrum: bool) -> torch.Tensor:
-    """``z = x W^T + b`` with the hand-derived backward (the torch.func-compatible Function under transforms)."""
-    if functorch_active():
-        return DFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)[0]
-    return _EagerDFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)
+    """``z = x W^T + b`` with the hand-derived backward (eager autograd)."""
+    return DFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)
+
+
+def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
+    """``z = x W^T + b`` from plain differentiable torch ops: ``irfft(conj(rfft(x)) * rfft(taps))``.
+
+    What tracers and transforms see (torch.compile, torch.export, torch.func, forward-mode AD): no custom
+    Function, no in-place tricks, no branch on the batch size; autograd derives every gradient."""
+    L = plan.fft_size
+    Wf = torch.fft.rfft(weight_taps(weight, plan), L)
+    z = torch.fft.irfft(torch.fft.rfft(x, L).conj() * Wf, L)[..., : plan.out_features]
+    return z if bias is None else z + bias
 
 
 class DFTWeightGradFunction(Function):
@@ -286,8 +260,6 @@ class DFTWeightGradFunction(Function):
     Its own gradients are DFT layers with the incoming gradient u as weight:
     d<u, gw>/dg = W_u x (q x p layer), d<u, gw>/dx = W_u^T g (p x q layer).
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(grad_out, x, plan: Plan):
@@ -340,7 +312,7 @@ class DenseDFTFunction(Function):
     W is rebuilt in backward (a strided copy of q * p values), so the route never keeps more than
     the FFT route for backward, whatever the batch. Backward is built from differentiable ops, so
     the same code serves double backward. Classic ``forward(ctx, ...)`` form for a cheap ``apply``
-    (see :class:`_EagerDFTLinearFunction`); under torch.func the functional uses the gathered matrix.
+    (see :class:`DFTLinearFunction`); tracers and transforms multiply by the gathered matrix instead.
     """
 
     @staticmethod
