@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from dftnet.experiments import bench
+from dftnet.experiments.argtypes import comma_list, positive_int
+from dftnet.experiments.cli import main
+from dftnet.experiments.device import resolve_device
 
 TIME_FIELDS = ("dftnet_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms")
 
@@ -107,7 +110,7 @@ def test_parse_widths():
     assert bench.parse_widths("256, 785x300,2^4") == [(256, 256), (785, 300), (16, 16)]
     assert bench.parse_widths("2^6..2^9") == [(64, 64), (128, 128), (256, 256), (512, 512)]
     assert bench.parse_widths([8, (3, 5), "7->2"]) == [(8, 8), (3, 5), (7, 2)]
-    assert bench.parse_ints("1, 32") == [1, 32]
+    assert comma_list(positive_int, "batch")("1, 32") == [1, 32]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,7 @@ def test_sweep_rejects_bad_values(kwargs, bad):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_cuda_without_cuda_is_a_value_error():
     with pytest.raises(ValueError, match="cuda"):
-        bench.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 @pytest.mark.parametrize(
@@ -151,11 +154,19 @@ def test_cuda_without_cuda_is_a_value_error():
         (["--stat", "mean"], "mean"),
     ],
 )
-def test_run_rejects_bad_flags_before_timing(tmp_path, capsys, argv, bad):
-    with pytest.raises(ValueError, match=bad):
-        bench.run(_args(tmp_path, *argv))
-    assert capsys.readouterr().out == ""  # nothing ran
+def test_bad_flags_are_refused_before_timing(tmp_path, capsys, argv, bad):
+    assert main(["bench", *argv, "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing ran
+    assert bad in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_out_is_refused_before_timing(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        bench.run(_args(tmp_path, "--out", str(tmp_path / "file")))
+    assert capsys.readouterr().out == ""
 
 
 def test_run_prints_table_and_writes(tmp_path, capsys):

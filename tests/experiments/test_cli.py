@@ -92,3 +92,14 @@ def test_console_script_entry_point_and_module():
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     res = subprocess.run([sys.executable, "-m", "dftnet", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and "dftnet" in res.stdout
+
+
+def test_without_the_extra_the_command_says_what_to_install():
+    """The core installed alone: ``dftnet`` prints one line naming the extra, exit status 2."""
+    code = ("import sys; sys.modules['tqdm'] = None; sys.modules['zarr'] = None\n"  # as if not installed
+            "from dftnet.experiments.cli import main\n"
+            "raise SystemExit(main(['train']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == 'dftnet: the experiments need tqdm, zarr: pip install "dftnet[experiments]"'
+    assert res.stdout == ""

@@ -10,6 +10,8 @@ import torch
 
 from dftnet.experiments.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # torchrun with 1 and 2 processes: about 45 s in all
+
 ARGS = ["--widths", "784,48,10", "--limit", "256", "--batch-size", "32", "--epochs", "2", "--quiet",
         "--device", "cpu", "--lr", "5e-3"]
 

@@ -193,6 +193,7 @@ def _assert_same(ref, out):
     assert [r["train_loss"] for r in got["history"]] == [r["train_loss"] for r in ref["history"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at_step", [4, 16, 20])  # mid-epoch 1, its end, mid-epoch 2
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_at_step):
     TRIED["sigkill"] += 1
@@ -207,6 +208,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_
     _assert_same(reference_run, out)
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
     """A slow checkpoint writer (test hook) stretches the window between writing the temp file and renaming it."""
     TRIED["sigkill-during-write"] += 1
@@ -225,6 +227,7 @@ def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
     assert not list((out / "dft").glob("*.tmp")), "stale temporary files are cleaned up"
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, reference_run):
     TRIED["sigint"] += 1
     out = tmp_path / "run"

@@ -30,6 +30,7 @@ def test_mlp_shapes_and_kinds():
     assert m[-1].block_size == 32 and m(torch.randn(2, 784)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_one_epoch_lowers_the_loss(tmp_path):
     summary = run(_cfg(tmp_path, layer="both", epochs=3, lr=1e-2), log=lambda *a: None)
     rows = [json.loads(json.dumps(r)) for r in summary["results"]]
@@ -55,6 +56,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [3, 8, 9])  # mid-epoch, last batch of epoch 1, first of epoch 2
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_after):
     cfg = dict(layer="dft", epochs=2)

@@ -32,16 +32,28 @@ def peak_step_memory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
         _one_step(m, torch.optim.Adam(m.parameters()), x, y)
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - base)
-    try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-    except ImportError:  # pragma: no cover - private API moved
-        return math.nan
     m = copy.deepcopy(model)
     opt = torch.optim.Adam(m.parameters())
+    return _mem_tracker_peak(m, opt, lambda: _one_step(m, opt, x, y))
+
+
+def _mem_tracker_peak(model, opt, step) -> float:
+    """Peak tensor bytes of ``step()`` on the CPU, by PyTorch's ``MemTracker``.
+
+    This is the one use of a private torch API, ``torch.distributed._tools.mem_tracker`` (present in
+    torch 2.4 to 2.13): torch has no public peak counter for CPU tensor memory. If the module moves,
+    this returns NaN (the "peak memory" of ``dftnet train`` then reads nan) and nothing else breaks;
+    if its interface changes, the error shows here. Either way, update the import and the four calls
+    below to the new location/interface, or measure on CUDA, whose allocator counts peaks publicly.
+    """
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:  # pragma: no cover - the private module moved
+        return math.nan
     tracker = MemTracker()
-    tracker.track_external(m, opt)
+    tracker.track_external(model, opt)
     with tracker:
-        _one_step(m, opt, x, y)
+        step()
     peak = tracker.get_tracker_snapshot("peak")
     return float(sum(v.get("Total", 0) for v in peak.values()))
 

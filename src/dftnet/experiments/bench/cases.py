@@ -1,0 +1,363 @@
+"""The benchmark's cases: layer shapes, one timed cell (DFTLinear, the plain torch.fft layer,
+nn.Linear, the route not taken and the FFT floor) and the sweep over shapes, batches and modes.
+
+Each cell is a row: a dict with the keys of ``CSV_FIELDS`` (times in ms, None where skipped).
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from dftnet import DFTLinear
+from dftnet.plan import make_plan, use_dense
+
+from ..argtypes import ArgumentValueError, comma_list, nonneg_int, one_of, positive_float, positive_int
+from ..device import resolve_device
+from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, time_contenders
+
+__all__ = ["MODES", "CONTENDERS", "CSV_FIELDS", "DTYPES", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "parse_widths",
+           "resolve_dtype", "bench_cell", "sweep"]
+
+MODES = ("fwd", "fwd+bwd")
+CONTENDERS = ("dftnet", "other", "plain", "linear", "floor", "floor_n")
+AWKWARD_WIDTHS = (785, 1000, 1009, 4099, 10007)
+DEFAULT_WIDTHS: tuple = tuple(2**k for k in range(6, 21)) + AWKWARD_WIDTHS + ((785, 300),)
+DEFAULT_BATCHES = (1, 32, 128, 1024)
+ROUTE_CHECK_MAX_ENTRIES = 4096 * 4096  # time the route not taken up to this p * q
+BYTES_PER_ACTIVATION = 10  # memory estimate of a cell: B * max(n, L) * 10 elements (~40 bytes in float32)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_GIB = 1024**3
+
+CSV_FIELDS = (
+    "p", "q", "n", "batch", "mode", "dtype", "device", "route", "fft_size", "circular", "dense",
+    "dftnet_ms", "other_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms",
+    "dftnet_over_floor", "auto_over_best", "plain_over_dftnet", "linear_over_dftnet", "floor_n_over_floor",
+    "dftnet_min_ms", "other_min_ms", "plain_min_ms", "linear_min_ms", "floor_min_ms", "floor_n_min_ms",
+    "dftnet_over_floor_min", "auto_over_best_min", "plain_over_dftnet_min", "linear_over_dftnet_min",
+    "dftnet_spread", "other_spread", "plain_spread", "linear_spread", "floor_spread", "floor_n_spread",
+    "repeats", "linear_repeats", "rel_err", "linear_skipped", "skipped",
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer shapes and dtypes (also the argparse types of --widths and --dtype)
+# ----------------------------------------------------------------------------------------------------
+
+def _int(text, whole, allow_zero: bool = False) -> int:
+    try:
+        return (nonneg_int if allow_zero else positive_int)(text)
+    except ArgumentValueError as e:
+        raise ArgumentValueError(f"bad width {whole!r}: {e}") from None
+
+
+def _parse_pow(t: str, whole: str) -> int:
+    t = t.strip()
+    if "^" in t:
+        b, e = t.split("^", 1)
+        base, exp = _int(b, whole), _int(e, whole, allow_zero=True)
+        if exp > 40:
+            raise ArgumentValueError(f"width {whole!r} is too large")
+        return base**exp
+    return _int(t, whole)
+
+
+def _parse_width_token(tok: str) -> list[tuple[int, int]]:
+    tok = tok.strip().lower().replace("**", "^")
+    if ".." in tok:  # "2^6..2^16": the powers of two in between
+        lo, hi = (_parse_pow(t, tok) for t in tok.split("..", 1))
+        if lo > hi:
+            raise ArgumentValueError(f"bad width range {tok!r}: {lo} > {hi}")
+        out, v = [], 1
+        while v <= hi:
+            if v >= lo:
+                out.append((v, v))
+            v *= 2
+        if not out:
+            raise ArgumentValueError(f"width range {tok!r} contains no power of two")
+        return out
+    for sep in ("x", "->", ":"):
+        if sep in tok:
+            p, q = tok.split(sep, 1)
+            return [(_int(p, tok), _int(q, tok))]
+    v = _parse_pow(tok, tok)
+    return [(v, v)]
+
+
+def parse_widths(widths) -> list[tuple[int, int]]:
+    """Layer shapes (p, q) from a comma-separated string (the type of ``--widths``) or a sequence.
+
+    Items: ``1024`` (square), ``785x300`` (p -> q; also ``785->300``), ``2^10`` and ``2^6..2^16``
+    (all powers of two in the range), or (p, q) tuples. Raises a ValueError naming a bad item.
+    """
+    items = [t for t in widths.split(",") if t.strip()] if isinstance(widths, str) else list(widths)
+    if not items:
+        raise ArgumentValueError(f"bad widths {widths!r}: no width given")
+    out: list[tuple[int, int]] = []
+    for it in items:
+        if isinstance(it, (tuple, list)) and len(it) == 2:
+            out.append((_int(it[0], it), _int(it[1], it)))
+        elif isinstance(it, int) and not isinstance(it, bool):
+            out.append((_int(it, it), _int(it, it)))
+        elif isinstance(it, str):
+            out.extend(_parse_width_token(it))
+        else:
+            raise ArgumentValueError(f"bad width {it!r}: expected an integer, 'PxQ' or a (p, q) pair")
+    return out
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """'float32' / 'float64' (or those torch dtypes) -> torch.dtype; ValueError otherwise."""
+    return DTYPES[one_of(DTYPES)(str(dtype).removeprefix("torch."))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# One cell and the sweep
+# ----------------------------------------------------------------------------------------------------
+
+def _plain_layer(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int, q: int) -> torch.Tensor:
+    """The textbook FFT implementation of the DFT layer (circular, length n), autograd for backward."""
+    return torch.fft.irfft(torch.fft.rfft(x, n).conj() * torch.fft.rfft(w, n), n)[..., :q] + b
+
+
+def _route(p: int, q: int, batch: int, device: torch.device, mode: str = "fwd+bwd"):
+    plan = make_plan(p, q)
+    dense = bool(use_dense(p, q, batch, device, training=mode == "fwd+bwd"))
+    return plan, dense
+
+
+def _route_str(row: dict) -> str:
+    if row.get("dense"):
+        return "dense"
+    return f"{'circ' if row.get('circular') else 'lin'}:{row.get('fft_size')}"
+
+
+def _cell_mem_bytes(p: int, q: int, batch: int, fft_size: int, itemsize: int) -> int:
+    return batch * max(p, q, fft_size) * BYTES_PER_ACTIVATION * itemsize
+
+
+def _base_row(p, q, batch, mode, dtype, device, plan, dense) -> dict:
+    row = {k: None for k in CSV_FIELDS}
+    row.update(p=p, q=q, n=max(p, q), batch=batch, mode=mode, dtype=str(dtype).removeprefix("torch."),
+               device=str(device), fft_size=plan.fft_size, circular=plan.circular, dense=dense,
+               linear_skipped="", skipped="")
+    row["route"] = _route_str(row)
+    return row
+
+
+def bench_cell(
+    p: int,
+    q: int,
+    batch: int,
+    mode: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    repeats: int = DEFAULT_REPEATS,
+    budget: float = DEFAULT_BUDGET_S,
+    linear_max_gb: float = 2.0,
+    layers: dict | None = None,
+) -> dict:
+    """Time one (p -> q, batch, mode) cell; returns a row (times in ms, None where skipped).
+
+    ``layers`` may hold prebuilt ``{"dftnet": DFTLinear, "linear": nn.Linear or None}`` to reuse.
+    """
+    device = torch.device(device)
+    if mode not in MODES:
+        raise ValueError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
+    plan, dense = _route(p, q, batch, device, mode)
+    row = _base_row(p, q, batch, mode, dtype, device, plan, dense)
+    n, L = plan.n, plan.fft_size
+    layers = layers or {}
+    layer = layers.get("dftnet")
+    if layer is None:
+        layer = DFTLinear(p, q, device=device, dtype=dtype)
+    if "linear" in layers:
+        linear = layers["linear"]
+    else:
+        linear = _make_linear(p, q, device, dtype, linear_max_gb)
+    if linear is None:
+        row["linear_skipped"] = _linear_skip_reason(p, q, dtype, linear_max_gb)
+
+    grad = mode == "fwd+bwd"
+    x = torch.randn(batch, p, device=device, dtype=dtype, requires_grad=grad)
+    g = torch.randn(batch, q, device=device, dtype=dtype)
+    w = layer.weight.detach().clone().requires_grad_(grad)
+    b = layer.bias.detach().clone().requires_grad_(grad)
+    xL = torch.randn(batch, L, device=device, dtype=dtype)
+    xn = xL if L == n else torch.randn(batch, n, device=device, dtype=dtype)
+
+    def floor_at(t: torch.Tensor, length: int, passes: int) -> Callable[[], object]:
+        def f():
+            for _ in range(passes):
+                y = torch.fft.irfft(torch.fft.rfft(t), length)
+            return y
+        return f
+
+    other = None
+    if p * q <= ROUTE_CHECK_MAX_ENTRIES:
+        other = DFTLinear(p, q, method="fft" if dense else "dense", device=device, dtype=dtype)
+        other.load_state_dict(layer.state_dict())
+
+    passes = 2 if grad else 1
+    if grad:
+        dft_params = (x, layer.spectrum, layer.bias)
+
+        def f_dft():
+            return torch.autograd.grad(layer(x), dft_params, g)
+
+        def f_other():
+            return torch.autograd.grad(other(x), (x, other.spectrum, other.bias), g)
+
+        def f_plain():
+            return torch.autograd.grad(_plain_layer(x, w, b, n, q), (x, w, b), g)
+
+        def f_lin():
+            return torch.autograd.grad(linear(x), (x, linear.weight, linear.bias), g)
+    else:
+        def f_dft():
+            return layer(x)
+
+        def f_other():
+            return other(x)
+
+        def f_plain():
+            return _plain_layer(x, w, b, n, q)
+
+        def f_lin():
+            return linear(x)
+
+    fns = {"dftnet": f_dft, "plain": f_plain}
+    if other is not None:
+        fns["other"] = f_other
+    if linear is not None:
+        fns["linear"] = f_lin
+    fns["floor"] = floor_at(xL, L, passes)
+    if L != n:
+        fns["floor_n"] = floor_at(xn, n, passes)
+
+    with torch.set_grad_enabled(grad):
+        # Sanity check (also warms up): DFTLinear and the plain layer must agree.
+        with torch.no_grad():
+            ref = _plain_layer(x, w, b, n, q).double()
+            got = layer(x).double()
+            row["rel_err"] = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+            del ref, got
+        stats = time_contenders(fns, repeats=repeats, budget=budget, device=device)
+    if "floor_n" not in stats:
+        stats["floor_n"] = stats["floor"]
+    row["repeats"] = stats["dftnet"]["repeats"]
+    row["linear_repeats"] = stats["linear"]["repeats"] if "linear" in stats else 0
+    for name in CONTENDERS:
+        s = stats.get(name)
+        row[f"{name}_ms"] = None if s is None else s["median"] * 1e3
+        row[f"{name}_min_ms"] = None if s is None else s["min"] * 1e3
+        row[f"{name}_spread"] = None if s is None else s["spread"]
+    _add_ratios(row)
+    return row
+
+
+def _add_ratios(row: dict) -> None:
+    """Ratios of medians, and (``*_min``) of minima: the fastest turns, least disturbed by other load."""
+    def ratio(a, b, stat=""):
+        ta, tb = row.get(f"{a}{stat}_ms"), row.get(f"{b}{stat}_ms")
+        return ta / tb if ta is not None and tb else None
+
+    for stat, suffix in (("", ""), ("_min", "_min")):
+        row["dftnet_over_floor" + suffix] = ratio("dftnet", "floor", stat)
+        to_other = ratio("dftnet", "other", stat)  # dftnet / min(dftnet, other) = max(1, dftnet / other)
+        row["auto_over_best" + suffix] = None if to_other is None else max(1.0, to_other)
+        row["plain_over_dftnet" + suffix] = ratio("plain", "dftnet", stat)
+        row["linear_over_dftnet" + suffix] = ratio("linear", "dftnet", stat)
+    row["floor_n_over_floor"] = ratio("floor_n", "floor")
+
+
+def _linear_bytes(p: int, q: int, dtype: torch.dtype) -> int:
+    return 3 * p * q * torch.empty((), dtype=dtype).element_size()
+
+
+def _linear_skip_reason(p, q, dtype, linear_max_gb) -> str:
+    need = _linear_bytes(p, q, dtype) / _GIB
+    return f"nn.Linear needs {need:.1f} GiB > {linear_max_gb:g} GiB"
+
+
+def _make_linear(p, q, device, dtype, linear_max_gb) -> nn.Linear | None:
+    if _linear_bytes(p, q, dtype) > linear_max_gb * _GIB:
+        return None
+    return nn.Linear(p, q, device=device, dtype=dtype)
+
+
+def sweep(
+    widths: Iterable = DEFAULT_WIDTHS,
+    batches: Iterable[int] = DEFAULT_BATCHES,
+    modes: Iterable[str] = MODES,
+    *,
+    device: torch.device | str = "auto",
+    dtype: torch.dtype | str = torch.float32,
+    repeats: int = DEFAULT_REPEATS,
+    budget: float = DEFAULT_BUDGET_S,
+    max_mem_gb: float = 4.0,
+    linear_max_gb: float = 2.0,
+    callback: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Benchmark every (width, batch, mode); returns one row (dict) per cell, in sweep order.
+
+    ``widths``: ints (square n -> n), (p, q) pairs or strings as in :func:`parse_widths`. Cells whose
+    activations would exceed ``max_mem_gb`` come back with ``skipped`` set and no times; nn.Linear is
+    skipped (``linear_skipped``) when its weight would exceed ``linear_max_gb``. ``callback(row)`` is
+    called as each row completes. Raises ValueError for bad values.
+    """
+    shapes = parse_widths(widths)
+    batches = comma_list(positive_int, "batch")(batches)
+    modes = comma_list(one_of(MODES), "mode")(modes)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    repeats = positive_int(repeats)
+    budget = positive_float(budget)
+    max_mem_gb = positive_float(max_mem_gb)
+    linear_max_gb = positive_float(linear_max_gb)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    rows: list[dict] = []
+    gc_was_enabled = gc.isenabled()
+    try:
+        for p, q in shapes:
+            plan, _ = _route(p, q, 1, device)
+            runnable = [bt for bt in batches
+                        if _cell_mem_bytes(p, q, bt, plan.fft_size, itemsize) <= max_mem_gb * _GIB]
+            layers = None
+            if runnable:
+                torch.manual_seed(0)
+                layers = {"dftnet": DFTLinear(p, q, device=device, dtype=dtype),
+                          "linear": _make_linear(p, q, device, dtype, linear_max_gb)}
+            for bt in batches:
+                for mode in modes:
+                    if bt not in runnable:
+                        plan_b, dense_b = _route(p, q, bt, device, mode)
+                        row = _base_row(p, q, bt, mode, dtype, device, plan_b, dense_b)
+                        need = _cell_mem_bytes(p, q, bt, plan.fft_size, itemsize) / _GIB
+                        row["skipped"] = f"needs ~{need:.1f} GiB > --max-mem-gb {max_mem_gb:g}"
+                    else:
+                        gc.collect(1)  # young generations only: a full collection costs ~0.1 s
+                        gc.disable()
+                        try:
+                            row = bench_cell(p, q, bt, mode, device=device, dtype=dtype,
+                                             repeats=repeats, budget=budget,
+                                             linear_max_gb=linear_max_gb, layers=layers)
+                        finally:
+                            if gc_was_enabled:
+                                gc.enable()
+                    rows.append(row)
+                    if callback is not None:
+                        callback(row)
+            del layers
+            gc.collect(1)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return rows

@@ -1,0 +1,165 @@
+"""The command line of ``dftnet bench`` (also ``benchmarks/bench.py`` and ``python -m
+dftnet.experiments.bench``): its flags, checked by the shared argparse types, and the run that prints
+the table as cells finish and writes the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
+from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
+from .report import STATS, format_row, machine_info, table_header, write_outputs
+from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
+
+__all__ = ["QUICK_WIDTHS", "QUICK_BATCHES", "configure_parser", "run", "main"]
+
+QUICK_WIDTHS: tuple = (256, 1024, 4096, 785, (785, 300))
+QUICK_BATCHES = (8, 128)
+QUICK_BUDGET_S = 0.4
+QUICK_REPEATS = 11
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's flags to ``parser``; argparse checks their values."""
+    parser.description = parser.description or (
+        "Time DFTLinear against a plain torch.fft layer, nn.Linear and the FFT floor."
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset (widths 256,1024,4096,785,785x300; batches 8,128) "
+                             "with a short time budget: under a minute on a 2-core CPU")
+    parser.add_argument("--widths", type=parse_widths, default=None, metavar="LIST",
+                        help="comma-separated layer widths: N (square), PxQ (non-square), 2^a..2^b "
+                             "(powers of two); default 2^6..2^20,785,1000,1009,4099,10007,785x300")
+    parser.add_argument("--batches", type=comma_list(positive_int, "batch"), default=None, metavar="LIST",
+                        help="comma-separated batch sizes (default 1,32,128,1024)")
+    parser.add_argument("--modes", type=comma_list(one_of(MODES), "mode"), default=list(MODES), metavar="LIST",
+                        help="comma-separated among fwd, fwd+bwd (default both)")
+    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N] or auto (default auto)")
+    parser.add_argument("--dtype", type=one_of(DTYPES), default="float32", help="float32 (default) or float64")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder for bench.csv, bench.json, bench.png "
+                             "(default runs/bench-<timestamp>)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help=f"most timed turns per contender and cell (default {DEFAULT_REPEATS}, "
+                             f"{QUICK_REPEATS} with --quick); fewer when they would exceed the "
+                             f"contender's share of --budget, but at least {MIN_REPEATS} unless this is "
+                             "smaller")
+    parser.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                        help=f"target timing seconds per cell, shared by the contenders (default "
+                             f"{DEFAULT_BUDGET_S}, {QUICK_BUDGET_S} with --quick)")
+    parser.add_argument("--stat", type=one_of(STATS), default="median",
+                        help="statistic shown in the table and plot: median (default) or min (the "
+                             "fastest turn: steadier on a machine shared with other work); the csv "
+                             "and json hold both")
+    parser.add_argument("--max-mem-gb", type=positive_float, default=4.0, metavar="GB",
+                        help="skip cells whose activations (B * max(n, L) * 10 elements) exceed this "
+                             "(default 4)")
+    parser.add_argument("--linear-max-gb", type=positive_float, default=2.0, metavar="GB",
+                        help="skip nn.Linear when 3 * p * q values (weight, gradient, one more) "
+                             "exceed this (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch.set_num_threads for the run (default: leave torch's setting)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write bench.png")
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    """The run's settings: the parsed flags, with --quick's defaults where a flag was not given."""
+    quick = args.quick
+    cfg = {
+        "quick": quick,
+        "widths": args.widths or parse_widths(QUICK_WIDTHS if quick else DEFAULT_WIDTHS),
+        "batches": args.batches or list(QUICK_BATCHES if quick else DEFAULT_BATCHES),
+        "modes": args.modes,
+        "device": args.device,
+        "dtype": DTYPES[args.dtype],
+        "repeats": args.repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS),
+        "budget": args.budget or (QUICK_BUDGET_S if quick else DEFAULT_BUDGET_S),
+        "max_mem_gb": args.max_mem_gb,
+        "linear_max_gb": args.linear_max_gb,
+        "threads": args.threads,
+        "plot": not args.no_plot,
+        "stat": args.stat,
+    }
+    out = args.out
+    if out is None:
+        out = Path("runs") / f"bench-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    elif not str(out).strip():
+        raise ValueError(f"bad --out {out!r}: empty path")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"bad --out {str(out)!r}: exists and is not a directory")
+    cfg["out"] = out
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by parsed flags: print the table, write the outputs; returns 0.
+
+    Flag values are checked by the parser (``configure_parser``); a bad ``--out`` raises ValueError
+    before any timing.
+    """
+    cfg = _config_from_args(args)
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    device = cfg["device"]
+    machine = machine_info(device)
+    t_start = time.perf_counter()
+    print(f"dftnet bench: {machine['device_name']} ({device}), {cfg['dtype']}, torch "
+          f"{machine['torch_version']}, {machine['torch_threads']} threads, "
+          f"{machine['cpu_count']} CPUs, load {machine.get('loadavg', ['?'])[0]}", flush=True)
+    print(f"times: {cfg['stat']} ms per call; fwd under no_grad, fwd+bwd = forward + grads of input, weight, "
+          "bias; floor = rfft+irfft of (B, L) x1 (fwd) or x2 (fwd+bwd) at DFTLinear's FFT length L; "
+          "noise = IQR/median of dftnet", flush=True)
+    load = machine.get("loadavg", [0.0])[0]
+    if device.type == "cpu" and load + machine["torch_threads"] > (machine["cpu_affinity"] or
+                                                                  machine["cpu_count"] or 1) + 0.5:
+        print(f"WARNING: load average {load:.1f} with {machine['torch_threads']} torch threads on "
+              f"{machine['cpu_affinity'] or machine['cpu_count']} CPUs: other processes compete for "
+              "the cores, and multi-threaded ops then stall (a thread waits to be scheduled); "
+              "times will be noisy. " + ("Try --threads 1, or a quieter machine."
+                                         if machine["torch_threads"] > 1 else "Use a quieter machine."),
+              flush=True)
+    print(table_header(), flush=True)
+    rows = sweep(cfg["widths"], cfg["batches"], cfg["modes"], device=device, dtype=cfg["dtype"],
+                 repeats=cfg["repeats"], budget=cfg["budget"], max_mem_gb=cfg["max_mem_gb"],
+                 linear_max_gb=cfg["linear_max_gb"], callback=lambda r: print(format_row(r, cfg["stat"]), flush=True))
+    elapsed = time.perf_counter() - t_start
+    machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v)
+              for k, v in cfg.items()}
+    config["widths"] = [list(w) for w in cfg["widths"]]
+    config["elapsed_s"] = round(elapsed, 2)
+    config["argv"] = sys.argv
+    paths = write_outputs(rows, cfg["out"], {"machine": machine, "config": config},
+                          make_plot=cfg["plot"], stat=cfg["stat"])
+    bad = [r for r in rows if r.get("rel_err") is not None
+           and r["rel_err"] > (1e-4 if cfg["dtype"] == torch.float32 else 1e-10)]
+    for r in bad:
+        print(f"WARNING: DFTLinear and the plain FFT layer disagree at {r['p']}x{r['q']} batch "
+              f"{r['batch']}: relative error {r['rel_err']:.2e}", flush=True)
+    n_skip = sum(1 for r in rows if r.get("skipped"))
+    print(f"{len(rows) - n_skip} cells timed, {n_skip} skipped, in {elapsed:.1f} s; wrote "
+          + ", ".join(str(p) for p in paths.values()), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Stand-alone entry point (``python -m dftnet.experiments.bench``, ``benchmarks/bench.py``)."""
+    parser = Parser(prog=prog or "dftnet bench")
+    configure_parser(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,239 @@
+"""The benchmark's report: the text table (printed row by row as cells finish), the description of
+the machine, and the files: bench.csv, bench.json and bench.png (time against width, log-log)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dftnet import __version__
+
+from ..reports import new_figure, write_csv
+from .cases import CSV_FIELDS
+
+__all__ = ["STATS", "table_header", "format_row", "format_table", "machine_info", "write_outputs", "plot"]
+
+STATS = ("median", "min")
+
+_COLUMNS = (  # (title, width, formatter)
+    ("layer", 11, lambda r, t: str(r["n"]) if r["p"] == r["q"] else f"{r['p']}x{r['q']}"),
+    ("batch", 5, lambda r, t: str(r["batch"])),
+    ("mode", 7, lambda r, t: r["mode"]),
+    ("route", 10, lambda r, t: r["route"]),
+    ("dftnet ms", 9, lambda r, t: _fmt_ms(r["dftnet" + t + "_ms"])),
+    ("plain ms", 9, lambda r, t: _fmt_ms(r["plain" + t + "_ms"])),
+    ("linear ms", 9, lambda r, t: _fmt_ms(r["linear" + t + "_ms"], "skip")),
+    ("floor ms", 9, lambda r, t: _fmt_ms(r["floor" + t + "_ms"])),
+    ("floor@n", 9, lambda r, t: _fmt_ms(r["floor_n" + t + "_ms"])),
+    ("dft/floor", 9, lambda r, t: _fmt_ratio(r["dftnet_over_floor" + t])),
+    ("auto/best", 9, lambda r, t: _fmt_ratio(r["auto_over_best" + t])),
+    ("plain/dft", 9, lambda r, t: _fmt_ratio(r["plain_over_dftnet" + t])),
+    ("lin/dft", 8, lambda r, t: _fmt_ratio(r["linear_over_dftnet" + t])),
+    ("noise", 6, lambda r, t: "" if r["dftnet_spread"] is None else f"{100 * r['dftnet_spread']:.0f}%"),
+)
+
+
+def _fmt_ms(v, missing: str = "-") -> str:
+    if v is None:
+        return missing
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 0.01:
+        return f"{v:.3g}"
+    return f"{v:.2g}"
+
+
+def _fmt_ratio(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def table_header() -> str:
+    """The table's title line and rule."""
+    head = "  ".join(t.rjust(w) if i >= 4 else t.ljust(w) for i, (t, w, _) in enumerate(_COLUMNS))
+    return head + "\n" + "-" * len(head)
+
+
+def _stat_suffix(stat: str) -> str:
+    if stat not in STATS:
+        raise ValueError(f"bad stat {stat!r}: expected one of {', '.join(STATS)}")
+    return "_min" if stat == "min" else ""
+
+
+def format_row(row: dict, stat: str = "median") -> str:
+    """One aligned table line for a row (a skipped cell says why); ``stat``: "median" or "min"."""
+    t = _stat_suffix(stat)
+    cells = []
+    for i, (_, w, f) in enumerate(_COLUMNS):
+        if row.get("skipped") and i >= 4:
+            cells.append(f"skipped: {row['skipped']}")
+            break
+        s = f(row, t)
+        cells.append(s.rjust(w) if i >= 4 else s.ljust(w))
+    return "  ".join(cells).rstrip()
+
+
+def format_table(rows: Sequence[dict], stat: str = "median") -> str:
+    """The whole table as text (header, one line per row); ``stat``: "median" or "min"."""
+    return "\n".join([table_header()] + [format_row(r, stat) for r in rows])
+
+
+def _git_commit() -> str | None:
+    try:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    """Description of the machine and software the numbers come from."""
+    import numpy
+
+
+    device = torch.device(device)
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    info = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "dftnet_version": __version__,
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "numpy_version": numpy.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_name": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkl_available": torch.backends.mkl.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if device.type == "cuda":
+        info["cuda_version"] = torch.version.cuda
+        info["allow_tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    try:
+        info["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_outputs(rows: Sequence[dict], out_dir, meta: dict | None = None, *,
+                  make_plot: bool = True, stat: str = "median") -> dict[str, Path]:
+    """Write bench.csv, bench.json (``{"machine": ..., "config": ..., "rows": [...]}``) and bench.png.
+
+    ``meta`` may hold "machine" and "config" dicts; the machine is described when missing.
+    Returns {"csv": path, "json": path, "png": path (when plotted)}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    if "machine" not in meta:
+        dev = rows[0]["device"] if rows else "cpu"
+        meta["machine"] = machine_info(dev)
+    paths = {"csv": out / "bench.csv", "json": out / "bench.json"}
+    write_csv(paths["csv"], [{k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows],
+              CSV_FIELDS, extrasaction="ignore")
+    doc = {**meta, "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows]}
+    with open(paths["json"], "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+        f.write("\n")
+    if make_plot and any(not r.get("skipped") for r in rows):
+        paths["png"] = plot(rows, out / "bench.png", stat=stat)
+    return paths
+
+
+def plot(rows: Sequence[dict], path, batch: int | None = 128, stat: str = "median") -> Path:
+    """Time against width (log-log) for square layers at one batch: a panel per mode.
+
+    Powers of two are joined by lines; other widths are plain markers. Guides: n log n (anchored on
+    the floor at the largest width) and n^2 (anchored on nn.Linear's largest width). When ``batch``
+    is not in the rows, the largest batch is used. ``stat``: "median" (default) or "min" times.
+    """
+    t = _stat_suffix(stat)
+    path = Path(path)
+    done = [r for r in rows if not r.get("skipped") and r["p"] == r["q"]]
+    if not done:
+        done = [r for r in rows if not r.get("skipped")]
+    batches = sorted({r["batch"] for r in done})
+    if batch not in batches:
+        batch = batches[-1] if batches else batch
+    modes = [m for m in ("fwd+bwd", "fwd") if any(r["mode"] == m for r in done)]
+    fig = new_figure((6.5 * max(1, len(modes)), 5))  # no pyplot: the caller's matplotlib state is untouched
+    axes = fig.subplots(1, max(1, len(modes)), squeeze=False)
+    styles = {"dftnet": ("C0", "-", "DFTLinear"), "plain": ("C1", "-", "plain torch.fft"),
+              "linear": ("C2", "-", "nn.Linear"), "floor": ("k", "--", "FFT floor (length L)"),
+              "floor_n": ("0.5", ":", "FFT floor (length n)")}
+    for ax, mode in zip(axes[0], modes):
+        sel = sorted((r for r in done if r["mode"] == mode and r["batch"] == batch), key=lambda r: r["n"])
+        for name, (color, ls, label) in styles.items():
+            pts = [(r["n"], r[f"{name}{t}_ms"]) for r in sel if r.get(f"{name}{t}_ms")]
+            pow2 = [(n, t) for n, t in pts if n & (n - 1) == 0]
+            other = [(n, t) for n, t in pts if n & (n - 1) != 0]
+            if pow2:
+                ax.plot(*zip(*pow2), color=color, ls=ls, marker="o", ms=3, label=label)
+            if other:
+                ax.plot(*zip(*other), color=color, ls="none", marker="x", ms=6,
+                        label=None if pow2 else label)
+        ns = sorted({r["n"] for r in sel})
+        if len(ns) >= 2:
+            grid = [ns[0] * (ns[-1] / ns[0]) ** (i / 50) for i in range(51)]
+            fl = [(r["n"], r[f"floor{t}_ms"]) for r in sel if r.get(f"floor{t}_ms")]
+            if fl:
+                n0, t0 = max(fl)
+                ax.plot(grid, [t0 * g * math.log2(g) / (n0 * math.log2(n0)) for g in grid],
+                        color="tab:purple", lw=0.8, alpha=0.6, label="∝ n log n")
+            li = [(r["n"], r[f"linear{t}_ms"]) for r in sel if r.get(f"linear{t}_ms")]
+            if li:
+                n0, t0 = max(li)
+                ax.plot(grid, [t0 * (g / n0) ** 2 for g in grid], color="tab:red", lw=0.8,
+                        alpha=0.6, label="∝ n²")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("width n (square n → n layer)")
+        ax.set_ylabel(f"time per call (ms, {stat})")
+        ax.set_title(f"{mode}, batch {batch}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    if rows:
+        r0 = rows[0]
+        fig.suptitle(f"dftnet bench: {r0['device']}, {r0['dtype']} (x: non-power-of-two widths)",
+                     fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
