@@ -174,7 +174,7 @@ def bench_cell(
     layers = layers or {}
     layer = layers.get("dftnet")
     if layer is None:
-        layer = DFTLinear(p, q, device=device, dtype=dtype)
+        layer = DFTLinear(p, q, diagonal=False, device=device, dtype=dtype)
     if "linear" in layers:
         linear = layers["linear"]
     else:
@@ -199,7 +199,7 @@ def bench_cell(
 
     other = None
     if p * q <= ROUTE_CHECK_MAX_ENTRIES:
-        other = DFTLinear(p, q, method="fft" if dense else "dense", device=device, dtype=dtype)
+        other = DFTLinear(p, q, method="fft" if dense else "dense", diagonal=False, device=device, dtype=dtype)
         other.load_state_dict(layer.state_dict())
 
     passes = 2 if grad else 1
@@ -331,7 +331,7 @@ def sweep(
             layers = None
             if runnable:
                 torch.manual_seed(0)
-                layers = {"dftnet": DFTLinear(p, q, device=device, dtype=dtype),
+                layers = {"dftnet": DFTLinear(p, q, diagonal=False, device=device, dtype=dtype),
                           "linear": _make_linear(p, q, device, dtype, linear_max_gb)}
             for bt in batches:
                 for mode in modes:
