@@ -39,7 +39,8 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
     if in_features * out_features > 2**22:  # large index tensors are not worth keeping
         i = torch.arange(out_features, device=weight.device).unsqueeze(1)
         return weight[..., (i + torch.arange(in_features, device=weight.device)) % n]
-    return weight[..., _dense_index(in_features, out_features, n, weight.device)]
+    index = _dense_index.__wrapped__ if torch.compiler.is_compiling() else _dense_index  # no dynamo warning
+    return weight[..., index(in_features, out_features, n, weight.device)]
 
 
 class Circulant:

@@ -97,6 +97,8 @@ def make_plan(in_features: int, out_features: int, fft_size: int | None = None) 
             f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
             f"in_features + out_features - 1 = {in_features + out_features - 1} (linear), got {fft_size}"
         )
+    if torch.compiler.is_compiling():  # dynamo warns about lru_cache wrappers; the plan is pure, compute it
+        return _plan.__wrapped__(in_features, out_features, fft_size)
     return _plan(in_features, out_features, fft_size)
 
 
@@ -104,7 +106,7 @@ def make_plan(in_features: int, out_features: int, fft_size: int | None = None) 
 def _plan(p: int, q: int, fft_size: int | None) -> Plan:
     n = max(p, q)
     if fft_size is None:
-        linear = fast_length(p + q - 1)
+        linear = fast_length.__wrapped__(p + q - 1) if torch.compiler.is_compiling() else fast_length(p + q - 1)
         fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
     return Plan(p, q, n, fft_size)
 

@@ -30,7 +30,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate of the one-cycle schedule (default: 3e-3 DFT, 1e-3 dense)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-2,
+                   help="AdamW weight decay (default 0.01, torch.optim.AdamW's own)")
     p.add_argument("--label-smoothing", type=nonneg_float, default=0.1, help="(default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
