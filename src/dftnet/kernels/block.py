@@ -179,6 +179,9 @@ def block_reference(x: Tensor, weight: Tensor, bias: Tensor | None, shape: Block
     k, C, R = shape.block_size, shape.in_blocks, shape.out_blocks
     lead = x.shape[:-1]
     xb = torch.nn.functional.pad(x, (0, C * k - shape.in_features)).reshape(*lead, C, k)
-    Z = torch.einsum("...cf,rcf->...rf", torch.fft.rfft(xb).conj(), torch.fft.rfft(weight))
+    X, Wf = torch.fft.rfft(xb), torch.fft.rfft(weight)
+    # conj(X) Wf summed over input blocks, as real einsums (exporters such as ONNX have no complex einsum)
+    prod = lambda a, b: torch.einsum("...cf,rcf->...rf", a, b)  # noqa: E731
+    Z = torch.complex(prod(X.real, Wf.real) + prod(X.imag, Wf.imag), prod(X.real, Wf.imag) - prod(X.imag, Wf.real))
     z = torch.fft.irfft(Z, k).reshape(*lead, R * k)[..., : shape.out_features]
     return z if bias is None else z + bias
