@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .kernels.block import BlockShape
 from .layers import BlockDFTLinear, DFTLinear
 
-__all__ = ["convert", "nearest_block_weight", "nearest_dft_weight"]
+__all__ = ["convert", "ConversionReport", "nearest_block_weight", "nearest_dft_weight"]
 
 _LAYERS = ("dft", "block")
 
@@ -78,11 +78,32 @@ def _relative_error(W: Tensor, W_struct: Tensor) -> float:
     return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
 
 
+class ConversionReport(list):
+    """The converted layers (one dict each, in module order), with ``skipped``: one dict per Linear-like
+    module left as it was, with ``name``, ``type``, ``in_features``, ``out_features`` and ``reason``."""
+
+    def __init__(self, converted=(), skipped=()):
+        super().__init__(converted)
+        self.skipped = list(skipped)
+
+
+def _linear_like(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """``(W (out, in), bias)`` of a module that computes ``x W^T + b``: ``nn.Linear`` and subclasses, and
+    transformers' ``Conv1D`` (GPT-2; weight stored transposed, (in, out)). None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
+            and module.weight.dim() == 2:
+        return module.weight.T, module.bias
+    return None
+
+
 @torch.no_grad()
-def _structured_from(linear: nn.Linear, layer: str, block_size: int | None, sign_flip: bool) -> nn.Module:
-    p, q = linear.in_features, linear.out_features
-    W = linear.weight.detach()
-    kwargs = {"bias": linear.bias is not None, "device": W.device, "dtype": W.dtype}
+def _structured_from(module: nn.Module, W: Tensor, bias: Tensor | None, layer: str, block_size: int | None,
+                     sign_flip: bool) -> nn.Module:
+    q, p = W.shape
+    W = W.detach()
+    kwargs = {"bias": bias is not None, "device": W.device, "dtype": W.dtype}
     if sign_flip:
         kwargs["sign_flip"] = True
     new = DFTLinear(p, q, **kwargs) if layer == "dft" else BlockDFTLinear(p, q, block_size, **kwargs)
@@ -93,14 +114,15 @@ def _structured_from(linear: nn.Linear, layer: str, block_size: int | None, sign
         new.set_weight_(nearest_dft_weight(target))
     else:
         new.set_weight_(nearest_block_weight(target, block_size))
-    if linear.bias is not None:
-        new.bias.copy_(linear.bias.detach())
-    new.spectrum.requires_grad_(linear.weight.requires_grad)
-    if new.diagonal is not None:
-        new.diagonal.requires_grad_(linear.weight.requires_grad)
-    if linear.bias is not None:
-        new.bias.requires_grad_(linear.bias.requires_grad)
-    new.train(linear.training)
+    if bias is not None:
+        new.bias.copy_(bias.detach())
+    trainable = module.weight.requires_grad
+    for param in (new.spectrum, new.diagonal):
+        if param is not None:
+            param.requires_grad_(trainable)
+    if bias is not None:
+        new.bias.requires_grad_(bias.requires_grad)
+    new.train(module.training)
     return new
 
 
@@ -113,6 +135,15 @@ def _tied_parameters(model: nn.Module) -> set[int]:
     return {pid for pid, mods in owners.items() if len(mods) > 1}
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output head, if it names one (Hugging Face ``get_output_embeddings()``)."""
+    get = getattr(model, "get_output_embeddings", None)
+    try:
+        return get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def convert(
     model: nn.Module,
     layer: str = "dft",
@@ -121,47 +152,43 @@ def convert(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     *,
     sign_flip: bool = False,
-) -> list[dict]:
-    """Replace, in place, the ``nn.Linear`` layers of ``model`` by structured layers nearest to them.
+    convert_head: bool = False,
+) -> ConversionReport:
+    """Replace, in place, the linear layers of ``model`` by structured layers nearest to them.
 
-    Every ``nn.Linear`` (and subclass) child is replaced by :class:`dftnet.DFTLinear` (``layer="dft"``)
-    or :class:`dftnet.BlockDFTLinear` (``layer="block"``) on the same device and dtype, with the
-    same bias, the same ``requires_grad`` and training mode, and the weight projected onto the
-    structured matrices (:func:`nearest_dft_weight`, :func:`nearest_block_weight`): the nearest
-    structured matrix in the Frobenius norm. Like ``torchao.quantization.quantize_(model, config,
-    filter_fn)``. A Linear registered at several places is replaced by one shared new module.
+    Every ``nn.Linear`` (and subclass) and every transformers ``Conv1D`` (GPT-2's linear layer, weight
+    stored transposed) is replaced by :class:`dftnet.DFTLinear` (``layer="dft"``) or
+    :class:`dftnet.BlockDFTLinear` (``layer="block"``) on the same device and dtype, with the same bias,
+    the same ``requires_grad`` and training mode, and the weight projected onto the structured matrices
+    (:func:`nearest_dft_weight`, :func:`nearest_block_weight`): the nearest structured matrix in the
+    Frobenius norm. Like ``torchao.quantization.quantize_(model, config, filter_fn)``. A module
+    registered at several places is replaced by one shared new module.
 
-    Skipped: layers with ``min(in_features, out_features) < min_features``; for ``layer="block"``,
-    layers smaller than one block (``max(in, out) < block_size``); layers for which
-    ``filter_fn(module, fully_qualified_name)`` is False; Linears owned by ``nn.MultiheadAttention``
-    (it reads ``out_proj.weight`` as a matrix); layers whose weight is tied to another module's (the
-    tie would silently break); lazy layers not yet initialised.
+    Skipped, and listed in ``report.skipped`` with the reason: layers with ``min(in_features,
+    out_features) < min_features``; for ``layer="block"``, layers smaller than one block; layers for
+    which ``filter_fn(module, fully_qualified_name)`` is False; Linears owned by ``nn.MultiheadAttention``
+    (it reads ``out_proj.weight`` as a matrix); layers whose weight is tied to another module's (an
+    output head tied to the input embedding: the tie would silently break); the model's output head
+    (``model.get_output_embeddings()``, as Hugging Face models have) unless ``convert_head=True``, since
+    ``resize_token_embeddings`` and weight tying expect an ``nn.Linear`` there; lazy layers not yet
+    initialised.
 
     ``min_features`` defaults to 16: a q x p layer shrinks by a factor min(p, q) (DFT) or at most k
-    (block), so below 16 the saving is small in relative terms and tiny in absolute ones (at most
-    16 max(p, q) weights), while such layers are typically output heads and bottlenecks (a 10-class
-    classifier, a gate) where the approximation costs the most accuracy, and small layers run faster
-    dense than by FFT. Pass ``min_features=1`` to convert everything.
-
-    Args:
-        model: the model, modified in place (its root must not itself be an ``nn.Linear``).
-        layer: "dft" or "block".
-        block_size: k, required for ``layer="block"``.
-        min_features: skip layers with ``min(in_features, out_features)`` below this.
-        filter_fn: ``(module, name) -> bool``, convert only where True (after the other rules).
-        sign_flip: give the new layers a fixed random sign flip D (``y = S D x + b``), initialised to
-            the nearest ``S D`` (the projection of ``W D``).
+    (block), so below 16 the saving is small in relative terms and tiny in absolute ones, while such
+    layers are typically output heads and bottlenecks where the approximation costs the most accuracy.
+    Pass ``min_features=1`` to convert everything.
 
     Returns:
-        One dict per converted layer, in module order: ``name``, ``in_features``, ``out_features``,
-        ``layer``, ``block_size`` (n = max(p, q) for "dft"), ``params_before``, ``params_after``
-        (weights plus biases), ``rel_error`` = ``||W - W_struct||_F / ||W||_F``.
+        A :class:`ConversionReport`: one dict per converted layer, in module order (``name``,
+        ``in_features``, ``out_features``, ``layer``, ``block_size`` (n = max(p, q) for "dft"),
+        ``params_before``, ``params_after``, ``rel_error`` = ``||W - W_struct||_F / ||W||_F``), and
+        ``report.skipped``. To save and reload a converted Hugging Face model, see :mod:`dftnet.pretrained`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: expected an nn.Module, got {type(model).__name__}")
-    if isinstance(model, nn.Linear):
+    if _linear_like(model) is not None:
         raise ValueError(
-            "convert: the model is itself an nn.Linear and cannot be replaced in place; wrap it in a module"
+            "convert: the model is itself an nn.Linear (or Conv1D) and cannot be replaced in place; wrap it in a module"
         )
     if layer not in _LAYERS:
         raise ValueError(f"convert: layer must be one of {_LAYERS}, got {layer!r}")
@@ -176,26 +203,32 @@ def convert(
         raise ValueError(f"convert: min_features must be a positive integer, got {min_features!r}")
 
     tied = _tied_parameters(model)
-    replaced: dict[int, nn.Module | None] = {}  # id(old Linear) -> new module, or None if skipped
-    report = []
+    head = None if convert_head else _output_head(model)
+    replaced: dict[int, nn.Module | None] = {}  # id(old module) -> new module, or None if skipped
+    report = ConversionReport()
     for name, child in list(model.named_modules(remove_duplicate=False)):  # every occurrence, in module order
-        if not isinstance(child, nn.Linear) or not name:
+        if not name:
             continue
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         if id(child) not in replaced:
             replaced[id(child)] = None
-            p, q = child.in_features, child.out_features
-            if (
-                isinstance(parent, nn.MultiheadAttention)
-                or isinstance(child.weight, nn.parameter.UninitializedParameter)
-                or id(child.weight) in tied
-                or min(p, q) < min_features
-                or (layer == "block" and max(p, q) < block_size)
-                or (filter_fn is not None and not filter_fn(child, name))
-            ):
+            if isinstance(child, nn.Linear) and isinstance(child.weight, nn.parameter.UninitializedParameter):
+                report.skipped.append({"name": name, "type": type(child).__name__, "in_features": None,
+                                       "out_features": None, "reason": "lazy layer, not initialised yet"})
                 continue
-            new = _structured_from(child, layer, block_size, sign_flip)
+            linear = _linear_like(child)
+            if linear is None:
+                continue
+            W, bias = linear
+            q, p = W.shape
+            reason = _skip_reason(child, name, parent, W, p, q, tied, head, layer, block_size, min_features,
+                                  filter_fn)
+            if reason:
+                report.skipped.append({"name": name, "type": type(child).__name__, "in_features": p,
+                                       "out_features": q, "reason": reason})
+                continue
+            new = _structured_from(child, W, bias, layer, block_size, sign_flip)
             replaced[id(child)] = new
             report.append({
                 "name": name,
@@ -205,8 +238,24 @@ def convert(
                 "block_size": block_size if layer == "block" else max(p, q),
                 "params_before": sum(t.numel() for t in child.parameters()),
                 "params_after": sum(t.numel() for t in new.parameters()),
-                "rel_error": _relative_error(child.weight, new.to_dense()),
+                "rel_error": _relative_error(W, new.to_dense()),
             })
         if replaced[id(child)] is not None:
             setattr(parent, child_name, replaced[id(child)])
     return report
+
+
+def _skip_reason(child, name, parent, W, p, q, tied, head, layer, block_size, min_features, filter_fn) -> str:
+    if isinstance(parent, nn.MultiheadAttention):
+        return "owned by nn.MultiheadAttention, which reads out_proj.weight as a matrix"
+    if id(W) in tied or id(getattr(child, "weight", None)) in tied:
+        return "weight tied to another module (e.g. an output head tied to the input embedding)"
+    if head is not None and child is head:
+        return "the model's output head (get_output_embeddings); pass convert_head=True to convert it"
+    if min(p, q) < min_features:
+        return f"min(in_features, out_features) = {min(p, q)} < min_features = {min_features}"
+    if layer == "block" and max(p, q) < block_size:
+        return f"smaller than one block: max(in_features, out_features) = {max(p, q)} < block_size = {block_size}"
+    if filter_fn is not None and not filter_fn(child, name):
+        return "filter_fn returned False"
+    return ""
