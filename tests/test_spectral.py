@@ -56,6 +56,7 @@ def _teacher_data(n, p, classes, seed=0):
     return x, (x @ teacher).argmax(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr", [1e-3, 3e-3])
 def test_a_wide_net_trains_under_a_plain_adamw_loop(lr):
     """784-16384-16384-10 with one AdamW parameter group: the loss falls and the ReLUs stay alive.

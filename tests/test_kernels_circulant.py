@@ -59,6 +59,7 @@ def test_square_matrix_is_symmetric():
     assert torch.equal(W[1], torch.roll(w, -1))  # row i is w rotated left by i
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     p=st.integers(1, 300),
@@ -115,6 +116,7 @@ def test_chunked_kernels_match_dense(tiny_chunks, p, q, lead, recompute):
                                        atol=1e-10 * y_ref.abs().max().item(), rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("p,q,L", [(5, 8, None), (8, 5, None), (6, 6, None), (5, 8, 12), (8, 5, 16), (7, 7, 13)])
 def test_gradcheck_and_gradgradcheck(p, q, L, recompute):

@@ -107,6 +107,7 @@ def test_export_with_a_dynamic_batch(make):
         torch.testing.assert_close(program.module()(x), layer(x), rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnxruntime(make, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
