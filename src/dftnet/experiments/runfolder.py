@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime
@@ -236,14 +237,17 @@ class RunLock:
         self.command = command
         self.fd: int | None = None
 
-    def acquire(self, log=print) -> "RunLock":
+    def acquire(self, note=None) -> "RunLock":
+        """Take the lock, or raise :class:`RunFolderError` naming the live holder; ``note(message)``
+        (default: a line on stderr) hears of a lock taken over from a run that is gone."""
+        note = note or (lambda message: print(message, file=sys.stderr))
         for _ in range(10):  # retried only when the holder removed the file while we opened it
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise write_error(self.path, e, what="create the lock file") from None
             try:
-                if self._take(fd, log):
+                if self._take(fd, note):
                     self.fd = fd
                     return self
             except BaseException:
@@ -252,7 +256,7 @@ class RunLock:
             os.close(fd)
         raise RunFolderError(f"{self.folder}: could not take the lock {self.path}")  # pragma: no cover
 
-    def _take(self, fd: int, log) -> bool:
+    def _take(self, fd: int, note) -> bool:
         flocked = False
         if fcntl is not None:
             try:
@@ -278,7 +282,7 @@ class RunLock:
             if not flocked and _pid_alive(int(holder["pid"])) and holder["pid"] != os.getpid():
                 raise RunFolderError(f"{self.folder} is being written by a live run: {describe(holder)}; "
                                      "wait for it to end, or use another --out")
-            log(f"note: took over the lock of {describe(holder)}, which is no longer running")
+            note(f"note: took over the lock of {describe(holder)}, which is no longer running")
         mine = {"pid": os.getpid(), "host": host, "started": datetime.now().isoformat(timespec="seconds"),
                 "command": self.command}
         try:
@@ -343,7 +347,7 @@ def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, c
     if folder.exists() and not folder.is_dir():
         raise WriteError(f"cannot create output folder {folder}: it is a file, not a folder", folder)
     make_folder(folder)
-    lock = RunLock(folder, command or f"dftnet {kind}").acquire(log)
+    lock = RunLock(folder, command or f"dftnet {kind}").acquire()
     try:
         found = run_outputs(folder)
         if resume and kind in found:
