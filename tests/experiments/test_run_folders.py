@@ -2,7 +2,6 @@
 are taken over), and a failed write (disk full, permission denied, read-only) ends in one line, exit
 status 1, the last good checkpoint intact, nothing half-written, and ``--resume`` finishing the run."""
 
-import errno
 import json
 import os
 import socket
@@ -12,12 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from dftnet.experiments import runfolder
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.cli import main
-from dftnet.experiments.runfolder import LOCK_NAME, RunFolderError, RunLock, WriteError
+from dftnet.experiments.runfolder import LOCK_NAME, RunFolderError, RunLock
 
 TINY = ["--layer", "dft", "--widths", "784,16,10", "--limit", "64", "--batch-size", "32", "--epochs", "1",
         "--quiet"]
@@ -203,3 +200,44 @@ def test_two_train_processes_on_one_folder(tmp_path):
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert json.loads((out / "config.json").read_text())["widths"] == [784, 16, 10]
+
+
+# Under torchrun the command line with the checkpoint writer patched: its second call fails (disk full).
+DDP_FULL = """import errno, os, sys, torch
+real, calls = torch.save, []
+def save(obj, f, *a, **k):
+    calls.append(1)
+    if len(calls) > 1:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(obj, f, *a, **k)
+torch.save = save
+from dftnet.experiments.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_rank0_locks_and_write_failures_stop_every_rank(tmp_path, held):
+    """A refusal or a failed checkpoint on rank 0 ends every rank (none waits forever), one line."""
+    out, proc = held
+    script = tmp_path / "ddp_full.py"
+    script.write_text(DDP_FULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(program, folder, *extra):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                               f"--master-port={port}", *program, "train", *TINY, "--device", "cpu",
+                               "--limit", "256", "--checkpoint-every", "2", "--out", str(folder), *extra],
+                              capture_output=True, text=True, env=env, timeout=180)
+
+    res = torchrun(["-m", "dftnet"], out, "--resume")
+    assert res.returncode != 0
+    assert res.stderr.count(f"is being written by a live run: dftnet train (pid {proc.pid} ") == 1, res.stderr[-2000:]
+    res = torchrun([str(script)], tmp_path / "full")
+    assert res.returncode != 0
+    assert res.stderr.count("no space left on device") == 1, res.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "full" / "dft" / "last.pt")["step"] == 2
+    assert not list((tmp_path / "full").rglob(".*"))
