@@ -179,7 +179,8 @@ def run_outputs(folder: Path) -> dict[str, list[Path]]:
     """The dftnet outputs ``folder`` holds, by command (empty when it holds none)."""
     found = {}
     for kind, patterns in OUTPUTS.items():
-        files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()})
+        files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()},
+                       key=lambda p: (len(p.parts), str(p)))
         if files:
             found[kind] = files
     return found
