@@ -1,4 +1,8 @@
-"""Checkpoints: written atomically (temp file, fsync, rename), loaded with ``weights_only=True``."""
+"""Checkpoints: written atomically (temp file, fsync, rename), loaded with ``weights_only=True``.
+
+A failed write (disk full, permission denied, read-only) raises :class:`~.runfolder.WriteError`, one
+line naming the file and the cause; the previous checkpoint is left as it was and no temporary file
+remains."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from .runfolder import FILE_MODE, WriteError, atomic_path, os_error_in, remove_temporaries, write_error
+
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
 FORMAT = "dftnet-checkpoint-v1"
@@ -23,26 +29,37 @@ before_replace: Callable[[Path], None] | None = None
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temp files a killed :func:`save_atomic` left behind (never the checkpoints themselves)."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    return remove_temporaries(Path(folder))
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``.
 
     A reader (or a crash at any point) sees either the old file or the complete new one, never a
-    half-written one.
+    half-written one. A failed write raises :class:`WriteError` (the temporary file is removed).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
+    except OSError as e:
+        raise write_error(path, e, tensor_bytes(obj)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -51,11 +68,14 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         if before_replace is not None:
             before_replace(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        found = os_error_in(e)
+        if found is not None and not isinstance(e, WriteError):
+            raise write_error(path, found, tensor_bytes(obj)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -108,17 +128,10 @@ def save_safetensors(state_dict: dict, path: str | os.PathLike, metadata: dict[s
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": SAFETENSORS_FORMAT, **metadata})
+    with atomic_path(path, tensor_bytes(tensors)) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": SAFETENSORS_FORMAT, **metadata})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -1,12 +1,15 @@
 """The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``.
 
-User mistakes (bad flags, missing data, unusable files) end with exit status 2 and one line on
-stderr; ``--debug`` shows the traceback instead.
+User mistakes (bad flags, missing data, unusable files, an --out folder that holds another run or
+that a live run is writing) end with exit status 2 and one line on stderr; a failed write (disk full,
+permission denied, read-only file system, a file in the way) with exit status 1 and one line.
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -37,6 +40,8 @@ def _add_train(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds (its outputs are deleted first)")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop each net after this many steps")
     p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS steps (default: at epoch ends)")
@@ -55,7 +60,7 @@ def _run_train(args) -> int:
         dataset=args.dataset, data_dir=args.data_dir, layer=args.layer,
         widths=args.widths or SEED_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, out=args.out,
-        resume=args.resume, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
+        resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
         recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
     )
     log = (lambda *a, **k: None) if args.quiet else print
@@ -138,9 +143,12 @@ def main(argv=None) -> int:
         return 2
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .runfolder import RunFolderError, WriteError, write_error
 
-    user_errors = (UsageError, ValueError, DataError, CheckpointError, PermissionError,
+    user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, PermissionError,
                    FileNotFoundError, IsADirectoryError, NotADirectoryError)
+    write_errnos = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints the error
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -148,12 +156,25 @@ def main(argv=None) -> int:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except WriteError as e:
+        if debug:
+            raise
+        if speak:
+            print(f"dftnet: error: {e}", file=sys.stderr)
+        return 1
     except user_errors as e:
         if debug:
             raise
         prefix = "" if isinstance(e, UsageError) else "dftnet: error: "
-        print(f"{prefix}{e}", file=sys.stderr)
+        if speak:
+            print(f"{prefix}{e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write that no writer turned into a WriteError
+        if debug or e.errno not in write_errnos:
+            raise
+        if speak:
+            print(f"dftnet: error: {write_error(e.filename or '?', e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if debug:
             raise

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag"]
+__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "on_main"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,21 @@ def broadcast_flag(ctx: Context, flag: bool) -> bool:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def on_main(ctx: Context, fn):
+    """Run ``fn`` on rank 0 only; every rank returns its result or raises its exception (so a refusal
+    on rank 0 ends all ranks, rather than leaving them waiting at the next collective)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - handed to every rank
+            error = e
+    if ctx.distributed:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise error
+    return result

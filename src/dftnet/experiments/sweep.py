@@ -4,6 +4,8 @@
 ``dftnet sweep --frontier`` trains the seed widths with dense, DFT, DFT + sign flips and
 block-circulant layers on MNIST and Fashion-MNIST. Each run is an ordinary ``dftnet train`` run
 in its own folder; the sweep collects them into ``sweep.csv``/``sweep.json`` and a plot.
+The sweep holds its folder's lock while it runs, and refuses a folder that holds outputs unless
+``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from .argtypes import comma_list, layer_spec, one_of, positive_float, positive_int
 from .models import SEED_WIDTHS
 from .reports import plot_frontier, plot_widths, sweep_table, write_csv
+from .runfolder import atomic_path, claim, write_text_atomic
 
 __all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
 
@@ -64,6 +67,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-max-params", type=positive_float, default=60e6,
                    help="skip dense nets with more parameters than this (default 60e6)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<timestamp>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the sweep that --out holds (its outputs are deleted first)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -87,13 +92,21 @@ def plan_runs(args) -> list[dict]:
 def run(args) -> int:
     from datetime import datetime
 
+    runs = plan_runs(args)
+    out = Path(args.out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    log = (lambda *a, **k: None) if args.quiet else print
+    with claim(out, "sweep", overwrite=getattr(args, "overwrite", False), command="dftnet sweep", log=log):
+        rows = _train_all(runs, out, args, log)
+        write_outputs(rows, out, args)
+    log("\n" + sweep_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
+        + ("frontier.png" if args.frontier else "sweep.png"))
+    return 0
+
+
+def _train_all(runs: list[dict], out: Path, args, log) -> list[dict]:
     from .train import TrainConfig
     from .train import run as train_run
 
-    runs = plan_runs(args)
-    out = Path(args.out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    log = (lambda *a, **k: None) if args.quiet else print
     rows = []
     for i, r in enumerate(runs, 1):
         name = f"{r['dataset']}/{r['variant']}-{'-'.join(map(str, r['widths']))}"
@@ -106,26 +119,24 @@ def run(args) -> int:
         log(f"[{i}/{len(runs)}] {name}")
         cfg = TrainConfig(dataset=r["dataset"], layer=r["variant"], widths=r["widths"], epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                          out=str(out / name), max_steps=args.max_steps, limit=args.limit, quiet=True)
+                          out=str(out / name), max_steps=args.max_steps, limit=args.limit, quiet=True,
+                          overwrite=getattr(args, "overwrite", False))
         res = train_run(cfg, log=lambda *a, **k: None)["results"][0]
         rows.append({**row, **{k: res[k] for k in ("parameters", "test_acc", "best_val_acc", "seconds_per_epoch",
                                                    "examples_per_s", "peak_memory_bytes", "steps")}})
         log(f"    {res['parameters']:,} parameters, test acc {res['test_acc']:.2%}, "
             f"{res['seconds_per_epoch']:.1f} s/epoch")
-    write_outputs(rows, out, args)
-    log("\n" + sweep_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
-        + ("frontier.png" if args.frontier else "sweep.png"))
-    return 0
+    return rows
 
 
 def write_outputs(rows: list[dict], out: Path, args) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
-    write_csv(out / "sweep.csv", rows, keys)
-    (out / "sweep.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
-                                                "rows": rows}, indent=2, default=str) + "\n")
+    with atomic_path(out / "sweep.csv") as tmp:
+        write_csv(tmp, rows, keys)
+    write_text_atomic(out / "sweep.json", json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
+                                                      "rows": rows}, indent=2, default=str) + "\n")
     done = [r for r in rows if "skipped" not in r]
     if done:
-        if args.frontier:
-            plot_frontier(done, out / "frontier.png")
-        else:
-            plot_widths(done, out / "sweep.png")
+        name = "frontier.png" if args.frontier else "sweep.png"
+        with atomic_path(out / name) as tmp:
+            (plot_frontier if args.frontier else plot_widths)(done, tmp)

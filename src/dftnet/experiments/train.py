@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,6 +38,7 @@ from .memory import peak_step_memory
 from .models import SEED_WIDTHS, build_model, parse_layer_spec
 from .recipe import DEFAULT_LR, default_lr, param_groups
 from .reports import plot_curves, train_table, write_csv
+from .runfolder import WriteError, atomic_path, claim, refuse_changed_config, write_text_atomic
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 
@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     resume: bool = False
+    overwrite: bool = False  # replace the run the --out folder holds (its outputs are deleted first)
     max_steps: int | None = None
     quiet: bool = False
     limit: int | None = None  # use at most this many training images (demos, tests)
@@ -175,10 +176,8 @@ def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
 
 
 def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
-    """Rank 0 writes the checkpoint (atomically); every rank waits for it."""
-    if ctx.is_main:
-        save_atomic(_checkpoint(r, cfg, position), path)
-    dist_mod.barrier(ctx)
+    """Rank 0 writes the checkpoint (atomically); every rank waits for it, and all stop if it failed."""
+    dist_mod.on_main(ctx, lambda: save_atomic(_checkpoint(r, cfg, position), path))
 
 
 def _reduce_accum(r: NetRun, ctx: dist_mod.Context) -> None:
@@ -319,9 +318,16 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
     r.model.train()
     with StopFlag() as stop:
         while r.epoch < cfg.epochs and r.step < r.total_steps:
-            n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
-            end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
+            try:
+                n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
+                end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
+            except WriteError as e:  # stop at this step; the previous checkpoint is intact
+                raise WriteError(f"{e}; {r.kind} stopped at step {r.step}, its last good checkpoint is kept: "
+                                 f"once fixed, continue with dftnet train --resume --out {out_dir}", e.path) from e
     return test_best(r, cfg, splits, ctx, net_dir)
+
+
+RESUME_KEYS = ("layer", "widths", "dataset", "seed", "limit", "val_size", "batch_size")
 
 
 def default_out_dir(dataset: str) -> Path:
@@ -340,27 +346,27 @@ def _resolve_out_dir(cfg: TrainConfig, ctx: dist_mod.Context) -> Path:
 def run(cfg: TrainConfig, log=print) -> dict:
     """The whole job; returns the summary that is also written to ``summary.json``.
 
-    Under ``torchrun`` it trains data-parallel (DDP); only rank 0 prints and writes files.
+    Under ``torchrun`` it trains data-parallel (DDP); only rank 0 prints and writes files, and holds
+    the folder's lock (:func:`.runfolder.claim`) for the whole run.
     """
-    ctx = dist_mod.setup(resolve_device(cfg.device))
+    ctx, lock = dist_mod.setup(resolve_device(cfg.device)), None
     try:
-        return _run(cfg, ctx, log if ctx.is_main else (lambda *a, **k: None))
+        log = log if ctx.is_main else (lambda *a, **k: None)
+        out_dir = _resolve_out_dir(cfg, ctx)
+        if cfg.resume and not out_dir.exists():
+            raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
+        lock = dist_mod.on_main(ctx, lambda: claim(out_dir, "train", resume=cfg.resume, overwrite=cfg.overwrite,
+                                                   command="dftnet train", log=log))
+        if cfg.resume:  # the model and the examples (and their order) must be the run's
+            dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, asdict(cfg), RESUME_KEYS))
+        return _run(cfg, ctx, out_dir, log)
     finally:
+        if lock is not None:
+            lock.release()
         dist_mod.teardown(ctx)
 
 
-def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
-    out_dir = _resolve_out_dir(cfg, ctx)
-    if cfg.resume and not out_dir.exists():
-        raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
-    if ctx.is_main:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PermissionError(f"cannot create output folder {out_dir}: {e.strerror}") from None
-        if not os.access(out_dir, os.W_OK):
-            raise PermissionError(f"output folder {out_dir} is not writable")
-    dist_mod.barrier(ctx)
+def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
                   torch=torch.__version__, threads=torch.get_num_threads())
@@ -372,7 +378,7 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
         raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
     if ctx.is_main:
-        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "
         f"{len(splits.test_x)} test;  device {ctx.device}"
         + (f" x {ctx.world_size} processes" if ctx.distributed else "") + f";  out {out_dir}")
@@ -385,10 +391,12 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, log) -> dict:
     table = train_table(results)
     summary = {"config": config, "data_source": splits.source, "results": results, "table": table}
     if ctx.is_main:
-        write_csv(out_dir / "metrics.csv", history, list(history[0].keys()) if history else ["layer"])
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with atomic_path(out_dir / "metrics.csv") as tmp:
+            write_csv(tmp, history, list(history[0].keys()) if history else ["layer"])
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if history:
-            plot_curves(history, out_dir / "curves.png")
+            with atomic_path(out_dir / "curves.png") as tmp:
+                plot_curves(history, tmp)
     log("\n" + table + "\n")
     log(f"wrote {out_dir}/: config.json metrics.csv summary.json curves.png "
         + " ".join(f"{k}/best.pt {k}/last.pt {k}/model.safetensors" for k in cfg.kinds))

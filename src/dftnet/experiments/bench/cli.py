@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
+from ..runfolder import RunFolderError, WriteError, claim
 from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
 from .report import STATS, format_row, machine_info, table_header, write_outputs
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
@@ -68,6 +69,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads for the run (default: leave torch's setting)")
     parser.add_argument("--no-plot", action="store_true", help="do not write bench.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the benchmark that --out holds (its outputs are deleted first)")
 
 
 def _config_from_args(args: argparse.Namespace) -> dict:
@@ -104,9 +107,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed flags: print the table, write the outputs; returns 0.
 
     Flag values are checked by the parser (``configure_parser``); a bad ``--out`` raises ValueError
-    before any timing.
+    before any timing, and so does (RunFolderError) a folder that holds outputs (without
+    ``--overwrite``) or that a live run is writing. The folder stays locked until the outputs are written.
     """
     cfg = _config_from_args(args)
+    with claim(cfg["out"], "bench", overwrite=getattr(args, "overwrite", False), command="dftnet bench"):
+        return _run(cfg)
+
+
+def _run(cfg: dict) -> int:
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
     device = cfg["device"]
@@ -160,6 +169,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, RunFolderError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1

@@ -16,6 +16,7 @@ import torch
 from dftnet import __version__
 
 from ..reports import new_figure, write_csv
+from ..runfolder import atomic_path, make_folder, write_text_atomic
 from .cases import CSV_FIELDS
 
 __all__ = ["STATS", "table_header", "format_row", "format_table", "machine_info", "write_outputs", "plot"]
@@ -161,20 +162,21 @@ def write_outputs(rows: Sequence[dict], out_dir, meta: dict | None = None, *,
     Returns {"csv": path, "json": path, "png": path (when plotted)}.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     meta = dict(meta or {})
     if "machine" not in meta:
         dev = rows[0]["device"] if rows else "cpu"
         meta["machine"] = machine_info(dev)
     paths = {"csv": out / "bench.csv", "json": out / "bench.json"}
-    write_csv(paths["csv"], [{k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows],
-              CSV_FIELDS, extrasaction="ignore")
+    with atomic_path(paths["csv"]) as tmp:  # each file whole or not at all (a full disk, a crash)
+        write_csv(tmp, [{k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows],
+                  CSV_FIELDS, extrasaction="ignore")
     doc = {**meta, "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows]}
-    with open(paths["json"], "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-        f.write("\n")
+    write_text_atomic(paths["json"], json.dumps(doc, indent=1, default=str) + "\n")
     if make_plot and any(not r.get("skipped") for r in rows):
-        paths["png"] = plot(rows, out / "bench.png", stat=stat)
+        with atomic_path(out / "bench.png") as tmp:
+            plot(rows, tmp, stat=stat)
+        paths["png"] = out / "bench.png"
     return paths
 
 

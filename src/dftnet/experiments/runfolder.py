@@ -1,0 +1,371 @@
+"""Run folders: a new run never writes over another run's outputs, one live process per folder, and
+a failed write ends in one line that names the path and the cause, never a half-written file.
+
+* :func:`claim` (``train``, ``sweep``, ``bench``): take the folder's lock, then refuse a folder that
+  already holds outputs unless the user said ``--resume`` or ``--overwrite`` (which deletes them first).
+* :class:`RunLock`: the lock file ``.dftnet.lock`` records pid, host and start time. The live holder
+  also keeps an ``flock`` on it, which the kernel drops when the process dies: a lock whose holder is
+  gone (killed, on this host) is taken over, with a note.
+* :func:`atomic_path` and :func:`write_error`: every output is written to a temporary file that is
+  renamed over the target; an ``OSError`` becomes a :class:`WriteError` (exit status 1).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the pid check alone
+    fcntl = None
+
+__all__ = ["RunFolderError", "WriteError", "RunLock", "LOCK_NAME", "claim", "run_outputs", "clear_outputs",
+           "atomic_path", "write_text_atomic", "write_error", "os_error_in", "format_size", "make_folder"]
+
+LOCK_NAME = ".dftnet.lock"
+_umask = os.umask(0o022)
+os.umask(_umask)
+FILE_MODE = 0o666 & ~_umask
+
+# What each command writes into its --out folder (glob patterns relative to it).
+OUTPUTS = {
+    "train": ("config.json", "summary.json", "metrics.csv", "curves.png", "*/last.pt", "*/best.pt",
+              "*/model.safetensors"),
+    "sweep": ("sweep.json", "sweep.csv", "sweep.png", "frontier.png", "*/*/config.json", "*/*/*/last.pt"),
+    "bench": ("bench.json", "bench.csv", "bench.png"),
+}
+WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark"}
+
+
+class RunFolderError(Exception):
+    """The folder holds another run, or a live process is writing it: one line, exit status 2."""
+
+
+class WriteError(Exception):
+    """An output could not be written (disk full, permission denied, read-only, a file in the way):
+    one line naming the path and the cause, exit status 1. Nothing half-written is left behind."""
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+# ------------------------------------------------------------------------- write failures
+
+
+def format_size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The ``OSError`` an exception is or was raised from (``torch.save`` wraps ENOSPC in a RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    for p in [path, *path.parents]:
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in [path, *path.parents]:
+        try:
+            return shutil.disk_usage(p).free
+        except OSError:
+            continue
+    return None  # pragma: no cover
+
+
+CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+          errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+          errno.EROFS: "read-only file system", errno.EISDIR: "it is a folder"}
+
+
+def write_error(path, err: OSError, needed: int | None = None, what: str = "write") -> WriteError:
+    """One line for a failed write: the path, the cause and, for a full disk, the space at stake."""
+    path = Path(path)
+    code = err.errno
+    cause = CAUSES.get(code) or (err.strerror or str(err)).lower()
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(path)
+        cause = f"{blocker} is a file, not a folder" if blocker is not None else cause
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(path.parent)
+        parts = ([f"a checkpoint needs about {format_size(needed)}"] if needed else []) \
+            + ([f"{format_size(free)} free"] if free is not None else [])
+        cause += f" ({', '.join(parts)})" if parts else ""
+    return WriteError(f"cannot {what} {path}: {cause}", path)
+
+
+def make_folder(folder: Path) -> None:
+    """``mkdir -p`` that fails as a :class:`WriteError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e, what="create output folder") from None
+    if not folder.is_dir():  # pragma: no cover - mkdir raises FileExistsError first
+        raise WriteError(f"cannot create output folder {folder}: it is a file, not a folder", folder)
+
+
+@contextmanager
+def atomic_path(path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix, so writers that go by it work); when the
+    block ends, rename it over ``path``. On any error the temporary file is removed; an ``OSError``
+    (also one wrapped by the writer) becomes a :class:`WriteError` naming ``path``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600: outputs get the mode open() would give them
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e, needed) from None
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        found = os_error_in(e)
+        if found is not None and not isinstance(e, WriteError):
+            raise write_error(path, found, needed) from e
+        raise
+
+
+def write_text_atomic(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Temporary files a killed writer left behind (``.name.XXXX.tmp`` and ``.stem.XXXX.tmp.ext``)."""
+    removed = []
+    for pattern in (".*.tmp", ".*.tmp.*"):
+        for tmp in Path(folder).glob(pattern):
+            if tmp.is_file() and tmp.name != LOCK_NAME:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+# ------------------------------------------------------------------------- existing outputs
+
+
+def run_outputs(folder: Path) -> dict[str, list[Path]]:
+    """The dftnet outputs ``folder`` holds, by command (empty when it holds none)."""
+    found = {}
+    for kind, patterns in OUTPUTS.items():
+        files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()},
+                       key=lambda p: (len(p.parts), str(p)))
+        if files:
+            found[kind] = files
+    return found
+
+
+def clear_outputs(folder: Path, found: dict[str, list[Path]]) -> None:
+    """``--overwrite``: delete the outputs :func:`run_outputs` found (and the folders they leave empty)."""
+    for files in found.values():
+        for f in files:
+            if f.parent != folder and f.name == "config.json":  # a sweep's run folder: clear it whole
+                clear_outputs(f.parent, run_outputs(f.parent))
+                _remove_empty(f.parent, folder)
+                continue
+            f.unlink(missing_ok=True)
+            remove_temporaries(f.parent)
+            _remove_empty(f.parent, folder)
+    remove_temporaries(folder)
+
+
+def _remove_empty(path: Path, stop: Path) -> None:
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+def _list(files: list[Path], folder: Path, most: int = 3) -> str:
+    names = [str(f.relative_to(folder)) for f in files]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+# ------------------------------------------------------------------------- the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    return (f"{holder.get('command', 'dftnet')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"started {holder.get('started', '?')})")
+
+
+class RunLock:
+    """``.dftnet.lock`` in ``folder``: JSON {pid, host, started, command}, flock-ed while held."""
+
+    def __init__(self, folder, command: str = "dftnet"):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.command = command
+        self.fd: int | None = None
+
+    def acquire(self, note=None) -> "RunLock":
+        """Take the lock, or raise :class:`RunFolderError` naming the live holder; ``note(message)``
+        (default: a line on stderr) hears of a lock taken over from a run that is gone."""
+        note = note or (lambda message: print(message, file=sys.stderr))
+        for _ in range(10):  # retried only when the holder removed the file while we opened it
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_error(self.path, e, what="create the lock file") from None
+            try:
+                if self._take(fd, note):
+                    self.fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        raise RunFolderError(f"{self.folder}: could not take the lock {self.path}")  # pragma: no cover
+
+    def _take(self, fd: int, note) -> bool:
+        flocked = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flocked = True
+            except BlockingIOError:
+                raise RunFolderError(f"{self.folder} is being written by a live run: "
+                                     f"{describe(self._read(fd))}; wait for it to end, or use another "
+                                     "--out") from None
+            except OSError:  # a file system without flock: the pid check alone
+                pass
+        try:
+            if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                return False
+        except FileNotFoundError:
+            return False
+        holder = self._read(fd)
+        host = socket.gethostname()
+        if holder and holder.get("pid") is not None:
+            if holder.get("host") != host:
+                raise RunFolderError(f"{self.folder} is locked by {describe(holder)}, another host; if that "
+                                     f"run is no longer running, delete {self.path}")
+            if not flocked and _pid_alive(int(holder["pid"])) and holder["pid"] != os.getpid():
+                raise RunFolderError(f"{self.folder} is being written by a live run: {describe(holder)}; "
+                                     "wait for it to end, or use another --out")
+            note(f"note: took over the lock of {describe(holder)}, which is no longer running")
+        mine = {"pid": os.getpid(), "host": host, "started": datetime.now().isoformat(timespec="seconds"),
+                "command": self.command}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+        except OSError as e:
+            raise write_error(self.path, e, what="write the lock file") from None
+        return True
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            data = os.pread(fd, 4096, 0)
+            holder = json.loads(data.decode() or "{}")
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def refuse_changed_config(folder, config: dict, keys) -> None:
+    """``--resume``: refuse flags that differ from the run's ``config.json`` in ``keys``."""
+    try:
+        was = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no config yet: the checkpoints' own check still applies
+    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    changed = [f"--{k.replace('_', '-')} {_flag(was[k])} (now {_flag(config[k])})" for k in keys
+               if k in was and k in config and norm(was[k]) != norm(config[k])]
+    if changed:
+        raise RunFolderError(f"--resume: the run in {folder} was started with other flags: {', '.join(changed)}; "
+                             "resume with the run's flags, or start a new run with a new --out")
+
+
+def _flag(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
+          log=print) -> RunLock:
+    """Make ``folder``, take its lock, and check it may be written by a new ``kind`` run (train, sweep,
+    bench): refuse one holding outputs unless ``resume`` (train) or ``overwrite`` (then delete them).
+    Returns the held lock (release it when the run ends)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"cannot create output folder {folder}: it is a file, not a folder", folder)
+    make_folder(folder)
+    lock = RunLock(folder, command or f"dftnet {kind}").acquire()
+    try:
+        found = run_outputs(folder)
+        if resume and kind in found:
+            found = {}
+        if found:
+            if not overwrite:
+                held = ", ".join(f"{WHAT[k]} ({_list(files, folder)})" for k, files in found.items())
+                hint = "use --resume to continue it, a new --out" if kind == "train" and "train" in found \
+                    else "use a new --out"
+                raise RunFolderError(f"{folder} already holds {held}: {hint}, or --overwrite to replace it")
+            try:
+                clear_outputs(folder, found)
+            except OSError as e:
+                raise write_error(getattr(e, "filename", None) or folder, e, what="remove") from None
+            log(f"--overwrite: removed the earlier outputs in {folder}")
+        remove_temporaries(folder)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
