@@ -158,3 +158,17 @@ def test_learned_diagonal_is_in_the_matrix_and_gets_gradients(make):
 
 def test_trains_in_sequential(make):
     check_trains(nn.Sequential(make(20, 32), nn.ReLU(), make(32, 5)), 20, 5)
+
+
+def test_inference_reuses_the_weight_until_the_spectrum_changes(make):
+    layer = make(40, 24, dtype=F64)
+    x = torch.randn(3, 40, dtype=F64)
+    with torch.no_grad():
+        assert layer.weight is layer.weight  # cached while nothing changes
+        before = layer(x)
+        layer.spectrum.add_(0.1)  # an optimizer step, in place: bumps the version counter
+        after = layer(x)
+        layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+    assert layer.weight.requires_grad  # with autograd on, never the cached tensor

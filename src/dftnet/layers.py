@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._compat import has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._pipeline import METHODS
 from .functional import block_dft_linear, block_matrix, dft_linear, dft_matrix
@@ -59,8 +60,20 @@ class _StructuredLinear(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable)."""
-        return spectrum_to_weight(self.spectrum, self.spectral_scale)
+        """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable).
+
+        Without autograd (inference), it is computed once per value of ``spectrum`` and reused: the cache
+        is keyed on the tensor's identity and version counter, which every in-place update bumps."""
+        spectrum = self.spectrum
+        if (torch.is_grad_enabled() and spectrum.requires_grad) or tracing() or has_tangent(spectrum):
+            return spectrum_to_weight(spectrum, self.spectral_scale)
+        key = (id(spectrum), spectrum._version, spectrum.data_ptr(), spectrum.dtype, spectrum.device)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, spectrum_to_weight(spectrum, self.spectral_scale))
+            self.__dict__["_weight_cache"] = cached
+        return cached[1]
 
     @weight.setter
     def weight(self, value: Tensor) -> None:

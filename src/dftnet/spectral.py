@@ -33,13 +33,10 @@ SPECTRAL_GAIN = 32.0
 
 
 def hartley(x: Tensor) -> Tensor:
-    """The discrete Hartley transform along the last dimension, from one rfft: ``H[k] = Re X[k] - Im X[k]``
-    for k <= n/2 and ``Re X[n-k] + Im X[n-k]`` above (X = rfft(x)). ``hartley(hartley(x)) = n x``."""
-    n = x.shape[-1]
-    X = torch.fft.rfft(x)
-    low = X.real - X.imag
-    high = (X.real + X.imag)[..., 1 : (n - 1) // 2 + 1].flip(-1)
-    return torch.cat([low, high], -1)
+    """The discrete Hartley transform along the last dimension: ``H = Re X - Im X`` with ``X = fft(x)``
+    (one FFT and one subtraction; fewer ops than rfft plus mirroring). ``hartley(hartley(x)) = n x``."""
+    X = torch.view_as_real(torch.fft.fft(x))
+    return X[..., 0] - X[..., 1]
 
 
 def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
