@@ -181,6 +181,7 @@ def test_run_prints_table_and_writes(tmp_path, capsys):
     assert doc["config"]["widths"] == [[32, 32], [40, 24]] and len(doc["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_script_reports_bad_value_with_exit_2(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
     res = subprocess.run([sys.executable, str(script), "--widths", "-5", "--out", str(tmp_path)],

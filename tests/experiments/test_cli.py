@@ -86,6 +86,7 @@ def test_eval_refuses_bad_files(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_console_script_entry_point_and_module():
     res = subprocess.run([sys.executable, "-m", "dftnet", "train", "--epochs", "0"], capture_output=True, text=True)
     assert res.returncode == 2

@@ -61,6 +61,7 @@ def test_cli_unwritable_out(capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_debug_shows_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "dftnet", "--debug", "eval", str(tmp_path / "none.pt")],
                          capture_output=True, text=True)

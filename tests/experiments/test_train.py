@@ -46,6 +46,7 @@ def test_one_epoch_lowers_the_loss(tmp_path):
     assert "dft/dense" in summary["table"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path):
     a = run(_cfg(tmp_path, "a", layer="dft"), log=lambda *a: None)["results"][0]
     b = run(_cfg(tmp_path, "b", layer="dft"), log=lambda *a: None)["results"][0]
