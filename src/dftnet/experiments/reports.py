@@ -172,8 +172,8 @@ def lm_table(results: list[dict]) -> str:
     then where a step's time goes."""
     dense = next((r for r in results if r["variant"] == "dense"), None)
     equal_s = results[0].get("equal_time_s", math.nan)
-    t = f"{equal_s:.0f} s" if equal_s >= 10 else f"{equal_s:.2g} s"
-    cols = ["variant", "parameters", "MLP parameters", "val bpb", f"bpb @ {t}", "tokens/s",
+    when = f"{equal_s:.0f} s" if equal_s >= 10 else f"{equal_s:.2g} s"
+    cols = ["variant", "parameters", "MLP parameters", "val bpb", f"bpb @ {when}", "tokens/s",
             "train s", "peak step memory"]
 
     def cell(r, key, fmt, rel=False):
@@ -188,7 +188,9 @@ def lm_table(results: list[dict]) -> str:
              cell(r, "val_bpb", "{:.3f}".format, rel=True), cell(r, "val_bpb_at_equal_time", "{:.3f}".format, rel=True),
              cell(r, "tokens_per_s", "{:,.0f}".format), cell(r, "seconds", "{:.1f}".format),
              cell(r, "peak_memory_bytes", format_bytes)] for r in results]
-    main = text_table(cols, rows, left=1)
+    main = text_table(cols, rows, left=1) + (
+        f"\n(ratios to dense in parentheses; bpb @ {when}: validation bpb after {when} of training, the "
+        "fastest variant's whole run, interpolated between evaluations)")
     timed = [r for r in results if r.get("timing")]
     if not timed:
         return main
@@ -198,9 +200,7 @@ def lm_table(results: list[dict]) -> str:
         t = r["timing"]
         share = (lambda k: f"{t[k]:.1f} ({100 * t[k] / t['step_ms']:.0f}%)")
         trows.append([r["variant"], f"{t['step_ms']:.1f}", share("mlp_ms"), share("attention_ms"), share("rest_ms")])
-    note = (f"(ratios to dense in parentheses; bpb @ {t}: validation bpb after {t} of "
-            "training, the fastest variant's whole run, interpolated between evaluations)")
-    return main + "\n" + note + "\n\nwhere a training step's time goes (forward + backward; rest = " \
+    return main + "\n\nwhere a training step's time goes (forward + backward; rest = " \
         "embeddings, LayerNorms, head and loss, optimizer)\n" + text_table(tcols, trows, left=1)
 
 
