@@ -206,3 +206,47 @@ def test_cli_run_folder_rules(capsys, tmp_path, use_small):
     assert main(["lm", *TINY_ARGS, "--variants", "dense,dft", "--out", out, "--resume"]) == 0  # finished: re-reports
     assert main(["train", "--resume", "--out", out, "--quiet"]) == 2  # not a train run
     assert "already holds a language-model run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo), same global batch: the same weights and metrics as 1 (within
+    float32 rounding of the gradient sums, which Adam's sign-like steps amplify on near-zero gradients)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def _free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    args = ["lm", *TINY_ARGS, "--max-steps", "6", "--eval-every", "3", "--limit", "100000", "--variants", "dense,dft"]
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
+               f"--master-port={_free_port()}", "-m", "dftnet", *args, "--out", str(tmp_path / str(n))]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.count("MLP parameters") == 1  # only rank 0 prints the table
+    for variant in ("dense", "dft"):
+        a = load_checkpoint(tmp_path / "1" / variant / "last.pt")
+        b = load_checkpoint(tmp_path / "2" / variant / "last.pt")
+        assert a["step"] == b["step"] == 6
+        for k in a["state_dict"]:  # a DFT spectrum's DC coordinate: see below
+            sl = slice(1, None) if k.endswith("spectrum") else slice(None)
+            torch.testing.assert_close(b["state_dict"][k][sl], a["state_dict"][k][sl], rtol=1e-4, atol=1e-4)
+        # The DC coordinate of a DFT spectrum adds the same multiple of the input's sum to every output;
+        # its gradient is nearly zero, so Adam walks it by rounding noise. The models still agree:
+        x = torch.randint(0, 256, (4, 32))
+        log_p = []
+        for ck in (a, b):
+            model = GPT(GPTConfig(32, 32, 1, 2, variant))
+            model.load_state_dict(ck["state_dict"])
+            with torch.no_grad():
+                log_p.append(torch.log_softmax(model(x), -1))
+        torch.testing.assert_close(log_p[1], log_p[0], rtol=1e-3, atol=1e-3)
+        for ra, rb in zip(a["history"], b["history"]):
+            assert abs(ra["val_bpb"] - rb["val_bpb"]) < 1e-4
+            assert ra["step"] == rb["step"] and (ra["step"] == 0 or abs(ra["train_bpb"] - rb["train_bpb"]) < 1e-4)
