@@ -130,12 +130,12 @@ def _add_lm(sub) -> None:
     p.add_argument("--heads", type=positive_int, default=4, help="(default 4)")
     p.add_argument("--context", type=positive_int, default=128, help="bytes per sequence (default 128)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per step, global (default 32)")
-    p.add_argument("--max-steps", type=positive_int, default=500,
-                   help="steps per variant (default 500: three variants in under 10 min on 2 cores)")
+    p.add_argument("--max-steps", type=positive_int, default=400,
+                   help="steps per variant (default 400: three variants in under 10 min on 2 cores)")
     p.add_argument("--lr", type=positive_float, default=2e-3,
                    help="peak AdamW learning rate, warmup then cosine, the same for every variant (default 2e-3)")
-    p.add_argument("--eval-every", type=positive_int, default=50, metavar="STEPS",
-                   help="validation bits per byte every STEPS steps (default 50)")
+    p.add_argument("--eval-every", type=positive_int, default=40, metavar="STEPS",
+                   help="validation bits per byte every STEPS steps (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-lm)")
