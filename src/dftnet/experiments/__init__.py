@@ -1,5 +1,6 @@
 """The application beside the core: the MNIST experiments, their data and checkpoints, ``dftnet bench``
-and ``dftnet sweep``, and the ``dftnet`` command line.
+and ``dftnet sweep``, ``dftnet lm`` (a small GPT with DFT MLPs, on the standard library's source), and
+the ``dftnet`` command line.
 
 It needs the ``experiments`` extra (``pip install "dftnet[experiments]"``); the core, ``import dftnet``,
 needs torch alone and never imports this package.

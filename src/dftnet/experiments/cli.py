@@ -1,4 +1,4 @@
-"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``.
+"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``, ``lm``.
 
 User mistakes (bad flags, missing data, unusable files, an --out folder that holds another run or
 that a live run is writing) end with exit status 2 and one line on stderr; a failed write (disk full,
@@ -13,8 +13,8 @@ import errno
 import os
 import sys
 
-from .argtypes import (Parser, UsageError, mlp_widths, nonneg_float, nonneg_int, positive_float, positive_int,
-                       train_layer)
+from .argtypes import (Parser, UsageError, comma_list, layer_spec, mlp_widths, nonneg_float, nonneg_int,
+                       positive_float, positive_int, train_layer)
 
 __all__ = ["main", "build_parser"]
 
@@ -118,6 +118,57 @@ def _add_sweep(sub) -> None:
     p.set_defaults(func=sweep.run)
 
 
+def _add_lm(sub) -> None:
+    p = sub.add_parser("lm", help="dense, block-circulant and DFT MLPs in a small byte-level GPT (offline corpus)",
+                       description="Train a small GPT on the bytes of this Python's standard library, once per "
+                                   "MLP variant (same steps, data order and recipe), and compare them.")
+    p.add_argument("--variants", type=comma_list(layer_spec, "variant"), default=["dense", "block-16", "dft"],
+                   metavar="dense,block-16,dft", help="MLP layers, comma-separated: dense, dft, block-K "
+                   "(and dft-sign, block-K-sign); default dense,block-16,dft")
+    p.add_argument("--d-model", type=positive_int, default=128, help="width d; the MLP is d -> 4d -> d (default 128)")
+    p.add_argument("--layers", type=positive_int, default=4, help="(default 4)")
+    p.add_argument("--heads", type=positive_int, default=4, help="(default 4)")
+    p.add_argument("--context", type=positive_int, default=128, help="bytes per sequence (default 128)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per step, global (default 32)")
+    p.add_argument("--max-steps", type=positive_int, default=400,
+                   help="steps per variant (default 400: three variants in under 10 min on 2 cores)")
+    p.add_argument("--lr", type=positive_float, default=2e-3,
+                   help="peak AdamW learning rate, warmup then cosine, the same for every variant (default 2e-3)")
+    p.add_argument("--eval-every", type=positive_int, default=40, metavar="STEPS",
+                   help="validation bits per byte every STEPS steps (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-lm)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds (its outputs are deleted first)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or validation lines")
+    p.add_argument("--limit", type=positive_int, default=None, help=argparse.SUPPRESS)  # bytes per stream (tests)
+    p.set_defaults(func=_run_lm)
+
+
+def _run_lm(args) -> int:
+    from .lm import LMConfig, TrainingInterrupted, run
+
+    cfg = LMConfig(variants=tuple(args.variants), d_model=args.d_model, layers=args.layers, heads=args.heads,
+                   context=args.context, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+                   seed=args.seed, device=args.device, out=args.out, resume=args.resume,
+                   overwrite=args.overwrite, quiet=args.quiet, eval_every=args.eval_every, limit=args.limit)
+    log = (lambda *a, **k: None) if args.quiet else print
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        summary = run(cfg, log=log)
+    except TrainingInterrupted as e:
+        if main_rank:
+            print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
+                  f"resume with: dftnet lm --resume --out {e.path.parent.parent} (and the same flags)",
+                  file=sys.stderr)
+        return 130
+    if args.quiet and main_rank:
+        print(summary["table"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dftnet import __version__
 
@@ -129,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_sweep(sub)
     _add_bench(sub)
+    _add_lm(sub)
     return parser
 
 

@@ -43,8 +43,9 @@ OUTPUTS = {
               "*/model.safetensors"),
     "sweep": ("sweep.json", "sweep.csv", "sweep.png", "frontier.png", "*/*/config.json", "*/*/*/last.pt"),
     "bench": ("bench.json", "bench.csv", "bench.png"),
+    "lm": ("config.json", "summary.json", "metrics.csv", "lm.png", "*/last.pt"),
 }
-WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark"}
+WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark", "lm": "a language-model run"}
 
 
 class RunFolderError(Exception):
@@ -183,7 +184,18 @@ def run_outputs(folder: Path) -> dict[str, list[Path]]:
                        key=lambda p: (len(p.parts), str(p)))
         if files:
             found[kind] = files
+    if "train" in found and "lm" in found:  # same file names: the run's config.json says which it is
+        del found["lm" if _config_command(folder) != "lm" and not (Path(folder) / "lm.png").exists() else "train"]
     return found
+
+
+def _config_command(folder: Path) -> str | None:
+    """The ``command`` recorded in a run's ``config.json`` (``dftnet lm`` writes "lm"; train none)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("command") if isinstance(config, dict) else None
 
 
 def clear_outputs(folder: Path, found: dict[str, list[Path]]) -> None:
@@ -342,7 +354,7 @@ def _flag(v) -> str:
 def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
           log=print) -> RunLock:
     """Make ``folder``, take its lock, and check it may be written by a new ``kind`` run (train, sweep,
-    bench): refuse one holding outputs unless ``resume`` (train) or ``overwrite`` (then delete them).
+    bench, lm): refuse one holding outputs unless ``resume`` (train, lm) or ``overwrite`` (then delete them).
     Returns the held lock (release it when the run ends)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -356,7 +368,7 @@ def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, c
         if found:
             if not overwrite:
                 held = ", ".join(f"{WHAT[k]} ({_list(files, folder)})" for k, files in found.items())
-                hint = "use --resume to continue it, a new --out" if kind == "train" and "train" in found \
+                hint = "use --resume to continue it, a new --out" if kind in ("train", "lm") and kind in found \
                     else "use a new --out"
                 raise RunFolderError(f"{folder} already holds {held}: {hint}, or --overwrite to replace it")
             try:

@@ -1,0 +1,317 @@
+"""``dftnet lm``: dense, block-circulant and circulant MLPs in a small byte-level GPT, trained offline on
+the standard library's source (:mod:`.corpus`, :mod:`.gpt`).
+
+Read top to bottom. For each variant (:func:`train_variant`), one after another:
+
+1. :func:`build_variant`: the model (same seed, so the same embeddings and attention), AdamW (one
+   parameter group: the layers' spectral parametrisation makes one lr right at every width), linear
+   warmup then cosine decay to a tenth of the peak, gradient clipping at 1;
+2. :func:`maybe_resume`: continue from ``<variant>/last.pt`` (exactly: the batch of a step depends on
+   (seed, step) alone, so every variant sees the same data in the same order, and so does a resumed run);
+3. the steps, with validation bits per byte every ``--eval-every`` steps (and a checkpoint there);
+4. :func:`.lm_measure.finish_variant`: a larger final validation, peak step memory, where a step's time
+   goes (MLP, attention, the rest) and a text sample from a fixed prompt.
+
+The job (:func:`run`) then writes the table, ``metrics.csv``, ``summary.json`` and ``lm.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import corpus as corpus_mod
+from . import distributed as dist_mod
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries, save_atomic
+from .device import resolve_device
+from .gpt import GPT, GPTConfig
+from .interrupt import StopFlag, TrainingInterrupted
+from .lm_measure import bpb_at, evaluate_bpb, finish_variant
+from .models import parse_layer_spec
+from .recipe import param_groups
+from .reports import lm_table, plot_lm, write_csv
+from .runfolder import WriteError, atomic_path, claim, refuse_changed_config, write_text_atomic
+
+__all__ = ["LMConfig", "TrainingInterrupted", "run", "train_variant", "DEFAULT_VARIANTS", "PROMPT"]
+
+DEFAULT_VARIANTS = ("dense", "block-16", "dft")
+PROMPT = b"def read_config(path):\n    "
+
+
+@dataclass
+class LMConfig:
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    context: int = 128
+    batch_size: int = 32  # global: sequences per step (4,096 bytes at context 128)
+    max_steps: int = 400  # the default run (three variants) fits in 10 minutes on 2 CPU cores
+    lr: float = 2e-3  # peak, the same for every variant
+    weight_decay: float = 1e-2  # torch.optim.AdamW's default, as in dftnet train
+    warmup_steps: int | None = None  # None: a tenth of max_steps, at most 100
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    eval_every: int = 40
+    eval_windows: int = 64  # validation windows at each --eval-every (the same for every variant)
+    final_eval_windows: int = 512  # for the table (65,536 predicted bytes at context 128)
+    limit: int | None = None  # keep the first LIMIT bytes of each stream (tests, demos)
+    sample_bytes: int = 240
+    timing_repeats: int = 3
+
+    def __post_init__(self):
+        self.variants = tuple(str(v).lower() for v in self.variants)
+        if not self.variants:
+            raise ValueError("--variants: no variant given")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"--variants: a variant is listed twice in {','.join(self.variants)}")
+        for v in self.variants:
+            parse_layer_spec(v)  # ValueError for unknown variants
+            GPTConfig(self.context, self.d_model, self.layers, self.heads, v)  # ValueError for bad shapes
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.max_steps // 10)
+
+    def gpt(self, variant: str) -> GPTConfig:
+        return GPTConfig(self.context, self.d_model, self.layers, self.heads, variant)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine decay to 0.1 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
+def _new_accum() -> dict:
+    return {"loss_sum": 0.0, "count": 0}
+
+
+@dataclass
+class VariantRun:
+    """One variant in training: its modules, and where training stands (what a checkpoint records)."""
+
+    variant: str
+    model: GPT
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    local_batch: int
+    step: int = 0
+    seconds: float = 0.0  # training time so far (validation excluded)
+    history: list = field(default_factory=list)  # one row per validation
+    accum: dict = field(default_factory=_new_accum)  # training loss since the last validation
+
+
+# ------------------------------------------------------------------------- 1. model, optimizer, schedule
+
+
+def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> VariantRun:
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                         f"({ctx.world_size})")
+    model = GPT(cfg.gpt(variant), seed=cfg.seed).to(ctx.device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.lr), lr=cfg.lr, betas=(0.9, 0.95),
+                            weight_decay=cfg.weight_decay)
+    warmup, total = cfg.warmup_steps, cfg.max_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    return VariantRun(variant, model, opt, sched, cfg.batch_size // ctx.world_size)
+
+
+# ------------------------------------------------------------------------- 2. resume, checkpoints
+
+
+def maybe_resume(r: VariantRun, cfg: LMConfig, var_dir: Path, ctx: dist_mod.Context, log) -> None:
+    if not cfg.resume:
+        return
+    last = var_dir / "last.pt"
+    if ctx.is_main and var_dir.exists():
+        remove_stale_temporaries(var_dir)
+    if not last.exists():
+        return
+    ck = load_checkpoint(last, map_location=ctx.device)
+    if ck["model"] != {"variant": r.variant, **asdict(cfg.gpt(r.variant))}:
+        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
+    r.model.load_state_dict(ck["state_dict"])
+    r.opt.load_state_dict(ck["optimizer"])
+    r.sched.load_state_dict(ck["scheduler"])
+    r.step, r.seconds, r.history = ck["step"], ck["seconds"], ck["history"]
+    r.accum = ck["accum"] if ctx.is_main else _new_accum()
+    log(f"{r.variant}: resumed from {last} at step {r.step}")
+
+
+def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> None:
+    """Rank 0 holds the global running loss (reduced first), writes atomically; every rank waits."""
+    total = dist_mod.all_reduce_sum(ctx, [r.accum["loss_sum"], r.accum["count"]])
+    r.accum = {"loss_sum": total[0], "count": int(total[1])} if ctx.is_main else _new_accum()
+    ck = {
+        "format": FORMAT, "kind": "lm",
+        "model": {"variant": r.variant, **asdict(cfg.gpt(r.variant))},
+        "state_dict": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+        "step": r.step, "seconds": r.seconds, "history": r.history, "accum": r.accum,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }
+    dist_mod.on_main(ctx, lambda: save_atomic(ck, path))
+
+
+# ------------------------------------------------------------------------- 3. steps and validation
+
+
+def train_step(net, r: VariantRun, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Forward, loss, backward, clipping, AdamW step, schedule step; returns the loss (nats per byte)."""
+    logits = net(x)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    r.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+    r.opt.step()
+    r.sched.step()
+    return loss.item()
+
+
+def validate(r: VariantRun, cfg: LMConfig, windows: torch.Tensor, ctx: dist_mod.Context) -> dict:
+    """Validation bits per byte now, and the training loss since the last validation: one metrics row."""
+    bpb = evaluate_bpb(r.model, windows, cfg.batch_size, ctx)
+    loss_sum, count = dist_mod.all_reduce_sum(ctx, [r.accum["loss_sum"], r.accum["count"]])
+    row = {"variant": r.variant, "step": r.step, "tokens": r.step * cfg.batch_size * cfg.context,
+           "seconds": r.seconds, "train_bpb": loss_sum / count / math.log(2) if count else math.nan,
+           "val_bpb": bpb, "lr": r.sched.get_last_lr()[0]}
+    r.history.append(row)
+    r.accum = _new_accum()
+    return row
+
+
+def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, ctx, log=print) -> dict:
+    """Train one variant to ``max_steps`` (or continue it), then measure it; returns its results."""
+    var_dir = out_dir / variant
+    r = build_variant(variant, cfg, ctx)
+    maybe_resume(r, cfg, var_dir, ctx, log)
+    net = DistributedDataParallel(r.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else r.model
+    last = var_dir / "last.pt"
+    say = (lambda line: tqdm.write(line)) if not cfg.quiet and ctx.is_main else log
+    if not r.history:
+        row = validate(r, cfg, windows, ctx)
+        say(f"{variant:>9} step {r.step:>5}  val bpb {row['val_bpb']:.3f}")
+    bar = tqdm(total=cfg.max_steps, initial=r.step, desc=f"{variant:>9}", unit="step", leave=False,
+               dynamic_ncols=True, disable=cfg.quiet or not ctx.is_main)
+    r.model.train()
+    try:
+        with StopFlag() as stop:
+            session_s, session_tokens, recent = 0.0, 0, []  # this process's steps, for tokens/s
+            while r.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, r.step)
+                mine = starts[ctx.rank * r.local_batch:(ctx.rank + 1) * r.local_batch]
+                x, y = corpus_mod.get_batch(corpus.train, mine, cfg.context, ctx.device)
+                loss = train_step(net, r, x, y)
+                dt = time.perf_counter() - t0
+                r.step += 1
+                r.seconds += dt
+                r.accum["loss_sum"] += loss
+                r.accum["count"] += 1
+                session_s, session_tokens = session_s + dt, session_tokens + cfg.batch_size * cfg.context
+                recent = (recent + [loss])[-20:]
+                if not bar.disable:
+                    bar.update()
+                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", tok_s=f"{session_tokens / session_s:,.0f}")
+                stopping = dist_mod.broadcast_flag(ctx, stop.check())
+                if r.step % cfg.eval_every == 0 or r.step == cfg.max_steps:
+                    row = validate(r, cfg, windows, ctx)
+                    say(f"{variant:>9} step {r.step:>5}  train bpb {row['train_bpb']:.3f}  val bpb "
+                        f"{row['val_bpb']:.3f}  {r.seconds:.1f} s")
+                    save(r, cfg, ctx, last)
+                elif stopping:
+                    save(r, cfg, ctx, last)
+                if stopping and r.step < cfg.max_steps:
+                    raise TrainingInterrupted(last)
+    except WriteError as e:  # stop at this step; the previous checkpoint is intact
+        raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
+                         f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
+    finally:
+        bar.close()
+    return finish_variant(r, cfg, corpus, ctx, PROMPT, log)
+
+
+# ------------------------------------------------------------------------- the job
+
+
+RESUME_KEYS = ("variants", "d_model", "layers", "heads", "context", "batch_size", "max_steps", "lr",
+               "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256")
+
+
+def _resolve_out_dir(cfg: LMConfig, ctx: dist_mod.Context) -> Path:
+    out = cfg.out or str(Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-lm")
+    if ctx.distributed:  # every rank must use rank 0's folder (timestamps differ)
+        box = [out]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = box[0]
+    return Path(out)
+
+
+def run(cfg: LMConfig, log=print) -> dict:
+    """The whole job; returns the summary that is also written to ``summary.json``. Under ``torchrun`` it
+    trains data-parallel; only rank 0 prints, writes files and holds the folder's lock."""
+    ctx, lock = dist_mod.setup(resolve_device(cfg.device)), None
+    try:
+        log = log if ctx.is_main else (lambda *a, **k: None)
+        out_dir = _resolve_out_dir(cfg, ctx)
+        if cfg.resume and not out_dir.exists():
+            raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
+        lock = dist_mod.on_main(ctx, lambda: claim(out_dir, "lm", resume=cfg.resume, overwrite=cfg.overwrite,
+                                                   command="dftnet lm", log=log))
+        return _run(cfg, ctx, out_dir, log)
+    finally:
+        if lock is not None:
+            lock.release()
+        dist_mod.teardown(ctx)
+
+
+def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
+    corpus = corpus_mod.load_corpus(limit=cfg.limit)
+    info = corpus.info
+    config = {"command": "lm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+              "corpus_sha256": info["sha256"], "corpus": info, "out": str(out_dir),
+              "resolved_device": str(ctx.device), "processes": ctx.world_size, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "prompt": PROMPT.decode()}
+    if cfg.resume:  # the models, the data and its order must be the run's
+        dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
+    dist_mod.on_main(ctx, lambda: write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n"))
+    windows = corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows)
+    log(f"corpus: {info['files']} files of {info['root']} ({info['bytes'] / 1e6:.1f} MB, sha256 "
+        f"{info['sha256'][:12]}): {len(corpus.train):,} train / {len(corpus.val):,} val bytes;  device "
+        f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else "") + f";  out {out_dir}")
+
+    results, history = [], []
+    for variant in cfg.variants:
+        results.append(train_variant(variant, cfg, corpus, windows, out_dir, ctx, log))
+        history += load_checkpoint(out_dir / variant / "last.pt")["history"] if ctx.is_main else []
+
+    equal_s = min(r["seconds"] for r in results)  # the fastest variant's training time
+    for r in results:
+        r["equal_time_s"], r["val_bpb_at_equal_time"] = equal_s, bpb_at(r["curve"], equal_s)
+    table = lm_table(results)
+    samples = "\n".join(f"--- {r['variant']}: {PROMPT.decode()!r} ->\n{PROMPT.decode()}{r['sample']}\n"
+                        for r in results)
+    summary = {"config": config, "results": results, "table": table}
+    if ctx.is_main:
+        with atomic_path(out_dir / "metrics.csv") as tmp:
+            write_csv(tmp, history, list(history[0].keys()))
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        with atomic_path(out_dir / "lm.png") as tmp:
+            plot_lm(history, tmp)
+    log("\n" + table + "\n\n" + samples)
+    log(f"wrote {out_dir}/: config.json metrics.csv summary.json lm.png "
+        + " ".join(f"{v}/last.pt" for v in cfg.variants))
+    return summary
