@@ -85,6 +85,26 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def restore_for_resume(folder: Path, map_location, is_main: bool, model, opt, sched,
+                       same_model: Callable[[dict], bool]) -> dict | None:
+    """The start of ``--resume`` that train and lm share: rank 0 removes a killed writer's temporaries,
+    then ``folder/last.pt`` (if any) is loaded, refused if ``same_model(ck["model"])`` is false, and its
+    weights, optimizer and schedule restored. Returns the checkpoint (for the caller's position and
+    metrics), or None when there is nothing to resume."""
+    last = Path(folder) / "last.pt"
+    if is_main and Path(folder).exists():
+        remove_stale_temporaries(folder)
+    if not last.exists():
+        return None
+    ck = load_checkpoint(last, map_location=map_location)
+    if not same_model(ck["model"]):
+        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    return ck
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a DFTnet checkpoint safely (no code execution) or raise :class:`CheckpointError`."""
     path = Path(path)

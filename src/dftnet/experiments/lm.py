@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import corpus as corpus_mod
 from . import distributed as dist_mod
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries, save_atomic
+from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
 from .device import resolve_device
 from .gpt import GPT, GPTConfig
 from .interrupt import StopFlag, TrainingInterrupted
@@ -135,20 +135,13 @@ def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> Variant
 def maybe_resume(r: VariantRun, cfg: LMConfig, var_dir: Path, ctx: dist_mod.Context, log) -> None:
     if not cfg.resume:
         return
-    last = var_dir / "last.pt"
-    if ctx.is_main and var_dir.exists():
-        remove_stale_temporaries(var_dir)
-    if not last.exists():
+    expected = {"variant": r.variant, **asdict(cfg.gpt(r.variant))}
+    ck = restore_for_resume(var_dir, ctx.device, ctx.is_main, r.model, r.opt, r.sched, lambda m: m == expected)
+    if ck is None:
         return
-    ck = load_checkpoint(last, map_location=ctx.device)
-    if ck["model"] != {"variant": r.variant, **asdict(cfg.gpt(r.variant))}:
-        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
-    r.model.load_state_dict(ck["state_dict"])
-    r.opt.load_state_dict(ck["optimizer"])
-    r.sched.load_state_dict(ck["scheduler"])
     r.step, r.seconds, r.history = ck["step"], ck["seconds"], ck["history"]
     r.accum = ck["accum"] if ctx.is_main else _new_accum()
-    log(f"{r.variant}: resumed from {last} at step {r.step}")
+    log(f"{r.variant}: resumed from {var_dir / 'last.pt'} at step {r.step}")
 
 
 def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import data as data_mod
 from . import distributed as dist_mod
-from .checkpoint import (FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries, save_atomic,
+from .checkpoint import (FORMAT, load_checkpoint, restore_for_resume, save_atomic,
                          save_safetensors)
 from .device import resolve_device
 from .evaluate import evaluate
@@ -141,21 +141,14 @@ def maybe_resume(r: NetRun, cfg: TrainConfig, net_dir: Path, ctx: dist_mod.Conte
     """With ``--resume``, continue from ``last.pt``: weights, optimizer, schedule, position, metrics."""
     if not cfg.resume:
         return
-    last = net_dir / "last.pt"
-    if ctx.is_main and net_dir.exists():
-        remove_stale_temporaries(net_dir)
-    if not last.exists():
+    ck = restore_for_resume(net_dir, ctx.device, ctx.is_main, r.model, r.opt, r.sched,
+                            lambda m: m["kind"] == r.kind and tuple(m["widths"]) == tuple(cfg.widths))
+    if ck is None:
         return
-    ck = load_checkpoint(last, map_location=ctx.device)
-    if ck["model"]["kind"] != r.kind or tuple(ck["model"]["widths"]) != tuple(cfg.widths):
-        raise CheckpointError(f"checkpoint {last} is for a different model: {ck['model']}")
-    r.model.load_state_dict(ck["state_dict"])
-    r.opt.load_state_dict(ck["optimizer"])
-    r.sched.load_state_dict(ck["scheduler"])
     r.epoch, r.batch = ck["position"]["epoch"], ck["position"]["batch"]
     r.step, r.history, r.best = ck["step"], ck["history"], ck["best"]
     r.accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
-    log(f"{r.kind}: resumed from {last} at epoch {r.epoch + 1}, batch {r.batch} (step {r.step})")
+    log(f"{r.kind}: resumed from {net_dir / 'last.pt'} at epoch {r.epoch + 1}, batch {r.batch} (step {r.step})")
 
 
 def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
