@@ -19,6 +19,16 @@ from .argtypes import (Parser, UsageError, comma_list, layer_spec, mlp_widths, n
 __all__ = ["main", "build_parser"]
 
 
+def _add_run_flags(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The flags every training command shares: seed, device and its run folder (--out, --resume, --overwrite)."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds (its outputs are deleted first)")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train DFT and dense MLPs side by side (the note's MNIST experiment)",
                        description="Train the original note's MNIST classifier: a DFT net and the dense net "
@@ -36,12 +46,7 @@ def _add_train(sub) -> None:
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-2,
                    help="AdamW weight decay (default 0.01, torch.optim.AdamW's own)")
     p.add_argument("--label-smoothing", type=nonneg_float, default=0.1, help="(default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-<dataset>)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run that --out holds (its outputs are deleted first)")
+    _add_run_flags(p, "runs/<timestamp>-<dataset>")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop each net after this many steps")
     p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS steps (default: at epoch ends)")
@@ -136,12 +141,7 @@ def _add_lm(sub) -> None:
                    help="peak AdamW learning rate, warmup then cosine, the same for every variant (default 2e-3)")
     p.add_argument("--eval-every", type=positive_int, default=40, metavar="STEPS",
                    help="validation bits per byte every STEPS steps (default 40)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-lm)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run that --out holds (its outputs are deleted first)")
+    _add_run_flags(p, "runs/<timestamp>-lm")
     p.add_argument("--quiet", action="store_true", help="no progress bar or validation lines")
     p.add_argument("--limit", type=positive_int, default=None, help=argparse.SUPPRESS)  # bytes per stream (tests)
     p.set_defaults(func=_run_lm)
