@@ -56,8 +56,7 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
         )
     if input.dtype in (torch.float16, torch.bfloat16) and method != "dense":
         return in_float32(input.dtype)
-    traced = tracing()
-    reference = traced or has_tangent(input, weight, bias)
+    reference = tracing() or has_tangent(input, weight, bias)
     training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     batch = input.numel() // max(input.shape[-1], 1)
     if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch

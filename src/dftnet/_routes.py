@@ -36,10 +36,9 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
             f"weight must have max(in_features, out_features) = {max(in_features, out_features)} "
             f"elements, got {n}"
         )
-    if in_features * out_features > 2**22:  # large index tensors are not worth keeping
-        i = torch.arange(out_features, device=weight.device).unsqueeze(1)
-        return weight[..., (i + torch.arange(in_features, device=weight.device)) % n]
-    index = _dense_index.__wrapped__ if torch.compiler.is_compiling() else _dense_index  # no dynamo warning
+    # uncached for large index tensors (not worth keeping) and under dynamo (which warns about lru_cache)
+    uncached = in_features * out_features > 2**22 or torch.compiler.is_compiling()
+    index = _dense_index.__wrapped__ if uncached else _dense_index
     return weight[..., index(in_features, out_features, n, weight.device)]
 
 
