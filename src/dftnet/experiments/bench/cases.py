@@ -17,7 +17,7 @@ from dftnet.plan import make_plan, use_dense
 
 from ..argtypes import ArgumentValueError, comma_list, nonneg_int, one_of, positive_float, positive_int
 from ..device import resolve_device
-from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, time_contenders
+from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, ratio_spread, time_contenders
 
 __all__ = ["MODES", "CONTENDERS", "CSV_FIELDS", "DTYPES", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "parse_widths",
            "resolve_dtype", "bench_cell", "sweep"]
@@ -39,6 +39,9 @@ CSV_FIELDS = (
     "dftnet_min_ms", "other_min_ms", "plain_min_ms", "linear_min_ms", "floor_min_ms", "floor_n_min_ms",
     "dftnet_over_floor_min", "auto_over_best_min", "plain_over_dftnet_min", "linear_over_dftnet_min",
     "dftnet_spread", "other_spread", "plain_spread", "linear_spread", "floor_spread", "floor_n_spread",
+    "dftnet_q1_ms", "dftnet_q3_ms", "other_q1_ms", "other_q3_ms", "plain_q1_ms", "plain_q3_ms",
+    "linear_q1_ms", "linear_q3_ms", "floor_q1_ms", "floor_q3_ms", "floor_n_q1_ms", "floor_n_q3_ms",
+    "dftnet_over_floor_spread", "overhead_us", "overhead_min_us", "overhead_lo_us", "overhead_hi_us",
     "repeats", "linear_repeats", "rel_err", "linear_skipped", "skipped",
 )
 
@@ -256,8 +259,25 @@ def bench_cell(
         row[f"{name}_ms"] = None if s is None else s["median"] * 1e3
         row[f"{name}_min_ms"] = None if s is None else s["min"] * 1e3
         row[f"{name}_spread"] = None if s is None else s["spread"]
+        row[f"{name}_q1_ms"] = None if s is None else s["q1"] * 1e3
+        row[f"{name}_q3_ms"] = None if s is None else s["q3"] * 1e3
     _add_ratios(row)
+    _add_overhead(row)
     return row
+
+
+def _add_overhead(row: dict) -> None:
+    """DFTLinear's cost beyond its FFT floor, in microseconds: ``overhead_us`` from the medians,
+    ``overhead_min_us`` from the fastest turns, ``overhead_lo_us .. overhead_hi_us`` from dftnet's
+    q1..q3 less the floor's q3..q1 (the spread of the difference, at most)."""
+    def diff(a, b):
+        ta, tb = row.get(a), row.get(b)
+        return None if ta is None or tb is None else (ta - tb) * 1e3
+
+    row["overhead_us"] = diff("dftnet_ms", "floor_ms")
+    row["overhead_min_us"] = diff("dftnet_min_ms", "floor_min_ms")
+    row["overhead_lo_us"] = diff("dftnet_q1_ms", "floor_q3_ms")
+    row["overhead_hi_us"] = diff("dftnet_q3_ms", "floor_q1_ms")
 
 
 def _add_ratios(row: dict) -> None:
@@ -273,6 +293,9 @@ def _add_ratios(row: dict) -> None:
         row["plain_over_dftnet" + suffix] = ratio("plain", "dftnet", stat)
         row["linear_over_dftnet" + suffix] = ratio("linear", "dftnet", stat)
     row["floor_n_over_floor"] = ratio("floor_n", "floor")
+    row["dftnet_over_floor_spread"] = ratio_spread(row["dftnet_over_floor"], row.get("dftnet_q1_ms"),
+                                                   row.get("dftnet_q3_ms"), row.get("floor_q1_ms"),
+                                                   row.get("floor_q3_ms"))
 
 
 def _linear_bytes(p: int, q: int, dtype: torch.dtype) -> int:

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 import torch.utils.benchmark
 
-__all__ = ["time_contenders", "DEFAULT_REPEATS", "DEFAULT_BUDGET_S", "MIN_REPEATS", "TARGET_SAMPLE_S"]
+__all__ = ["time_contenders", "ratio_spread", "DEFAULT_REPEATS", "DEFAULT_BUDGET_S", "MIN_REPEATS",
+           "TARGET_SAMPLE_S"]
 
 DEFAULT_REPEATS = 21
 DEFAULT_BUDGET_S = 1.0
@@ -95,3 +96,14 @@ def _summary(xs: list[float]) -> dict:
         q1, q3 = xs[0], xs[-1]
     return {"median": med, "min": xs[0], "q1": q1, "q3": q3,
             "spread": (q3 - q1) / med if med > 0 else 0.0, "repeats": len(xs)}
+
+
+def ratio_spread(ratio, num_q1, num_q3, den_q1, den_q3) -> float | None:
+    """The spread of a ratio of two timed contenders, relative to ``ratio`` (like ``spread``).
+
+    The width of ``num_q1 / den_q3 .. num_q3 / den_q1`` (any middle-half turn of one over any of the
+    other) over ``ratio``: about the sum of the two spreads. None when a value is missing.
+    """
+    if ratio is None or None in (num_q1, num_q3, den_q1, den_q3) or den_q1 <= 0 or ratio <= 0:
+        return None
+    return (num_q3 / den_q1 - num_q1 / den_q3) / ratio
