@@ -42,7 +42,7 @@ OUTPUTS = {
     "train": ("config.json", "summary.json", "metrics.csv", "curves.png", "*/last.pt", "*/best.pt",
               "*/model.safetensors"),
     "sweep": ("sweep.json", "sweep.csv", "sweep.png", "frontier.png", "*/*/config.json", "*/*/*/last.pt"),
-    "bench": ("bench.json", "bench.csv", "bench.png"),
+    "bench": ("bench.json", "bench.csv", "bench.png", "end_to_end.csv"),
     "lm": ("config.json", "summary.json", "metrics.csv", "lm.png", "*/last.pt"),
 }
 WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark", "lm": "a language-model run"}

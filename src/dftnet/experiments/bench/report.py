@@ -15,11 +15,13 @@ import torch
 
 from dftnet import __version__
 
-from ..reports import new_figure, write_csv
+from ..reports import new_figure, text_table, write_csv
 from ..runfolder import atomic_path, make_folder, write_text_atomic
 from .cases import CSV_FIELDS
+from .end_to_end import E2E_FIELDS
 
-__all__ = ["STATS", "table_header", "format_row", "format_table", "machine_info", "write_outputs", "plot"]
+__all__ = ["STATS", "table_header", "format_row", "format_table", "format_overhead", "machine_info",
+           "write_outputs", "plot"]
 
 STATS = ("median", "min")
 
@@ -29,15 +31,16 @@ _COLUMNS = (  # (title, width, formatter)
     ("mode", 7, lambda r, t: r["mode"]),
     ("route", 10, lambda r, t: r["route"]),
     ("dftnet ms", 9, lambda r, t: _fmt_ms(r["dftnet" + t + "_ms"])),
+    ("±", 6, lambda r, t: _fmt_pm(r["dftnet_spread"])),
     ("plain ms", 9, lambda r, t: _fmt_ms(r["plain" + t + "_ms"])),
     ("linear ms", 9, lambda r, t: _fmt_ms(r["linear" + t + "_ms"], "skip")),
     ("floor ms", 9, lambda r, t: _fmt_ms(r["floor" + t + "_ms"])),
     ("floor@n", 9, lambda r, t: _fmt_ms(r["floor_n" + t + "_ms"])),
     ("dft/floor", 9, lambda r, t: _fmt_ratio(r["dftnet_over_floor" + t])),
+    ("±", 6, lambda r, t: _fmt_pm(r["dftnet_over_floor_spread"])),
     ("auto/best", 9, lambda r, t: _fmt_ratio(r["auto_over_best" + t])),
     ("plain/dft", 9, lambda r, t: _fmt_ratio(r["plain_over_dftnet" + t])),
     ("lin/dft", 8, lambda r, t: _fmt_ratio(r["linear_over_dftnet" + t])),
-    ("noise", 6, lambda r, t: "" if r["dftnet_spread"] is None else f"{100 * r['dftnet_spread']:.0f}%"),
 )
 
 
@@ -49,6 +52,24 @@ def _fmt_ms(v, missing: str = "-") -> str:
     if v >= 0.01:
         return f"{v:.3g}"
     return f"{v:.2g}"
+
+
+def _fmt_pm(spread) -> str:
+    """A spread (IQR / median) as ``±`` half of it, in percent: q1..q3 is about the value ± that."""
+    if spread is None:
+        return ""
+    pct = 50 * spread
+    return f"±{pct:.0f}%" if pct < 999.5 else "±>999%"
+
+
+def _fmt_us(v, lo=None, hi=None) -> str:
+    """Microseconds, with a ``(lo–hi)`` range when given."""
+    if v is None:
+        return "-"
+    s = f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
+    if lo is None or hi is None:
+        return s
+    return s + f" ({lo:.1f}–{hi:.1f})" if max(abs(lo), abs(hi)) < 100 else s + f" ({lo:.0f}–{hi:.0f})"
 
 
 def _fmt_ratio(v) -> str:
@@ -85,6 +106,28 @@ def format_row(row: dict, stat: str = "median") -> str:
 def format_table(rows: Sequence[dict], stat: str = "median") -> str:
     """The whole table as text (header, one line per row); ``stat``: "median" or "min"."""
     return "\n".join([table_header()] + [format_row(r, stat) for r in rows])
+
+
+def format_overhead(rows: Sequence[dict], stat: str = "median", batch: int = 1) -> str:
+    """The per-call overhead section: for the cells at ``batch`` (1: the fixed cost dominates),
+    DFTLinear's time, its FFT floor and the difference in microseconds, each with its q1–q3 range
+    (the overhead's: dftnet's q1..q3 less the floor's q3..q1). "" when no cell has that batch."""
+    t = _stat_suffix(stat)
+    sel = [r for r in rows if r["batch"] == batch and not r.get("skipped") and r.get("dftnet_ms") is not None]
+    if not sel:
+        return ""
+
+    def us(r, name):
+        v, q1, q3 = (r.get(f"{name}{x}_ms") for x in (t, "_q1", "_q3"))
+        return _fmt_us(None if v is None else v * 1e3, None if q1 is None else q1 * 1e3,
+                       None if q3 is None else q3 * 1e3)
+
+    lines = [[_COLUMNS[0][2](r, t), r["mode"], r["route"], us(r, "dftnet"), us(r, "floor"),
+              _fmt_us(r["overhead" + t + "_us"], r["overhead_lo_us"], r["overhead_hi_us"])] for r in sel]
+    title = (f"per-call overhead at batch {batch}: dftnet - floor, µs per call ({stat}; q1–q3 in "
+             "parentheses, the overhead's from dftnet's q1..q3 less the floor's q3..q1)")
+    return title + "\n" + text_table(["layer", "mode", "route", "dftnet µs", "floor µs", "overhead µs"],
+                                      lines, left=3)
 
 
 def _git_commit() -> str | None:
@@ -154,12 +197,14 @@ def _json_value(v):
     return v
 
 
-def write_outputs(rows: Sequence[dict], out_dir, meta: dict | None = None, *,
-                  make_plot: bool = True, stat: str = "median") -> dict[str, Path]:
-    """Write bench.csv, bench.json (``{"machine": ..., "config": ..., "rows": [...]}``) and bench.png.
+def write_outputs(rows: Sequence[dict], out_dir, meta: dict | None = None, *, make_plot: bool = True,
+                  stat: str = "median", end_to_end: dict | None = None) -> dict[str, Path]:
+    """Write bench.csv, bench.json (``{"machine": ..., "config": ..., "rows": [...], "end_to_end": ...}``)
+    and bench.png; with ``end_to_end`` (a result of :func:`bench_end_to_end`), end_to_end.csv too.
 
-    ``meta`` may hold "machine" and "config" dicts; the machine is described when missing.
-    Returns {"csv": path, "json": path, "png": path (when plotted)}.
+    ``meta`` may hold "machine" and "config" dicts; the machine is described when missing. The json's
+    "end_to_end" is null without one. Returns {"csv": path, "json": path, "png": path (when plotted),
+    "end_to_end_csv": path (with ``end_to_end``)}.
     """
     out = Path(out_dir)
     make_folder(out)
@@ -171,7 +216,13 @@ def write_outputs(rows: Sequence[dict], out_dir, meta: dict | None = None, *,
     with atomic_path(paths["csv"]) as tmp:  # each file whole or not at all (a full disk, a crash)
         write_csv(tmp, [{k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows],
                   CSV_FIELDS, extrasaction="ignore")
-    doc = {**meta, "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows]}
+    if end_to_end is not None:
+        paths["end_to_end_csv"] = out / "end_to_end.csv"
+        with atomic_path(paths["end_to_end_csv"]) as tmp:
+            write_csv(tmp, [{k: ("" if end_to_end.get(k) is None else end_to_end.get(k))
+                             for k in E2E_FIELDS}], E2E_FIELDS, extrasaction="ignore")
+    doc = {**meta, "rows": [{k: _json_value(v) for k, v in r.items()} for r in rows],
+           "end_to_end": None if end_to_end is None else {k: _json_value(v) for k, v in end_to_end.items()}}
     write_text_atomic(paths["json"], json.dumps(doc, indent=1, default=str) + "\n")
     if make_plot and any(not r.get("skipped") for r in rows):
         with atomic_path(out / "bench.png") as tmp:
@@ -185,7 +236,8 @@ def plot(rows: Sequence[dict], path, batch: int | None = 128, stat: str = "media
 
     Powers of two are joined by lines; other widths are plain markers. Guides: n log n (anchored on
     the floor at the largest width) and n^2 (anchored on nn.Linear's largest width). When ``batch``
-    is not in the rows, the largest batch is used. ``stat``: "median" (default) or "min" times.
+    is not in the rows, the largest batch is used. ``stat``: "median" (default) or "min" times. Shaded
+    bands (vertical bars at the markers) span each contender's q1..q3.
     """
     t = _stat_suffix(stat)
     path = Path(path)
@@ -204,14 +256,28 @@ def plot(rows: Sequence[dict], path, batch: int | None = 128, stat: str = "media
     for ax, mode in zip(axes[0], modes):
         sel = sorted((r for r in done if r["mode"] == mode and r["batch"] == batch), key=lambda r: r["n"])
         for name, (color, ls, label) in styles.items():
-            pts = [(r["n"], r[f"{name}{t}_ms"]) for r in sel if r.get(f"{name}{t}_ms")]
-            pow2 = [(n, t) for n, t in pts if n & (n - 1) == 0]
-            other = [(n, t) for n, t in pts if n & (n - 1) != 0]
+            pts = [(r["n"], r[f"{name}{t}_ms"], r.get(f"{name}_q1_ms"), r.get(f"{name}_q3_ms"))
+                   for r in sel if r.get(f"{name}{t}_ms")]
+            pow2 = [pt for pt in pts if pt[0] & (pt[0] - 1) == 0]
+            other = [pt for pt in pts if pt[0] & (pt[0] - 1) != 0]
             if pow2:
-                ax.plot(*zip(*pow2), color=color, ls=ls, marker="o", ms=3, label=label)
+                ax.plot([pt[0] for pt in pow2], [pt[1] for pt in pow2], color=color, ls=ls, marker="o", ms=3,
+                        label=label)
             if other:
-                ax.plot(*zip(*other), color=color, ls="none", marker="x", ms=6,
-                        label=None if pow2 else label)
+                ax.plot([pt[0] for pt in other], [pt[1] for pt in other], color=color, ls="none", marker="x",
+                        ms=6, label=None if pow2 else label)
+            # The interquartile range of the turns, whatever ``stat`` the line shows: a band along a
+            # line, a bar at a lone point.
+            band = [pt for pt in pow2 if pt[2] is not None and pt[3] is not None]
+            bars = [pt for pt in other if pt[2] is not None and pt[3] is not None]
+            if len(band) >= 2:
+                ax.fill_between([pt[0] for pt in band], [pt[2] for pt in band], [pt[3] for pt in band],
+                                color=color, alpha=0.2, lw=0)
+            else:
+                bars += band
+            if bars:
+                ax.vlines([pt[0] for pt in bars], [pt[2] for pt in bars], [pt[3] for pt in bars],
+                          color=color, lw=1.5, alpha=0.6)
         ns = sorted({r["n"] for r in sel})
         if len(ns) >= 2:
             grid = [ns[0] * (ns[-1] / ns[0]) ** (i / 50) for i in range(51)]
@@ -228,7 +294,7 @@ def plot(rows: Sequence[dict], path, batch: int | None = 128, stat: str = "media
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("width n (square n → n layer)")
-        ax.set_ylabel(f"time per call (ms, {stat})")
+        ax.set_ylabel(f"time per call (ms, {stat}; shaded: q1..q3)")
         ax.set_title(f"{mode}, batch {batch}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
