@@ -19,6 +19,12 @@ from dftnet.experiments.device import resolve_device
 TIME_FIELDS = ("dftnet_ms", "plain_ms", "linear_ms", "floor_ms", "floor_n_ms")
 
 
+@pytest.fixture
+def small_e2e(monkeypatch):
+    # The CLI's end-to-end row on a tiny net instead of the seed net: a run takes a fraction of a second.
+    monkeypatch.setattr(bench.cli, "E2E_WIDTHS", (32, 48, 10))
+
+
 def _args(tmp_path, *argv):
     parser = argparse.ArgumentParser()
     bench.configure_parser(parser)
@@ -56,6 +62,11 @@ def test_sweep_rows_have_fields_and_positive_times(rows):
             assert math.isfinite(r[f + "_min"]) and r[f + "_min"] > 0
         for f in TIME_FIELDS:
             assert 0 < r[f.replace("_ms", "_min_ms")] <= r[f]
+            assert r[f.replace("_ms", "_q1_ms")] <= r[f] <= r[f.replace("_ms", "_q3_ms")]
+        assert r["overhead_us"] == pytest.approx(1e3 * (r["dftnet_ms"] - r["floor_ms"]))
+        assert r["overhead_min_us"] == pytest.approx(1e3 * (r["dftnet_min_ms"] - r["floor_min_ms"]))
+        assert r["overhead_lo_us"] <= r["overhead_us"] <= r["overhead_hi_us"]
+        assert r["dftnet_over_floor_spread"] >= 0
         assert r["n"] == max(r["p"], r["q"])
         assert r["fft_size"] >= r["n"]
         assert r["route"] == "dense" if r["dense"] else r["route"].endswith(str(r["fft_size"]))
@@ -65,11 +76,27 @@ def test_sweep_rows_have_fields_and_positive_times(rows):
     assert any(r["dense"] for r in rows) and any(not r["dense"] for r in rows)
 
 
+def test_quartiles_and_overhead_of_a_cell():
+    r = bench.bench_cell(64, 64, 1, "fwd", repeats=6, budget=0.1)
+    assert r["repeats"] >= 4  # real quartiles, not the extremes of 3 turns
+    for name in ("dftnet", "plain", "linear", "floor"):
+        q1, med, q3 = r[f"{name}_q1_ms"], r[f"{name}_ms"], r[f"{name}_q3_ms"]
+        assert 0 < r[f"{name}_min_ms"] <= q1 <= med <= q3
+        assert r[f"{name}_spread"] == pytest.approx((q3 - q1) / med)
+    assert r["overhead_us"] == pytest.approx(1e3 * (r["dftnet_ms"] - r["floor_ms"]))
+    assert r["overhead_lo_us"] == pytest.approx(1e3 * (r["dftnet_q1_ms"] - r["floor_q3_ms"]))
+    assert r["overhead_hi_us"] == pytest.approx(1e3 * (r["dftnet_q3_ms"] - r["floor_q1_ms"]))
+    lo, hi = r["dftnet_q1_ms"] / r["floor_q3_ms"], r["dftnet_q3_ms"] / r["floor_q1_ms"]
+    assert r["dftnet_over_floor_spread"] == pytest.approx((hi - lo) / r["dftnet_over_floor"])
+    assert bench.ratio_spread(None, 1, 2, 1, 2) is None and bench.ratio_spread(2.0, 1, 1, 0.5, 0.5) == 0
+
+
 def test_table_is_aligned(rows):
     text = bench.format_table(rows)
     lines = text.splitlines()
     assert len(lines) == 2 + len(rows)
-    assert "dftnet ms" in lines[0] and "lin/dft" in lines[0]
+    assert "dftnet ms" in lines[0] and "lin/dft" in lines[0] and lines[0].count("±") == 2
+    assert all(l.count("%") == 2 for l in lines[2:])  # the spreads of dftnet and of dft/floor
     assert len({len(l) for l in lines[2:]}) == 1  # same-width lines
     assert lines[2].startswith("16 ")
     assert any(l.startswith("1024x600") for l in lines)
@@ -79,14 +106,29 @@ def test_table_is_aligned(rows):
         bench.format_table(rows, stat="average")
 
 
+def test_overhead_section(rows):
+    text = bench.format_overhead(rows)
+    lines = text.splitlines()
+    ones = [r for r in rows if r["batch"] == 1]
+    assert len(lines) == 3 + len(ones) and "overhead µs" in lines[1] and "floor µs" in lines[1]
+    for line, r in zip(lines[3:], ones):
+        assert line.split()[:2] == [str(r["n"]) if r["p"] == r["q"] else f"{r['p']}x{r['q']}", r["mode"]]
+        assert line.count("(") == 3 and "–" in line  # dftnet, floor and overhead, each with its q1–q3
+    assert bench.format_overhead(rows, stat="min").splitlines()[1] == lines[1]
+    assert bench.format_overhead([r for r in rows if r["batch"] != 1]) == ""
+
+
 def test_write_outputs(rows, tmp_path):
     paths = bench.write_outputs(rows, tmp_path / "o")
     assert set(paths) == {"csv", "json", "png"}
     with open(paths["csv"]) as f:
         got = list(csv.DictReader(f))
     assert len(got) == len(rows) and float(got[0]["dftnet_ms"]) > 0
+    for name in ("dftnet", "other", "plain", "linear", "floor", "floor_n"):
+        assert f"{name}_q1_ms" in got[0] and f"{name}_q3_ms" in got[0] and f"{name}_spread" in got[0]
+    assert float(got[0]["overhead_us"]) == pytest.approx(rows[0]["overhead_us"])
     doc = json.loads(paths["json"].read_text())
-    assert len(doc["rows"]) == len(rows)
+    assert len(doc["rows"]) == len(rows) and doc["end_to_end"] is None
     m = doc["machine"]
     assert m["torch_version"] == torch.__version__ and m["cpu_count"] >= 1 and m["torch_threads"] >= 1
     assert m["date"] and m["device_name"]
@@ -169,16 +211,55 @@ def test_bad_out_is_refused_before_timing(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_run_prints_table_and_writes(tmp_path, capsys):
-    args = _args(tmp_path, "--widths", "32,40x24", "--batches", "2", "--modes", "fwd", "--repeats", "1",
+def test_run_prints_table_and_writes(tmp_path, capsys, small_e2e):
+    args = _args(tmp_path, "--widths", "32,40x24", "--batches", "1,2", "--modes", "fwd", "--repeats", "1",
                  "--budget", "0.01", "--device", "cpu", "--stat", "min")
     assert bench.run(args) == 0
     out = capsys.readouterr().out
     assert "dftnet ms" in out and "\n32 " in out and "\n40x24 " in out
-    for name in ("bench.csv", "bench.json", "bench.png"):
+    table, overhead, e2e = out.split("\n\n")[:3]  # the sections, in this order
+    assert overhead.startswith("per-call overhead at batch 1")
+    assert len(overhead.splitlines()) == 3 + 2 and "min" in overhead.splitlines()[0]
+    assert e2e.startswith("end to end: one AdamW training step of MLP 32-48-10, batch 128")
+    assert "dense/DFT" in e2e and "DFT/(floor+optimizer)" in e2e
+    for name in ("bench.csv", "bench.json", "bench.png", "end_to_end.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     doc = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert doc["config"]["widths"] == [[32, 32], [40, 24]] and len(doc["rows"]) == 2
+    assert doc["config"]["widths"] == [[32, 32], [40, 24]] and len(doc["rows"]) == 4
+    assert doc["config"]["end_to_end"] is True and doc["end_to_end"]["widths"] == "32-48-10"
+    with open(tmp_path / "out" / "end_to_end.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert tuple(row) == bench.E2E_FIELDS and float(row["dense_over_dft"]) > 0
+
+
+def test_run_without_end_to_end(tmp_path, capsys):
+    args = _args(tmp_path, "--widths", "32", "--batches", "2", "--modes", "fwd", "--repeats", "1",
+                 "--budget", "0.01", "--device", "cpu", "--no-plot", "--no-end-to-end")
+    assert bench.run(args) == 0
+    out = capsys.readouterr().out
+    assert "end to end" not in out and "per-call overhead" not in out  # no batch 1 either
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.csv", "bench.json"]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["end_to_end"] is None
+
+
+def test_overwrite_removes_a_stale_end_to_end_csv(tmp_path, capsys, small_e2e):
+    argv = ["--widths", "32", "--batches", "2", "--modes", "fwd", "--repeats", "1", "--budget", "0.01",
+            "--device", "cpu", "--no-plot"]
+    assert bench.run(_args(tmp_path, *argv)) == 0
+    assert (tmp_path / "out" / "end_to_end.csv").exists()
+    assert bench.run(_args(tmp_path, *argv, "--no-end-to-end", "--overwrite")) == 0
+    assert not (tmp_path / "out" / "end_to_end.csv").exists()
+    capsys.readouterr()
+
+
+def test_quick_settings(tmp_path):
+    cfg = bench.cli._config_from_args(_args(tmp_path, "--quick"))
+    assert 1 in cfg["batches"] and 128 in cfg["batches"] and cfg["end_to_end"]
+    assert not bench.cli._config_from_args(_args(tmp_path, "--quick", "--no-end-to-end"))["end_to_end"]
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    text = parser.format_help()
+    assert "--no-end-to-end" in text and "end_to_end.csv" in text
 
 
 @pytest.mark.slow

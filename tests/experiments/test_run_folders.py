@@ -19,7 +19,7 @@ from dftnet.experiments.runfolder import LOCK_NAME, RunFolderError, RunLock
 TINY = ["--layer", "dft", "--widths", "784,16,10", "--limit", "64", "--batch-size", "32", "--epochs", "1",
         "--quiet"]
 BENCH = ["bench", "--widths", "32", "--batches", "2", "--modes", "fwd", "--repeats", "1", "--budget", "0.01",
-         "--no-plot", "--device", "cpu"]
+         "--no-plot", "--device", "cpu", "--no-end-to-end"]
 
 
 def _call(capsys, *argv):

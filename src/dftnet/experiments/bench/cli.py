@@ -1,6 +1,7 @@
 """The command line of ``dftnet bench`` (also ``benchmarks/bench.py`` and ``python -m
 dftnet.experiments.bench``): its flags, checked by the shared argparse types, and the run that prints
-the table as cells finish and writes the outputs."""
+the table as cells finish, then the per-call overhead at batch 1 and the end-to-end training step, and
+writes the outputs (bench.csv, bench.json, bench.png, end_to_end.csv)."""
 
 from __future__ import annotations
 
@@ -15,27 +16,35 @@ from typing import Sequence
 import torch
 
 from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
+from ..models import SEED_WIDTHS
 from ..runfolder import RunFolderError, WriteError, claim
 from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
-from .report import STATS, format_row, machine_info, table_header, write_outputs
+from .end_to_end import E2E_BATCH, bench_end_to_end, format_end_to_end
+from .report import STATS, format_overhead, format_row, machine_info, table_header, write_outputs
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
 
 __all__ = ["QUICK_WIDTHS", "QUICK_BATCHES", "configure_parser", "run", "main"]
 
 QUICK_WIDTHS: tuple = (256, 1024, 4096, 785, (785, 300))
-QUICK_BATCHES = (8, 128)
+QUICK_BATCHES = (1, 8, 128)
 QUICK_BUDGET_S = 0.4
 QUICK_REPEATS = 11
+E2E_BUDGET_FACTOR = 4  # the end-to-end row's timing budget, in cell budgets (--budget)
+E2E_WIDTHS: tuple = SEED_WIDTHS  # the end-to-end row's net
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's flags to ``parser``; argparse checks their values."""
     parser.description = parser.description or (
-        "Time DFTLinear against a plain torch.fft layer, nn.Linear and the FFT floor."
+        "Time DFTLinear against a plain torch.fft layer, nn.Linear and the FFT floor, per layer shape, "
+        "batch and mode; then the per-call overhead at batch 1 (DFTLinear less its floor, in µs) and the "
+        "end-to-end AdamW training step of the seed MLP (784-4096-1024-256-64-10, batch 128): DFT net "
+        "against dense net, the DFT net's floor and its optimizer step. Outputs in --out: bench.csv (a "
+        "row per cell), end_to_end.csv (one row), bench.json (both, key \"end_to_end\"), bench.png."
     )
     parser.add_argument("--quick", action="store_true",
-                        help="a small subset (widths 256,1024,4096,785,785x300; batches 8,128) "
-                             "with a short time budget: under a minute on a 2-core CPU")
+                        help="a small subset (widths 256,1024,4096,785,785x300; batches 1,8,128; the "
+                             "end-to-end row) with a short time budget: under a minute on a 2-core CPU")
     parser.add_argument("--widths", type=parse_widths, default=None, metavar="LIST",
                         help="comma-separated layer widths: N (square), PxQ (non-square), 2^a..2^b "
                              "(powers of two); default 2^6..2^20,785,1000,1009,4099,10007,785x300")
@@ -46,7 +55,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N] or auto (default auto)")
     parser.add_argument("--dtype", type=one_of(DTYPES), default="float32", help="float32 (default) or float64")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder for bench.csv, bench.json, bench.png "
+                        help="output folder for bench.csv, bench.json, bench.png and end_to_end.csv "
                              "(default runs/bench-<timestamp>)")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help=f"most timed turns per contender and cell (default {DEFAULT_REPEATS}, "
@@ -68,6 +77,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "exceed this (default 2)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads for the run (default: leave torch's setting)")
+    parser.add_argument("--no-end-to-end", action="store_true",
+                        help="skip the end-to-end row (the seed MLP's AdamW step at batch 128, DFT "
+                             f"against dense; timed for {E2E_BUDGET_FACTOR} x --budget) and end_to_end.csv")
     parser.add_argument("--no-plot", action="store_true", help="do not write bench.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the benchmark that --out holds (its outputs are deleted first)")
@@ -89,6 +101,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         "linear_max_gb": args.linear_max_gb,
         "threads": args.threads,
         "plot": not args.no_plot,
+        "end_to_end": not args.no_end_to_end,
         "stat": args.stat,
     }
     out = args.out
@@ -126,7 +139,8 @@ def _run(cfg: dict) -> int:
           f"{machine['cpu_count']} CPUs, load {machine.get('loadavg', ['?'])[0]}", flush=True)
     print(f"times: {cfg['stat']} ms per call; fwd under no_grad, fwd+bwd = forward + grads of input, weight, "
           "bias; floor = rfft+irfft of (B, L) x1 (fwd) or x2 (fwd+bwd) at DFTLinear's FFT length L; "
-          "noise = IQR/median of dftnet", flush=True)
+          "± = half the interquartile range of the turns over the median (of dftnet; of dft/floor from "
+          "dftnet's q1..q3 over the floor's q3..q1)", flush=True)
     load = machine.get("loadavg", [0.0])[0]
     if device.type == "cpu" and load + machine["torch_threads"] > (machine["cpu_affinity"] or
                                                                   machine["cpu_count"] or 1) + 0.5:
@@ -140,6 +154,14 @@ def _run(cfg: dict) -> int:
     rows = sweep(cfg["widths"], cfg["batches"], cfg["modes"], device=device, dtype=cfg["dtype"],
                  repeats=cfg["repeats"], budget=cfg["budget"], max_mem_gb=cfg["max_mem_gb"],
                  linear_max_gb=cfg["linear_max_gb"], callback=lambda r: print(format_row(r, cfg["stat"]), flush=True))
+    overhead = format_overhead(rows, cfg["stat"])
+    if overhead:
+        print("\n" + overhead, flush=True)
+    e2e = None
+    if cfg["end_to_end"]:
+        e2e = bench_end_to_end(E2E_WIDTHS, E2E_BATCH, device=device, dtype=cfg["dtype"],
+                               repeats=cfg["repeats"], budget=E2E_BUDGET_FACTOR * cfg["budget"])
+        print("\n" + format_end_to_end(e2e, cfg["stat"]), flush=True)
     elapsed = time.perf_counter() - t_start
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v)
@@ -148,7 +170,7 @@ def _run(cfg: dict) -> int:
     config["elapsed_s"] = round(elapsed, 2)
     config["argv"] = sys.argv
     paths = write_outputs(rows, cfg["out"], {"machine": machine, "config": config},
-                          make_plot=cfg["plot"], stat=cfg["stat"])
+                          make_plot=cfg["plot"], stat=cfg["stat"], end_to_end=e2e)
     bad = [r for r in rows if r.get("rel_err") is not None
            and r["rel_err"] > (1e-4 if cfg["dtype"] == torch.float32 else 1e-10)]
     for r in bad:
