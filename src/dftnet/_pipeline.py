@@ -39,23 +39,24 @@ TRACE_BATCH = 128
 _SAFE_EXP = 40
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str,
                       exact_extremes: bool = False) -> Tensor:
-    def in_float32(out_dtype: torch.dtype) -> Tensor:
-        b = None if bias is None else bias.float()
-        return structured_linear(structure, input.float(), weight.float(), b, method, exact_extremes).to(out_dtype)
-
-    device_type = input.device.type
-    if torch.is_autocast_enabled(device_type) and input.dtype != torch.float64:
+    dtype = input.dtype
+    device_type = "cpu" if input.is_cpu else input.device.type
+    if torch.is_autocast_enabled(device_type) and dtype != torch.float64:
         with torch.autocast(device_type, enabled=False):
-            return in_float32(torch.get_autocast_dtype(device_type))
-    if input.dtype != weight.dtype or (bias is not None and bias.dtype != input.dtype):
+            return _in_float32(structure, input, weight, bias, method, exact_extremes,
+                               torch.get_autocast_dtype(device_type))
+    if weight.dtype != dtype or (bias is not None and bias.dtype != dtype):
         raise TypeError(
-            f"{structure.name}: expected input, weight and bias of one dtype, got input {input.dtype}, "
+            f"{structure.name}: expected input, weight and bias of one dtype, got input {dtype}, "
             f"weight {weight.dtype}" + ("" if bias is None else f", bias {bias.dtype}")
         )
-    if input.dtype in (torch.float16, torch.bfloat16) and method != "dense":
-        return in_float32(input.dtype)
+    if dtype in _HALF and method != "dense":
+        return _in_float32(structure, input, weight, bias, method, exact_extremes, dtype)
     reference = tracing() or has_tangent(input, weight, bias)
     training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     batch = input.numel() // max(input.shape[-1], 1)
@@ -69,10 +70,15 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
         return structure.dense(input, weight, bias, training)
     if reference:
         return structure.reference(input, weight, bias)
-    if exact_extremes and not _in_safe_range(input, weight):
+    if exact_extremes and not _in_safe_range(input, structure.weight(weight)):
         out = _fft_guarded(structure, input, weight)
         return out if bias is None else out + bias
     return structure.fft(input, weight, bias)
+
+
+def _in_float32(structure, input, weight, bias, method, exact_extremes, out_dtype) -> Tensor:
+    b = None if bias is None else bias.float()
+    return structured_linear(structure, input.float(), weight.float(), b, method, exact_extremes).to(out_dtype)
 
 
 def _in_safe_range(input: Tensor, weight: Tensor) -> bool:

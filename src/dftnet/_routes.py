@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from .kernels.block import BlockDFTFunction, BlockShape, block_matrix, block_reference
-from .kernels.circulant import DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd, dft_reference
-from .plan import Plan, make_plan, use_dense
+from .kernels.circulant import (DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd, dft_reference,
+                                param_spectrum, param_weight)
+from .plan import make_plan, use_dense
 
 __all__ = ["Circulant", "BlockCirculant", "dft_matrix"]
 
@@ -42,45 +43,90 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
     return weight[..., index(in_features, out_features, n, weight.device)]
 
 
+class _InferenceMemo:
+    """What a layer derives from its parameter (its weight, matrix, spectrum), kept for calls that do
+    not differentiate it (inference): keyed on the parameter itself, its version counter (which every
+    in-place update bumps) and its storage, so any change of the parameter invalidates it."""
+
+    def __init__(self):
+        self.param, self.key, self.values = None, None, {}
+
+    def get(self, name: str, param: Tensor, make):
+        try:
+            # inference tensors (made in inference mode) only serve inference mode
+            key = (param._version, param.data_ptr(), torch.is_inference_mode_enabled())
+        except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
+            return make()
+        if param is not self.param or key != self.key:
+            self.param, self.key, self.values = param, key, {}
+        value = self.values.get(name)
+        if value is None:
+            value = self.values[name] = make()
+        return value
+
+
 class Circulant:
-    """The q x p DFT layer ``W[i, j] = w[(i + j) % n]`` (see :mod:`dftnet.kernels.circulant`)."""
+    """The q x p DFT layer ``W[i, j] = w[(i + j) % n]`` (see :mod:`dftnet.kernels.circulant`).
+
+    The parameter handed to the routes is the weight w (``scale`` None, the functional form) or the
+    layer's stored spectrum (``scale`` = its spectral scale, :mod:`dftnet.spectral`). A layer keeps
+    one structure: the plan, the route per batch size, and (``memo``) the inference-time derived
+    tensors are computed once."""
 
     name = "dft_linear"
 
-    def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool):
+    def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool,
+                 scale: float | None = None, memo: bool = False):
         self.in_features, self.out_features = in_features, out_features
-        self.fft_size, self.recompute_spectrum = fft_size, recompute_spectrum
+        self.fft_size, self.recompute_spectrum, self.scale = fft_size, recompute_spectrum, scale
+        self.plan = make_plan(in_features, out_features, fft_size)
+        self.memo = _InferenceMemo() if memo else None
+        self._routes: dict = {}
 
-    @property
-    def plan(self) -> Plan:
-        return make_plan(self.in_features, self.out_features, self.fft_size)
+    def weight(self, param: Tensor) -> Tensor:
+        """The weight w from the parameter (differentiable)."""
+        return param_weight(param, self.scale)
 
     def dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
         if self.fft_size is not None:  # an explicit FFT length asks for the FFT route
             return False
-        return use_dense(self.in_features, self.out_features, batch, device, training)
+        key = (batch, device.type, training)
+        dense = self._routes.get(key)
+        if dense is None:
+            dense = use_dense(self.in_features, self.out_features, batch, device, training)
+            if len(self._routes) < 256 and not torch.compiler.is_compiling():
+                self._routes[key] = dense
+        return dense
 
-    def matrix(self, weight: Tensor) -> Tensor:
-        return dft_matrix(weight, self.in_features, self.out_features)
+    def matrix(self, param: Tensor) -> Tensor:
+        return dft_matrix(self.weight(param), self.in_features, self.out_features)
 
-    def dense(self, input: Tensor, weight: Tensor, bias: Tensor | None, training: bool) -> Tensor:
+    def _derived(self, name: str, param: Tensor, make):
+        """``make()``, kept in the memo while the parameter is unchanged (inference only)."""
+        if self.memo is None or (torch.is_grad_enabled() and param.requires_grad):
+            return make()
+        return self.memo.get(name, param, make)
+
+    def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
         p, q = self.in_features, self.out_features
         if not training:
-            return torch.nn.functional.linear(input, circulant_view(weight, p, q), bias)
+            W = self._derived("matrix", param, lambda: circulant_view(self.weight(param), p, q))
+            return torch.nn.functional.linear(input, W, bias)
         if input.numel() == 0:
-            return torch.nn.functional.linear(input, self.matrix(weight), bias)
-        out = DenseDFTFunction.apply(input, weight, p, q)  # keeps only x and w for backward
-        return out if bias is None else out + bias
+            return torch.nn.functional.linear(input, self.matrix(param), bias)
+        return DenseDFTFunction.apply(input, param, bias, self.plan, self.scale)
 
-    def fft(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         plan = self.plan
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        if torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
             save_spectrum = plan.circular and not self.recompute_spectrum
-            return dft_linear_autograd(input, weight, bias, plan, save_spectrum)
-        return dft_forward(input, weight, bias, plan)  # inference: no autograd bookkeeping
+            return dft_linear_autograd(input, param, bias, plan, save_spectrum, self.scale)
+        cWf = self._derived("spectrum", param, lambda: param_spectrum(param, plan, self.scale))
+        return dft_forward(input, param, bias, plan, self.scale, cWf)  # inference: no autograd bookkeeping
 
-    def reference(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return dft_reference(input, weight, bias, self.plan)
+    def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
+        return dft_reference(input, self.weight(param), bias, self.plan)
 
 
 class BlockCirculant:
@@ -92,6 +138,9 @@ class BlockCirculant:
     def __init__(self, shape: BlockShape):
         self.shape = shape
         self.in_features, self.out_features = shape.in_features, shape.out_features
+
+    def weight(self, param: Tensor) -> Tensor:
+        return param
 
     def dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
         s = self.shape

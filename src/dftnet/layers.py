@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from ._compat import has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
-from ._pipeline import METHODS
-from .functional import block_dft_linear, block_matrix, dft_linear, dft_matrix
+from ._pipeline import METHODS, structured_linear
+from ._routes import Circulant
+from .functional import block_dft_linear, block_matrix, dft_matrix
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import BlockShape
 from .plan import make_plan
@@ -129,11 +130,25 @@ class _StructuredLinear(nn.Module):
                 f"{type(self).__name__}: expected input of shape (*, {self.in_features}), got {tuple(input.shape)}"
             )
 
+    def _check_input_fully(self, input) -> None:
+        """:meth:`_check_input`, and what the functional form checks of the input: a real floating-point
+        tensor on the parameters' device (the layer's own parameters were checked when it was built)."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a torch.Tensor, got {type(input).__name__}")
+        if not input.is_floating_point():
+            raise TypeError(f"{name}: expected a real floating-point input, got dtype {input.dtype}")
+        self._check_input(input)
+        device = self._parameters["spectrum"].device
+        if input.device != device:
+            raise ValueError(f"{name}: expected input on the parameters' device {device}, got {input.device}")
+
     def _scale_input(self, input):
         """``D x``: the input times the fixed signs and the learned diagonal (whichever the layer has)."""
-        input = apply_signs(input, self.sign)
-        if self.diagonal is not None and isinstance(input, Tensor) and input.is_floating_point():
-            input = input * self.diagonal.to(input.dtype)
+        diagonal = self._parameters["diagonal"]
+        input = apply_signs(input, self._buffers["sign"])
+        if diagonal is not None and isinstance(input, Tensor) and input.is_floating_point():
+            input = input * diagonal.to(input.dtype)
         return input
 
     def to_dense(self) -> Tensor:
@@ -208,13 +223,23 @@ class DFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return dft_matrix(weight, self.in_features, self.out_features)
 
+    def _circulant(self) -> Circulant:
+        """The layer's structure (plan, routes, inference memo), rebuilt if a setting changed."""
+        structure = self.__dict__.get("_structure")
+        if structure is None or (structure.fft_size, structure.recompute_spectrum, structure.scale) != (
+                self.fft_size, self.recompute_spectrum, self.spectral_scale):
+            structure = Circulant(self.in_features, self.out_features, self.fft_size, self.recompute_spectrum,
+                                  scale=self.spectral_scale, memo=True)
+            self.__dict__["_structure"] = structure
+        return structure
+
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
-        return dft_linear(
-            self._scale_input(input), self.weight, self.bias, self.out_features,
-            fft_size=self.fft_size, method=self.method, recompute_spectrum=self.recompute_spectrum,
-            exact_extremes=self.exact_extremes,
-        )
+        """``dft_linear(D x, weight, bias)`` computed from the stored spectrum directly (see
+        :mod:`dftnet.kernels.circulant`): on the circular route no FFT of the weight, forward or backward."""
+        self._check_input_fully(input)
+        params = self._parameters
+        return structured_linear(self._circulant(), self._scale_input(input), params["spectrum"], params["bias"],
+                                 self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()

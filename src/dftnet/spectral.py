@@ -22,10 +22,14 @@ The matrix is unchanged: still built from one length-n vector w (per block for b
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
-__all__ = ["SPECTRAL_GAIN", "hartley", "spectrum_to_weight", "weight_to_spectrum"]
+__all__ = ["SPECTRAL_GAIN", "hartley", "spectrum_to_weight", "weight_to_spectrum", "conj_rfft_of_weight",
+           "spectrum_grad"]
 
 # Chosen by measurement (README, "Large nets that learn"): 4, 16, 32 and 64 were tried; with AdamW at
 # lr 1e-3 ... 3e-3, 32 moves every layer's spectrum by about 3-10% of its initial magnitude per step.
@@ -39,11 +43,29 @@ def hartley(x: Tensor) -> Tensor:
     return X[..., 0] - X[..., 1]
 
 
+# Below this length the weight is one matrix-vector product with the cached, scaled cas matrix: fewer
+# ops than the FFT and its views (each op costs microseconds on CPU), and O(n^2) is small there.
+MATRIX_MAX_N = 512
+
+
+@lru_cache(maxsize=64)
+def _cas_matrix(n: int, scale: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``cas(2 pi k m / n) * scale / n`` (n x n, symmetric), built in float64."""
+    k = torch.arange(n, dtype=torch.float64)
+    angle = torch.outer(k, k).remainder_(n) * (2 * math.pi / n)
+    return ((torch.cos(angle) + torch.sin(angle)) * (scale / n)).to(device=device, dtype=dtype)
+
+
 def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     """``w = H(spectrum) * scale / n``: the structured weight from its stored spectrum (differentiable)."""
     if spectrum.dtype in (torch.float16, torch.bfloat16):  # no half FFTs on CPU
         return spectrum_to_weight(spectrum.float(), scale).to(spectrum.dtype)
-    return hartley(spectrum) * (scale / spectrum.shape[-1])
+    n = spectrum.shape[-1]
+    # (not under autocast, which would run the product in a lower precision; FFTs are left alone)
+    if n <= MATRIX_MAX_N and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(
+            spectrum.device.type):
+        return spectrum @ _cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
+    return hartley(spectrum) * (scale / n)
 
 
 def weight_to_spectrum(weight: Tensor, scale: float) -> Tensor:
@@ -51,3 +73,50 @@ def weight_to_spectrum(weight: Tensor, scale: float) -> Tensor:
     if weight.dtype in (torch.float16, torch.bfloat16):
         return weight_to_spectrum(weight.float(), scale).to(weight.dtype)
     return hartley(weight) / scale
+
+
+# The kernels never need the weight itself on the circular route: its spectrum and the gradient of the
+# spectrum are elementwise maps of the stored Hartley coefficients (no FFT). With s = spectrum,
+# w = H(s) * scale / n and s[-f] = s[(n - f) % n]:
+#     conj(rfft(w))[f] = scale / 2 * ((s[f] + s[-f]) + i (s[f] - s[-f])) = scale / 2 * (1 - i) * (s[-f] + i s[f])
+# and for a weight gradient given by its rfft S (gw = irfft(S, n)), grad_s = scale / n * H(gw); with
+# T = scale / n * (1 + i) * S (so Re T = scale / n * (Re S - Im S), Im T = scale / n * (Re S + Im S)):
+#     grad_s[f] = Re T[f] (f <= n / 2),        grad_s[n - f] = Im T[f] (0 < f < n / 2)
+# which holds where Im S = 0 at f = 0 and f = n / 2, as for the rfft of any real signal (and sums of
+# products of such rffts). Each map is one gather and one complex multiply: few ops matter, since every
+# op costs microseconds next to the FFTs of a small layer.
+
+
+def _cached(fn, *args):
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
+
+
+@lru_cache(maxsize=256)
+def _mirror_index(n: int, device: torch.device) -> Tensor:
+    """``[(-f) % n for f in 0 .. n // 2]``."""
+    return (-torch.arange(n // 2 + 1, device=device)) % n
+
+
+@lru_cache(maxsize=256)
+def _unfold_index(n: int, device: torch.device) -> Tensor:
+    """Indices into the flattened ``view_as_real(T)``: ``2 f`` (Re T[f]) for ``f <= n // 2``, then
+    ``2 (n - m) + 1`` (Im T[n - m]) for ``m > n // 2``."""
+    F = n // 2 + 1
+    m = torch.arange(F, n, device=device)
+    return torch.cat([torch.arange(F, device=device) * 2, (n - m) * 2 + 1])
+
+
+def conj_rfft_of_weight(spectrum: Tensor, scale: float) -> Tensor:
+    """``conj(rfft(w))`` along the last dimension for ``w = spectrum_to_weight(spectrum, scale)``, from
+    the stored coefficients alone (no FFT; differentiable). ``(..., n) -> (..., n // 2 + 1)`` complex."""
+    n = spectrum.shape[-1]
+    mirror = spectrum.index_select(-1, _cached(_mirror_index, n, spectrum.device))
+    return torch.complex(mirror, spectrum[..., : n // 2 + 1]) * complex(scale / 2, -scale / 2)
+
+
+def spectrum_grad(S: Tensor, n: int, scale: float) -> Tensor:
+    """The gradient of the stored coefficients from ``S = rfft(grad_weight, n)`` along the last dimension
+    (no FFT; differentiable): the adjoint of :func:`spectrum_to_weight` applied to ``irfft(S, n)``.
+    ``(..., n // 2 + 1)`` complex, with ``Im S = 0`` at 0 and ``n / 2`` (an rfft's) ``-> (..., n)`` real."""
+    T = torch.view_as_real(S * complex(scale / n, scale / n))
+    return T.flatten(-2).index_select(-1, _cached(_unfold_index, n, S.device))

@@ -11,6 +11,11 @@ grad_weight, a convolution:  gw[k]  = sum_batch sum_{(i+j)%n=k} g[i] x[j]
 with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps (:func:`weight_taps`).
 ``W^T`` is the p x q layer with the same weight, so grad_input is the forward of the transposed layer.
 The batch sum of grad_weight happens in the frequency domain, then ONE inverse FFT.
+
+The kernels take the layer's parameter as it is stored: the weight itself (``scale=None``, the
+functional form) or its scaled Hartley spectrum (``scale`` = the layer's spectral scale,
+:mod:`dftnet.spectral`). On the circular route the latter needs no FFT at all: ``conj(Wf)`` and the
+parameter's gradient are elementwise maps of the coefficients and of ``sum_batch G * X``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch.autograd import Function
 
 from ..plan import Plan
+from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -57,6 +63,33 @@ def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size).conj().resolve_conj()
 
 
+def param_weight(param: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """The weight w of a parameter: itself (``scale`` None) or ``spectrum_to_weight(param, scale)``."""
+    return param if scale is None else spectrum_to_weight(param, scale)
+
+
+def param_spectrum(param: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
+    """``conj(rfft(taps, L))`` of a parameter; elementwise for a spectrum on the circular route."""
+    if scale is not None and plan.circular:
+        return conj_rfft_of_weight(param, scale)
+    return weight_spectrum(param_weight(param, scale), plan)
+
+
+def inverts_gradient(plan: Plan, scale: float | None) -> bool:
+    """Whether the parameter's gradient needs ``irfft(sum_batch G * X, L)`` (False: elementwise)."""
+    return scale is None or not plan.circular
+
+
+def param_grad(S: torch.Tensor, plan: Plan, scale: float | None, taps_grad: torch.Tensor | None = None):
+    """The parameter's gradient from ``S = sum_batch G * X`` (or from ``taps_grad = irfft(S, L)``)."""
+    if not inverts_gradient(plan, scale):
+        return spectrum_grad(S, plan.n, scale)
+    if taps_grad is None:
+        taps_grad = torch.fft.irfft(S, plan.fft_size)
+    gw = fold_taps(taps_grad, plan)
+    return gw if scale is None else spectrum_to_weight(gw, scale)  # the map is its own adjoint
+
+
 # Row chunks: the fast kernels transform CHUNK_BYTES of spectrum at a time, so a chunk's spectra stay in the
 # last-level cache between its FFTs and its elementwise passes, and no (batch, L) temporary is allocated
 # beyond the result and the saved spectrum (fresh large allocations cost page faults on CPU). A chunk has at
@@ -76,14 +109,17 @@ def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
     return max(1, -(-M // chunks)) if chunks > 1 else rows
 
 
-def _spectra(x2: torch.Tensor, weight: torch.Tensor, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and the weight's spectrum from one batched FFT
-    of [x2; taps]; otherwise X is None (computed chunk by chunk) and the weight is transformed alone."""
+def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, scale: float | None, cWf: torch.Tensor | None
+             ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and, where the weight needs an FFT, its spectrum
+    from one batched FFT of [x2; taps]; otherwise X is None (computed chunk by chunk). ``cWf`` may be
+    given (a cached one)."""
     M, p = x2.shape
     small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
-    if not small:
-        return None, weight_spectrum(weight, plan)
-    taps = weight_taps(weight, plan)
+    if cWf is not None or not small or not inverts_gradient(plan, scale):
+        return (torch.fft.rfft(x2, plan.fft_size) if small else None), (
+            param_spectrum(param, plan, scale) if cWf is None else cWf)
+    taps = weight_taps(param_weight(param, scale), plan)
     buf = x2.new_zeros(M + 1, max(p, taps.shape[0]))
     buf[:M, :p] = x2
     buf[M, : taps.shape[0]] = taps
@@ -128,24 +164,33 @@ def _correlate_rows(
 
 def _backward_rows(
     g2: torch.Tensor, x2: torch.Tensor | None, X: torch.Tensor | None, cWf: torch.Tensor, plan: Plan,
-    need_x: bool, need_w: bool,
+    need_x: bool, need_w: bool, invert: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and the gradient of the taps ``irfft(sum_rows G * X)``.
+    """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and ``S = sum_rows G * X``, or with ``invert`` the
+    gradient of the taps ``irfft(S)`` (for a few rows in the same inverse FFT as grad_input).
 
     ``G = rfft(g2, L)``; X is the saved input spectrum, or recomputed from ``x2`` chunk by chunk.
     """
     L, p = plan.fft_size, plan.in_features
-    spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
     M = g2.shape[0]
     rows = _chunk_rows(L, cWf.dtype, M)
-    if need_x and need_w and 0 < M <= min(SMALL_BATCH_ROWS, rows):  # one inverse FFT for both gradients
+    if M <= rows:  # one chunk: few ops (each costs microseconds next to the FFTs of a few rows)
         G = torch.fft.rfft(g2, L)
-        both = cWf.new_empty(M + 1, L // 2 + 1)
-        torch.sum(G * spectrum(slice(None)), 0, out=both[M])
-        torch.mul(G, cWf, out=both[:M]).conj_physical_()
-        z = torch.fft.irfft(both, L)
-        return z[:M, :p].contiguous(), z[M]
-    gx = g2.new_empty(M, p) if need_x and M > rows else None
+        S = None
+        if need_w:
+            GX = G * (X if X is not None else torch.fft.rfft(x2, L))
+            S = GX[0] if M == 1 else GX.sum(0)
+        if need_x and need_w and invert and M <= SMALL_BATCH_ROWS:  # one inverse FFT for both gradients
+            both = torch.cat([G.mul_(cWf).conj_physical_(), S.unsqueeze(0)])
+            z = torch.fft.irfft(both, L)
+            return z[:M, :p], z[M]
+        gx = None
+        if need_x:
+            z = torch.fft.irfft(G.mul_(cWf).conj_physical_(), L)
+            gx = z if p == L else z[:, :p]
+        return gx, (torch.fft.irfft(S, L) if invert and S is not None else S)
+    spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
+    gx = g2.new_empty(M, p) if need_x else None
     S = cWf.new_zeros(L // 2 + 1) if need_w else None
     for s in range(0, M, rows):
         chunk = slice(s, s + rows)
@@ -154,83 +199,79 @@ def _backward_rows(
             Xc = spectrum(chunk)
             S += (Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0)
         if need_x:
-            z = torch.fft.irfft(Gc.mul_(cWf).conj_physical_(), L)[:, :p]
-            if gx is None:  # one chunk: no copy where the FFT's output is the result
-                gx = z if p == L else z.contiguous()
-            else:
-                gx[chunk] = z
-    return gx, None if S is None else torch.fft.irfft(S, L)
+            gx[chunk] = torch.fft.irfft(Gc.mul_(cWf).conj_physical_(), L)[:, :p]
+    return gx, (torch.fft.irfft(S, L) if invert and S is not None else S)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def dft_forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
-) -> torch.Tensor:
-    """The forward kernel alone (no autograd bookkeeping): for inference."""
-    return _forward(x, weight, bias, plan, False)[0]
+def dft_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, plan: Plan,
+                scale: float | None = None, cWf: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward kernel alone (no autograd bookkeeping): for inference. ``cWf`` may be given
+    (``param_spectrum(param, plan, scale)``, cached by the caller)."""
+    return _forward(x, param, bias, plan, False, scale, cWf)[0]
 
 
-def _forward(x, weight, bias, plan: Plan, save_spectrum: bool):
+def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, cWf=None):
     """(z, X, conj(Wf)): the layer's output, the input spectrum (empty unless ``save_spectrum``; shape
     (rows, L // 2 + 1), the leading dimensions flattened) and the conjugate weight spectrum."""
     x2 = _rows(x)
-    X, cWf = _spectra(x2, weight, plan)
+    X, cWf = _spectra(x2, param, plan, scale, cWf)
     z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X)
     return z.reshape(*x.shape[:-1], plan.out_features), (X if save_spectrum else cWf.new_empty(0)), cWf
 
 
-def _save(ctx, x, weight, X, cWf, plan: Plan, save_spectrum: bool) -> None:
-    """Save the input x (needed for double backward and, in memory-saving mode, to rebuild X), the weight
-    (for double backward), the conjugate weight spectrum (O(L), reused by grad_input) and, unless
-    ``save_spectrum`` is False, the input spectrum X (so that backward needs only 2 batched FFTs).
-    That is what a plain torch.fft autograd implementation saves (x and X); without X it is half."""
-    ctx.plan = plan
-    ctx.input_shape = x.shape
-    # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
-    # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
-    keep_x = not save_spectrum or x.requires_grad
-    ctx.save_for_backward(x if keep_x else None, weight, cWf, X if save_spectrum else None)
-
-
 def _backward(ctx, grad_out):
-    x, weight, cWf, X = ctx.saved_tensors
-    plan = ctx.plan
+    x, param, cWf, X = ctx.saved_tensors
+    plan, scale = ctx.plan, ctx.scale
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     grad_x = grad_w = grad_b = None
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if torch.is_grad_enabled():
         # create_graph=True: build the gradients from differentiable pieces (double backward).
+        weight = param_weight(param, scale)
         if need_x:
             grad_x = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
         if need_w:
             if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
                 x = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
             grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
-        return grad_x, grad_w, grad_b, None, None
+            grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)
+        return grad_x, grad_w, grad_b, None, None, None
     x2 = None if x is None else _rows(x)
-    gx, taps_grad = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w)
+    invert = inverts_gradient(plan, scale)
+    gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w, invert)
     if need_x:
         grad_x = gx.reshape(ctx.input_shape)
     if need_w:
-        grad_w = fold_taps(taps_grad, plan)
-    return grad_x, grad_w, grad_b, None, None
+        grad_w = param_grad(None, plan, scale, S) if invert else param_grad(S, plan, scale)
+    return grad_x, grad_w, grad_b, None, None, None
 
 
 class DFTLinearFunction(Function):
     """z = W x + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
+
+    ``param`` is the weight (``scale`` None) or the layer's stored spectrum. Saved for backward: the
+    input x (needed for double backward and, in memory-saving mode, to rebuild X), the parameter, the
+    conjugate weight spectrum (O(L), reused by grad_input) and, unless ``save_spectrum`` is False, the
+    input spectrum X (so that backward needs only 2 batched FFTs). That is what a plain torch.fft
+    autograd implementation saves (x and X); without X it is half.
 
     The classic ``forward(ctx, ...)`` form: ``apply`` of a ``setup_context`` Function binds its arguments
     with ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured).
     torch.compile, torch.export, torch.func and forward-mode AD use :func:`dft_reference` instead."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: Plan, save_spectrum: bool):
-        z, X, cWf = _forward(x, weight, bias, plan, save_spectrum)
-        _save(ctx, x, weight, X, cWf, plan, save_spectrum)
+    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None):
+        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale)
+        ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
+        # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
+        # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
+        keep_x = not save_spectrum or x.requires_grad
+        ctx.save_for_backward(x if keep_x else None, param, cWf, X if save_spectrum else None)
         return z
 
     @staticmethod
@@ -238,9 +279,9 @@ class DFTLinearFunction(Function):
         return _backward(ctx, grad_out)
 
 
-def dft_linear_autograd(x, weight, bias, plan: Plan, save_spectrum: bool) -> torch.Tensor:
+def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None = None):
     """``z = x W^T + b`` with the hand-derived backward (eager autograd)."""
-    return DFTLinearFunction.apply(x, weight, bias, plan, save_spectrum)
+    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, scale)
 
 
 def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
@@ -292,43 +333,46 @@ def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
     return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
 
 
-def _fold_dense_grad(gW: torch.Tensor, n: int) -> torch.Tensor:
-    """Adjoint of W[i, j] = w[(i + j) % n]: sum the anti-diagonals of gW, then fold modulo n.
-
-    Skew trick: pad each row with q zeros, flatten, and re-read with row length p + q - 1, so that
-    entry (i, j) lands in column i + j; a column sum gives the anti-diagonal sums.
-    """
-    q, p = gW.shape
-    width = p + q - 1
-    skewed = torch.nn.functional.pad(gW, (0, q)).reshape(-1)[: q * width].reshape(q, width)
-    diag = skewed.sum(0)  # diag[m] = sum_{i + j = m} gW[i, j]
-    reps = -(-width // n)
-    return torch.nn.functional.pad(diag, (0, reps * n - width)).reshape(reps, n).sum(0)
+def _gradient_spectrum(g2: torch.Tensor, x2: torch.Tensor, L: int) -> torch.Tensor:
+    """``S = sum_rows rfft(g2, L) * rfft(x2, L)`` (differentiable): the weight gradient's spectrum.
+    O(B L log L), cheaper than folding the anti-diagonals of the (q, p) matrix ``g2^T x2``. Half types
+    are transformed in float32 (no half FFTs on CPU); S is then complex64."""
+    if g2.dtype in (torch.float16, torch.bfloat16):
+        g2, x2 = g2.float(), x2.float()
+    return (torch.fft.rfft(g2, L) * torch.fft.rfft(x2, L)).sum(0)
 
 
 class DenseDFTFunction(Function):
-    """The dense route, ``x @ W^T`` with the materialised matrix, saving only x and w (not W).
+    """The dense route, ``x @ W^T + b`` with the materialised matrix W, for small layers in training.
 
-    W is rebuilt in backward (a strided copy of q * p values), so the route never keeps more than
-    the FFT route for backward, whatever the batch. Backward is built from differentiable ops, so
-    the same code serves double backward. Classic ``forward(ctx, ...)`` form for a cheap ``apply``
-    (see :class:`DFTLinearFunction`); tracers and transforms multiply by the gathered matrix instead.
-    """
+    Saves x, the parameter and W (a small matrix: this route is taken only where q p is small next to
+    the FFT route's cost). grad_input is ``g @ W``; the parameter's gradient comes from the spectrum
+    ``sum_batch G * X`` of two batched rffts (:func:`param_grad`), not from the q x p matrix ``g^T x``.
+    Under ``create_graph`` the backward is built from differentiable ops (double backward). Classic
+    ``forward(ctx, ...)`` form for a cheap ``apply`` (see :class:`DFTLinearFunction`); tracers and
+    transforms multiply by the gathered matrix instead."""
 
     @staticmethod
-    def forward(ctx, x, weight, p: int, q: int):
-        ctx.shape = (p, q)
-        ctx.save_for_backward(x, weight)
-        return x @ circulant_view(weight, p, q).T
+    def forward(ctx, x, param, bias, plan: Plan, scale: float | None):
+        W = circulant_view(param_weight(param, scale), plan.in_features, plan.out_features)
+        ctx.plan, ctx.scale = plan, scale
+        ctx.save_for_backward(x, param, W)
+        if bias is None:
+            return x @ W.T
+        return torch.addmm(bias, _rows(x), W.T).reshape(*x.shape[:-1], plan.out_features)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        p, q = ctx.shape
-        need_x, need_w = ctx.needs_input_grad[:2]
-        gx = gw = None
-        if need_x:
-            gx = g @ circulant_view(weight, p, q)
+        x, param, W = ctx.saved_tensors
+        plan, scale = ctx.plan, ctx.scale
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # double backward: W as a differentiable function of the parameter
+            W = circulant_view(param_weight(param, scale), plan.in_features, plan.out_features)
+        g2 = _rows(g)
+        gx = g @ W if need_x else None
+        gw = None
         if need_w:
-            gw = _fold_dense_grad(g.reshape(-1, q).T @ x.reshape(-1, p), weight.shape[0])
-        return gx, gw, None, None
+            S = _gradient_spectrum(g2, _rows(x), plan.fft_size)
+            gw = param_grad(S, plan, scale).to(param.dtype)
+        gb = g2.sum(0) if need_b else None
+        return gx, gw, gb, None, None
