@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     if missing:  # the core is installed without the application's extra
         print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
         return 2
+    from .allocator import keep_freed_memory
     from .checkpoint import CheckpointError
     from .data import DataError
     from .runfolder import RunFolderError, WriteError, write_error
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        keep_freed_memory()
         return int(args.func(args) or 0)
     except WriteError as e:
         if debug:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
 from ..models import SEED_WIDTHS
 from ..runfolder import RunFolderError, WriteError, claim
@@ -187,7 +188,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = Parser(prog=prog or "dftnet bench")
     configure_parser(parser)
     try:
-        return run(parser.parse_args(argv))
+        args = parser.parse_args(argv)
+        keep_freed_memory()
+        return run(args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2
