@@ -111,12 +111,13 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
     return Plan(p, q, n, fft_size)
 
 
-# Cost model of the two routes, in microseconds, fitted to `dftnet bench` on 2 CPU cores (float32; README,
-# "small layers"): a fixed cost per call (the FFT route's is larger: more kernels, the range check, the
-# weight's spectrum), a cost per matrix entry for the dense route (building W, and in training folding
-# its gradient), and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
-_DENSE_US = {False: (50.0, 4e-4, 1.8e-5), True: (400.0, 2.5e-3, 5.6e-5)}  # fixed, per entry, per row-entry
-_FFT_US = {False: (200.0, 3.2e-4), True: (600.0, 9.7e-4)}  # fixed, per row-unit of fft_cost
+# Cost model of the two routes, in microseconds, fitted (relative least squares) to both routes timed
+# against each other on 2 CPU cores (float32; n = 16 ... 1024 square, and 256x64, 64x10, 1024x256,
+# 785x300, 300x785; batches 1 ... 512; `benchmarks/fit_routes.py`): a fixed cost per call (in training
+# mostly the autograd node and its Function), a cost per matrix entry for the dense route (building W
+# from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
+_DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (220.0, 1.7e-3, 3.5e-5)}  # fixed, per entry, per row-entry
+_FFT_US = {False: (31.0, 1.77e-4), True: (243.0, 5.8e-4)}  # fixed, per row-unit of fft_cost
 
 
 def use_dense(
@@ -131,8 +132,9 @@ def use_dense(
     for a DFT layer two FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of
     length k plus the per-frequency complex products, C R (k/2 + 1) complex multiply-adds, which run
     at about half the speed of one large real matmul (8 flops each, counted as 8 row-entries).
-    Fitted on CPU for DFT layers (within 1.15x of the faster route for n = 16 ... 4096, batches
-    1 ... 1024, in the README's bench); on CUDA the same rule is used (not measured here).
+    Fitted on CPU for DFT layers: the route it picks was within 1.12x of the faster one in training and
+    1.52x in inference (non-square shapes on the linear FFT route at batches 8 ... 32) over the fit's
+    grid; on CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
     pq = p * q
