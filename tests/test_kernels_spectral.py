@@ -98,3 +98,32 @@ def test_inference_memo_follows_in_place_updates():
                 y = structured_linear(structure, x, s, None, method)
                 torch.testing.assert_close(y, x @ dft_matrix(spectrum_to_weight(s, SCALE), p, q).T)
                 s.mul_(1.5)  # bumps the version counter: the memo must not serve the old spectrum
+
+
+@pytest.mark.parametrize("method", ["fft", "dense"])
+@pytest.mark.parametrize("p,q,k", [(8, 8, 4), (10, 7, 4), (7, 10, 3), (5, 5, 5), (9, 6, 1)])
+def test_block_spectrum_kernels_match_dense(p, q, k, method):
+    from dftnet._routes import BlockCirculant
+    from dftnet.functional import block_matrix
+    from dftnet.kernels.block import BlockShape
+
+    shape = BlockShape(p, q, k)
+    x = torch.randn(3, 2, p, dtype=F64, requires_grad=True)
+    s = torch.randn(shape.out_blocks, shape.in_blocks, k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    y = structured_linear(BlockCirculant(shape, scale=SCALE), x, s, b, method)
+    y_ref = x @ block_matrix(spectrum_to_weight(s, SCALE), p, q).T + b
+    torch.testing.assert_close(y, y_ref, atol=1e-10 * y_ref.abs().max().item(), rtol=0)
+    g = torch.randn_like(y_ref)
+    for got, ref in zip(torch.autograd.grad(y, (x, s, b), g), torch.autograd.grad(y_ref, (x, s, b), g)):
+        torch.testing.assert_close(got, ref, atol=1e-10 * max(1.0, ref.abs().max().item()), rtol=0)
+    with torch.no_grad():
+        structure = BlockCirculant(shape, scale=SCALE, memo=True)
+        torch.testing.assert_close(structured_linear(structure, x, s, b, method), y_ref,
+                                   atol=1e-10 * y_ref.abs().max().item(), rtol=0)
+
+    def f(x, s, b):
+        return structured_linear(BlockCirculant(shape, scale=SCALE), x, s, b, method)
+
+    assert gradcheck(f, (x, s, b))
+    assert gradgradcheck(f, (x, s, b))

@@ -131,32 +131,43 @@ class Circulant:
 
 class BlockCirculant:
     """The q x p block-circulant layer ``W[i, j] = w[i // k, j // k, (i + j) % k]`` (see
-    :mod:`dftnet.kernels.block`)."""
+    :mod:`dftnet.kernels.block`); the parameter is the weight or a stored spectrum, as for
+    :class:`Circulant`."""
 
     name = "block_dft_linear"
 
-    def __init__(self, shape: BlockShape):
-        self.shape = shape
+    def __init__(self, shape: BlockShape, scale: float | None = None, memo: bool = False):
+        self.shape, self.scale = shape, scale
         self.in_features, self.out_features = shape.in_features, shape.out_features
+        self.memo = _InferenceMemo() if memo else None
+        self._routes: dict = {}
 
     def weight(self, param: Tensor) -> Tensor:
-        return param
+        return param_weight(param, self.scale)
 
     def dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
-        s = self.shape
-        return use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
+        key = (batch, device.type, training)
+        dense = self._routes.get(key)
+        if dense is None:
+            s = self.shape
+            dense = use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
+            if len(self._routes) < 256 and not torch.compiler.is_compiling():
+                self._routes[key] = dense
+        return dense
 
-    def matrix(self, weight: Tensor) -> Tensor:
-        return block_matrix(weight, self.in_features, self.out_features)
+    def matrix(self, param: Tensor) -> Tensor:
+        return block_matrix(self.weight(param), self.in_features, self.out_features)
 
-    def dense(self, input: Tensor, weight: Tensor, bias: Tensor | None, training: bool) -> Tensor:
-        return torch.nn.functional.linear(input, self.matrix(weight), bias)
+    def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
+        if not training and self.memo is not None and not (torch.is_grad_enabled() and param.requires_grad):
+            return torch.nn.functional.linear(input, self.memo.get("matrix", param, lambda: self.matrix(param)), bias)
+        return torch.nn.functional.linear(input, self.matrix(param), bias)
 
-    def fft(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         p, q = self.in_features, self.out_features
-        out = BlockDFTFunction.apply(input.reshape(-1, p), weight, self.shape)[0]
+        out = BlockDFTFunction.apply(input.reshape(-1, p), param, self.shape, self.scale)[0]
         out = out.reshape(*input.shape[:-1], q)
         return out if bias is None else out + bias
 
-    def reference(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return block_reference(input, weight, bias, self.shape)
+    def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
+        return block_reference(input, self.weight(param), bias, self.shape)

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from ._compat import has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._pipeline import METHODS, structured_linear
-from ._routes import Circulant
-from .functional import block_dft_linear, block_matrix, dft_matrix
+from ._routes import BlockCirculant, Circulant
+from .functional import block_matrix, dft_matrix
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import BlockShape
 from .plan import make_plan
@@ -308,10 +308,21 @@ class BlockDFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return block_matrix(weight, self.in_features, self.out_features)
 
+    def _block_circulant(self) -> BlockCirculant:
+        """The layer's structure (routes, inference memo)."""
+        structure = self.__dict__.get("_structure")
+        if structure is None or structure.scale != self.spectral_scale:
+            structure = BlockCirculant(BlockShape(self.in_features, self.out_features, self.block_size),
+                                       scale=self.spectral_scale, memo=True)
+            self.__dict__["_structure"] = structure
+        return structure
+
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
-        return block_dft_linear(self._scale_input(input), self.weight, self.bias, self.out_features,
-                                method=self.method, exact_extremes=self.exact_extremes)
+        """``block_dft_linear(D x, weight, bias)`` computed from the stored spectrum directly."""
+        self._check_input_fully(input)
+        params = self._parameters
+        return structured_linear(self._block_circulant(), self._scale_input(input), params["spectrum"],
+                                 params["bias"], self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -13,6 +13,10 @@ grad_weight, a convolution: S[r, c, f] = sum_batch G[f, b, r] X[f, b, c],      g
 
 with ``G = rfft(grad_output_blocks)``: one batched rfft, one batched complex matmul over frequencies
 (F, B, C) @ (F, C, R), one batched irfft. ``W^T`` is the p x q block layer with ``weight.transpose(0, 1)``.
+
+As for DFT layers (:mod:`dftnet.kernels.circulant`), the kernels take the weight (``scale`` None) or the
+layer's stored spectrum; from the latter ``Wf`` and the parameter's gradient are elementwise maps
+(:func:`dftnet.spectral.conj_rfft_of_weight`, :func:`dftnet.spectral.spectrum_grad`), no FFT of the weight.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.autograd import Function
+
+from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
 __all__ = ["BlockShape", "block_matrix", "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
 
@@ -79,14 +85,21 @@ def _inverse(Z: Tensor, k: int, length: int) -> Tensor:
     return z if z.shape[-1] == length else z[:, :length].contiguous()
 
 
-def _weight_spectrum(weight: Tensor) -> Tensor:
-    """(R, C, k) -> (F, C, R): the per-frequency C x R matrices of the forward product."""
-    return torch.fft.rfft(weight, dim=-1).permute(2, 1, 0).contiguous()
+def _weight_spectrum(param: Tensor, scale: float | None) -> Tensor:
+    """(R, C, k) weight or stored spectrum -> (F, C, R): the per-frequency C x R matrices of the forward
+    product, ``rfft(w)`` (elementwise from a stored spectrum)."""
+    Wf = torch.fft.rfft(param, dim=-1) if scale is None else conj_rfft_of_weight(param, scale).conj_physical()
+    return Wf.permute(2, 1, 0).contiguous()
 
 
-def _weight_from_spectrum(S: Tensor, k: int) -> Tensor:
-    """(F, R, C) -> (R, C, k)."""
-    return torch.fft.irfft(S.permute(1, 2, 0), k, dim=-1)
+def _param_from_spectrum(S: Tensor, k: int, scale: float | None) -> Tensor:
+    """(F, R, C) spectrum of the weight's gradient -> (R, C, k) gradient of the weight or stored spectrum."""
+    S = S.permute(1, 2, 0)
+    return torch.fft.irfft(S, k, dim=-1) if scale is None else spectrum_grad(S.contiguous(), k, scale)
+
+
+def _param_weight(param: Tensor, scale: float | None) -> Tensor:
+    return param if scale is None else spectrum_to_weight(param, scale)
 
 
 class BlockDFTFunction(Function):
@@ -100,40 +113,42 @@ class BlockDFTFunction(Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, weight, shape: BlockShape):
+    def forward(x, param, shape: BlockShape, scale: float | None = None):
         k = shape.block_size
         X = _spectrum(x, shape.in_blocks, k)
-        Wf = _weight_spectrum(weight)
+        Wf = _weight_spectrum(param, scale)
         return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), X, Wf
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, shape = inputs
+        x, param, shape, *rest = inputs
         _, X, Wf = output
-        ctx.shape = shape
+        ctx.shape, ctx.scale = shape, (rest[0] if rest else None)
         ctx.mark_non_differentiable(X, Wf)
-        ctx.save_for_backward(x, weight, X, Wf)
+        ctx.save_for_backward(x, param, X, Wf)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_X, _grad_Wf):
-        x, weight, X, Wf = ctx.saved_tensors
-        shape = ctx.shape
+        x, param, X, Wf = ctx.saved_tensors
+        shape, scale = ctx.shape, ctx.scale
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = grad_w = None
         if torch.is_grad_enabled():
             # create_graph=True: build the gradients from differentiable pieces (double backward).
+            weight = _param_weight(param, scale)
             if need_x:
                 grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), shape.transpose())[0]
             if need_w:
                 grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
-            return grad_x, grad_w, None
+                grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
+            return grad_x, grad_w, None, None
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)  # (F, B, R)
         if need_x:
             grad_x = _inverse(torch.matmul(G.conj(), Wf.transpose(1, 2)), k, shape.in_features)
         if need_w:
-            grad_w = _weight_from_spectrum(torch.matmul(G.transpose(1, 2), X), k)
-        return grad_x, grad_w, None
+            grad_w = _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, scale)
+        return grad_x, grad_w, None, None
 
 
 class BlockWeightGradFunction(Function):
@@ -150,7 +165,7 @@ class BlockWeightGradFunction(Function):
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)
         X = _spectrum(x, shape.in_blocks, k)
-        return _weight_from_spectrum(torch.matmul(G.transpose(1, 2), X), k)
+        return _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, None)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
