@@ -45,7 +45,7 @@ def hartley(x: Tensor) -> Tensor:
 
 # Below this length the weight is one matrix-vector product with the cached, scaled cas matrix: fewer
 # ops than the FFT and its views (each op costs microseconds on CPU), and O(n^2) is small there.
-MATRIX_MAX_N = 512
+MATRIX_MAX_N = 256
 
 
 @lru_cache(maxsize=64)

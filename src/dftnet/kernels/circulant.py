@@ -150,15 +150,21 @@ def _correlate_rows(
         return out, (X if keep else None)
     out = x2.new_empty(M, length)
     X = cWf.new_empty(M, L // 2 + 1) if keep else None
+    Y = cWf.new_empty(rows, L // 2 + 1) if keep else None  # one product buffer, reused: it stays in cache
     for s in range(0, M, rows):
-        Xc = torch.fft.rfft(x2[s : s + rows], L)
+        chunk = slice(s, s + rows)
         if keep:
-            X[s : s + rows] = Xc
-        z = torch.fft.irfft(Xc.mul_(cWf).conj_physical_(), L)[:, :length]
-        if bias is None:
-            out[s : s + rows] = z
+            Xc = torch.fft.rfft(x2[chunk], L, out=X[chunk])
+            Yc = torch.mul(Xc, cWf, out=Y[: Xc.shape[0]])
         else:
-            torch.add(z, bias, out=out[s : s + rows])
+            Yc = torch.fft.rfft(x2[chunk], L).mul_(cWf)
+        Yc = Yc.conj_physical_()
+        if length == L and bias is None:
+            torch.fft.irfft(Yc, L, out=out[chunk])
+        elif bias is None:
+            out[chunk] = torch.fft.irfft(Yc, L)[:, :length]
+        else:
+            torch.add(torch.fft.irfft(Yc, L)[:, :length], bias, out=out[chunk])
     return out, X
 
 
@@ -196,10 +202,14 @@ def _backward_rows(
         chunk = slice(s, s + rows)
         Gc = torch.fft.rfft(g2[chunk], L)
         if need_w:
-            Xc = spectrum(chunk)
+            Xc = X[chunk] if X is not None else torch.fft.rfft(x2[chunk], L)
             S += (Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0)
         if need_x:
-            gx[chunk] = torch.fft.irfft(Gc.mul_(cWf).conj_physical_(), L)[:, :p]
+            Gc = Gc.mul_(cWf).conj_physical_()
+            if p == L:
+                torch.fft.irfft(Gc, L, out=gx[chunk])
+            else:
+                gx[chunk] = torch.fft.irfft(Gc, L)[:, :p]
     return gx, (torch.fft.irfft(S, L) if invert and S is not None else S)
 
 
