@@ -87,10 +87,6 @@ def weight_to_spectrum(weight: Tensor, scale: float) -> Tensor:
 # op costs microseconds next to the FFTs of a small layer.
 
 
-def _cached(fn, *args):
-    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
-
-
 @lru_cache(maxsize=256)
 def _mirror_index(n: int, device: torch.device) -> Tensor:
     """``[(-f) % n for f in 0 .. n // 2]``."""
@@ -110,13 +106,16 @@ def conj_rfft_of_weight(spectrum: Tensor, scale: float) -> Tensor:
     """``conj(rfft(w))`` along the last dimension for ``w = spectrum_to_weight(spectrum, scale)``, from
     the stored coefficients alone (no FFT; differentiable). ``(..., n) -> (..., n // 2 + 1)`` complex."""
     n = spectrum.shape[-1]
-    mirror = spectrum.index_select(-1, _cached(_mirror_index, n, spectrum.device))
-    return torch.complex(mirror, spectrum[..., : n // 2 + 1]) * complex(scale / 2, -scale / 2)
+    index = _mirror_index.__wrapped__(n, spectrum.device) if torch.compiler.is_compiling() else _mirror_index(
+        n, spectrum.device)
+    out = torch.complex(spectrum.index_select(-1, index), spectrum.narrow(-1, 0, n // 2 + 1))
+    return out.mul_(complex(scale / 2, -scale / 2))
 
 
 def spectrum_grad(S: Tensor, n: int, scale: float) -> Tensor:
     """The gradient of the stored coefficients from ``S = rfft(grad_weight, n)`` along the last dimension
     (no FFT; differentiable): the adjoint of :func:`spectrum_to_weight` applied to ``irfft(S, n)``.
     ``(..., n // 2 + 1)`` complex, with ``Im S = 0`` at 0 and ``n / 2`` (an rfft's) ``-> (..., n)`` real."""
+    index = _unfold_index.__wrapped__(n, S.device) if torch.compiler.is_compiling() else _unfold_index(n, S.device)
     T = torch.view_as_real(S * complex(scale / n, scale / n))
-    return T.flatten(-2).index_select(-1, _cached(_unfold_index, n, S.device))
+    return T.flatten(-2).index_select(-1, index)

@@ -214,7 +214,7 @@ def _backward_rows(
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
+    return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
 
 def dft_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, plan: Plan,
@@ -230,7 +230,9 @@ def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | Non
     x2 = _rows(x)
     X, cWf = _spectra(x2, param, plan, scale, cWf)
     z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X)
-    return z.reshape(*x.shape[:-1], plan.out_features), (X if save_spectrum else cWf.new_empty(0)), cWf
+    if x.dim() != 2:
+        z = z.reshape(*x.shape[:-1], plan.out_features)
+    return z, (X if save_spectrum else cWf.new_empty(0)), cWf
 
 
 def _backward(ctx, grad_out):
@@ -255,7 +257,7 @@ def _backward(ctx, grad_out):
     invert = inverts_gradient(plan, scale)
     gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w, invert)
     if need_x:
-        grad_x = gx.reshape(ctx.input_shape)
+        grad_x = gx if len(ctx.input_shape) == 2 else gx.reshape(ctx.input_shape)
     if need_w:
         grad_w = param_grad(None, plan, scale, S) if invert else param_grad(S, plan, scale)
     return grad_x, grad_w, grad_b, None, None, None
