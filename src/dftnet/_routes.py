@@ -110,7 +110,8 @@ class Circulant:
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
         p, q = self.in_features, self.out_features
         if not training:
-            W = self._derived("matrix", param, lambda: circulant_view(self.weight(param), p, q))
+            W = self._derived("matrix", param, lambda: circulant_view(self._derived("weight", param, lambda: self.weight(
+                param)), p, q))
             return torch.nn.functional.linear(input, W, bias)
         if input.numel() == 0:
             return torch.nn.functional.linear(input, self.matrix(param), bias)

@@ -63,18 +63,14 @@ class _StructuredLinear(nn.Module):
     def weight(self) -> Tensor:
         """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable).
 
-        Without autograd (inference), it is computed once per value of ``spectrum`` and reused: the cache
-        is keyed on the tensor's identity and version counter, which every in-place update bumps."""
+        Without autograd (inference), it is computed once per value of ``spectrum`` and reused, in the
+        layer's inference memo (keyed on the tensor and its version counter, which every in-place update
+        bumps; see :mod:`dftnet._routes`)."""
         spectrum = self.spectrum
         if (torch.is_grad_enabled() and spectrum.requires_grad) or tracing() or has_tangent(spectrum):
             return spectrum_to_weight(spectrum, self.spectral_scale)
-        key = (id(spectrum), spectrum._version, spectrum.data_ptr(), spectrum.dtype, spectrum.device)
-        cached = self.__dict__.get("_weight_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, spectrum_to_weight(spectrum, self.spectral_scale))
-            self.__dict__["_weight_cache"] = cached
-        return cached[1]
+        return self._get_structure().memo.get("weight", spectrum,
+                                          lambda: spectrum_to_weight(spectrum, self.spectral_scale))
 
     @weight.setter
     def weight(self, value: Tensor) -> None:
@@ -223,7 +219,7 @@ class DFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return dft_matrix(weight, self.in_features, self.out_features)
 
-    def _circulant(self) -> Circulant:
+    def _get_structure(self) -> Circulant:
         """The layer's structure (plan, routes, inference memo), rebuilt if a setting changed."""
         structure = self.__dict__.get("_structure")
         if structure is None or (structure.fft_size, structure.recompute_spectrum, structure.scale) != (
@@ -238,7 +234,7 @@ class DFTLinear(_StructuredLinear):
         :mod:`dftnet.kernels.circulant`): on the circular route no FFT of the weight, forward or backward."""
         self._check_input_fully(input)
         params = self._parameters
-        return structured_linear(self._circulant(), self._scale_input(input), params["spectrum"], params["bias"],
+        return structured_linear(self._get_structure(), self._scale_input(input), params["spectrum"], params["bias"],
                                  self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
@@ -308,7 +304,7 @@ class BlockDFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return block_matrix(weight, self.in_features, self.out_features)
 
-    def _block_circulant(self) -> BlockCirculant:
+    def _get_structure(self) -> BlockCirculant:
         """The layer's structure (routes, inference memo)."""
         structure = self.__dict__.get("_structure")
         if structure is None or structure.scale != self.spectral_scale:
@@ -321,7 +317,7 @@ class BlockDFTLinear(_StructuredLinear):
         """``block_dft_linear(D x, weight, bias)`` computed from the stored spectrum directly."""
         self._check_input_fully(input)
         params = self._parameters
-        return structured_linear(self._block_circulant(), self._scale_input(input), params["spectrum"],
+        return structured_linear(self._get_structure(), self._scale_input(input), params["spectrum"],
                                  params["bias"], self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
