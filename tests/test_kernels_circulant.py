@@ -133,7 +133,7 @@ def test_gradcheck_and_gradgradcheck(p, q, L, recompute):
 
 @pytest.mark.parametrize("p,q", [(5, 8), (8, 5), (6, 6), (1, 4)])
 def test_gradgradcheck_auto_dense_route(p, q):
-    """Small layers while training take DenseDFTFunction; its backward must be twice differentiable."""
+    """Small layers while training take the dense route (plain autograd ops); twice differentiable."""
     x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
     w = torch.randn(max(p, q), dtype=F64, requires_grad=True)
     b = torch.randn(q, dtype=F64, requires_grad=True)

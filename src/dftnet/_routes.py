@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .kernels.block import BlockDFTFunction, BlockShape, block_matrix, block_reference
-from .kernels.circulant import (DenseDFTFunction, circulant_view, dft_forward, dft_linear_autograd, dft_reference,
+from .kernels.circulant import (circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_reference,
                                 param_spectrum, param_weight)
 from .plan import make_plan, use_dense
 
@@ -113,9 +113,7 @@ class Circulant:
             W = self._derived("matrix", param, lambda: circulant_view(self._derived("weight", param, lambda: self.weight(
                 param)), p, q))
             return torch.nn.functional.linear(input, W, bias)
-        if input.numel() == 0:
-            return torch.nn.functional.linear(input, self.matrix(param), bias)
-        return DenseDFTFunction.apply(input, param, bias, self.plan, self.scale)
+        return dense_forward(input, param, bias, p, q, self.scale)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         plan = self.plan

@@ -116,8 +116,8 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
 # 785x300, 300x785; batches 1 ... 512; `benchmarks/fit_routes.py`): a fixed cost per call (in training
 # mostly the autograd node and its Function), a cost per matrix entry for the dense route (building W
 # from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
-_DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (220.0, 1.7e-3, 3.5e-5)}  # fixed, per entry, per row-entry
-_FFT_US = {False: (31.0, 1.77e-4), True: (243.0, 5.8e-4)}  # fixed, per row-unit of fft_cost
+_DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (149.0, 2.19e-3, 3.56e-5)}  # fixed, per entry, per row-entry
+_FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-unit of fft_cost
 
 
 def use_dense(
@@ -132,9 +132,9 @@ def use_dense(
     for a DFT layer two FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of
     length k plus the per-frequency complex products, C R (k/2 + 1) complex multiply-adds, which run
     at about half the speed of one large real matmul (8 flops each, counted as 8 row-entries).
-    Fitted on CPU for DFT layers: the route it picks was within 1.12x of the faster one in training and
-    1.52x in inference (non-square shapes on the linear FFT route at batches 8 ... 32) over the fit's
-    grid; on CUDA the same rule is used (not measured here).
+    Fitted on CPU for DFT layers: the route it picks was within 1.16x of the faster one in training and
+    1.04x in inference over the fit's grid (its last run); on CUDA the same rule is used (not measured
+    here).
     """
     p, q = in_features, out_features
     pq = p * q

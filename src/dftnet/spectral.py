@@ -28,8 +28,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["SPECTRAL_GAIN", "hartley", "spectrum_to_weight", "weight_to_spectrum", "conj_rfft_of_weight",
-           "spectrum_grad"]
+__all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
+           "conj_rfft_of_weight", "spectrum_grad"]
 
 # Chosen by measurement (README, "Large nets that learn"): 4, 16, 32 and 64 were tried; with AdamW at
 # lr 1e-3 ... 3e-3, 32 moves every layer's spectrum by about 3-10% of its initial magnitude per step.
@@ -49,7 +49,7 @@ MATRIX_MAX_N = 256
 
 
 @lru_cache(maxsize=64)
-def _cas_matrix(n: int, scale: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+def cas_matrix(n: int, scale: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``cas(2 pi k m / n) * scale / n`` (n x n, symmetric), built in float64."""
     k = torch.arange(n, dtype=torch.float64)
     angle = torch.outer(k, k).remainder_(n) * (2 * math.pi / n)
@@ -64,7 +64,7 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     # (not under autocast, which would run the product in a lower precision; FFTs are left alone)
     if n <= MATRIX_MAX_N and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(
             spectrum.device.type):
-        return spectrum @ _cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
+        return spectrum @ cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
     return hartley(spectrum) * (scale / n)
 
 

@@ -20,11 +20,13 @@ parameter's gradient are elementwise maps of the coefficients and of ``sum_batch
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch.autograd import Function
 
 from ..plan import Plan
-from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from ..spectral import MATRIX_MAX_N, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -345,46 +347,29 @@ def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
     return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
 
 
-def _gradient_spectrum(g2: torch.Tensor, x2: torch.Tensor, L: int) -> torch.Tensor:
-    """``S = sum_rows rfft(g2, L) * rfft(x2, L)`` (differentiable): the weight gradient's spectrum.
-    O(B L log L), cheaper than folding the anti-diagonals of the (q, p) matrix ``g2^T x2``. Half types
-    are transformed in float32 (no half FFTs on CPU); S is then complex64."""
-    if g2.dtype in (torch.float16, torch.bfloat16):
-        g2, x2 = g2.float(), x2.float()
-    return (torch.fft.rfft(g2, L) * torch.fft.rfft(x2, L)).sum(0)
+def matrix_taps(param: torch.Tensor, p: int, q: int, scale: float | None) -> torch.Tensor:
+    """The p + q - 1 taps ``taps[m] = w[m % n]`` of the q x p matrix (``W[i, j] = taps[i + j]``), from the
+    weight or the stored spectrum (differentiable: plain torch ops, so autograd's C++ nodes do the
+    backward). For a spectrum with n <= ``MATRIX_MAX_N`` one product with a cached (n, p + q - 1) cas
+    matrix; otherwise the weight repeated."""
+    n, length = param.shape[-1], p + q - 1
+    if scale is not None and n <= MATRIX_MAX_N and param.dtype in (torch.float32, torch.float64) and not (
+            torch.compiler.is_compiling() or torch.is_autocast_enabled(param.device.type)):
+        return param @ _cas_taps(n, length, float(scale), param.device, param.dtype)
+    w = param_weight(param, scale)
+    return w[:length] if length <= n else torch.cat([w, w])[:length]  # length < 2n
 
 
-class DenseDFTFunction(Function):
-    """The dense route, ``x @ W^T + b`` with the materialised matrix W, for small layers in training.
+@lru_cache(maxsize=64)
+def _cas_taps(n: int, length: int, scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    index = torch.arange(length, device=device) % n
+    return cas_matrix(n, scale, device, dtype).index_select(1, index).contiguous()
 
-    Saves x, the parameter and W (a small matrix: this route is taken only where q p is small next to
-    the FFT route's cost). grad_input is ``g @ W``; the parameter's gradient comes from the spectrum
-    ``sum_batch G * X`` of two batched rffts (:func:`param_grad`), not from the q x p matrix ``g^T x``.
-    Under ``create_graph`` the backward is built from differentiable ops (double backward). Classic
-    ``forward(ctx, ...)`` form for a cheap ``apply`` (see :class:`DFTLinearFunction`); tracers and
-    transforms multiply by the gathered matrix instead."""
 
-    @staticmethod
-    def forward(ctx, x, param, bias, plan: Plan, scale: float | None):
-        W = circulant_view(param_weight(param, scale), plan.in_features, plan.out_features)
-        ctx.plan, ctx.scale = plan, scale
-        ctx.save_for_backward(x, param, W)
-        if bias is None:
-            return x @ W.T
-        return torch.addmm(bias, _rows(x), W.T).reshape(*x.shape[:-1], plan.out_features)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, param, W = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # double backward: W as a differentiable function of the parameter
-            W = circulant_view(param_weight(param, scale), plan.in_features, plan.out_features)
-        g2 = _rows(g)
-        gx = g @ W if need_x else None
-        gw = None
-        if need_w:
-            S = _gradient_spectrum(g2, _rows(x), plan.fft_size)
-            gw = param_grad(S, plan, scale).to(param.dtype)
-        gb = g2.sum(0) if need_b else None
-        return gx, gw, gb, None, None
+def dense_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, p: int, q: int,
+                  scale: float | None) -> torch.Tensor:
+    """The dense route in training: ``x @ W^T + b`` with ``W = taps.unfold(0, p, 1)`` (a view; row i is
+    ``taps[i : i + p]``), all differentiable torch ops. Autograd saves x and the taps (O(p + q)), not W;
+    its backward (the anti-diagonal sums of ``g^T x``, then the cas product) runs in C++, which for
+    small layers costs less than a Python backward (measured: 2x faster per call at 64 x 64)."""
+    return torch.nn.functional.linear(x, matrix_taps(param, p, q, scale).unfold(0, p, 1), bias)
