@@ -188,6 +188,7 @@ def _backward_rows(
         if need_w:
             GX = G * (X if X is not None else torch.fft.rfft(x2, L))
             S = GX[0] if M == 1 else GX.sum(0)
+            del GX  # (B, F) complex: not alive while grad_input is computed
         if need_x and need_w and invert and M <= SMALL_BATCH_ROWS:  # one inverse FFT for both gradients
             both = torch.cat([G.mul_(cWf).conj_physical_(), S.unsqueeze(0)])
             z = torch.fft.irfft(both, L)
