@@ -172,3 +172,25 @@ def test_inference_reuses_the_weight_until_the_spectrum_changes(make):
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
     assert layer.weight.requires_grad  # with autograd on, never the cached tensor
+
+
+def test_pruning_and_parametrizations_of_the_spectrum_are_honoured(make):
+    """Tools that replace a parameter by a computed attribute (prune, parametrize) still drive forward."""
+    from torch.nn.utils import parametrize, prune
+
+    x = torch.randn(5, 40, dtype=F64)
+    layer = make(40, 24, dtype=F64)
+    prune.l1_unstructured(layer, "spectrum", amount=0.5)
+    assert "spectrum" not in layer._parameters
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+
+    class Halve(nn.Module):
+        def forward(self, s):
+            return s / 2
+
+    layer = make(40, 24, dtype=F64)
+    dense_before = layer.to_dense()
+    parametrize.register_parametrization(layer, "spectrum", Halve())
+    torch.testing.assert_close(layer(x), x @ (dense_before / 2).T + layer.bias, rtol=0, atol=1e-12)
+    layer(x).sum().backward()
+    assert layer.parametrizations.spectrum.original.grad is not None

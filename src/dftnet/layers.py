@@ -24,6 +24,8 @@ from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
 
 __all__ = ["DFTLinear", "BlockDFTLinear"]
 
+_MISSING = object()
+
 
 def _check_features(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -120,6 +122,12 @@ class _StructuredLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def _param(self, name: str):
+        """A parameter by name, read from ``_parameters`` (cheaper than ``nn.Module.__getattr__``), or as
+        an attribute where a tool replaced it (``torch.nn.utils.prune``, ``parametrize``)."""
+        value = self._parameters.get(name, _MISSING)
+        return getattr(self, name) if value is _MISSING else value
+
     def _check_input(self, input) -> None:
         if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):
             raise ValueError(
@@ -135,13 +143,13 @@ class _StructuredLinear(nn.Module):
         if not input.is_floating_point():
             raise TypeError(f"{name}: expected a real floating-point input, got dtype {input.dtype}")
         self._check_input(input)
-        device = self._parameters["spectrum"].device
+        device = self._param("spectrum").device
         if input.device != device:
             raise ValueError(f"{name}: expected input on the parameters' device {device}, got {input.device}")
 
     def _scale_input(self, input):
         """``D x``: the input times the fixed signs and the learned diagonal (whichever the layer has)."""
-        diagonal = self._parameters["diagonal"]
+        diagonal = self._param("diagonal")
         input = apply_signs(input, self._buffers["sign"])
         if diagonal is not None and isinstance(input, Tensor) and input.is_floating_point():
             input = input * diagonal.to(input.dtype)
@@ -233,9 +241,8 @@ class DFTLinear(_StructuredLinear):
         """``dft_linear(D x, weight, bias)`` computed from the stored spectrum directly (see
         :mod:`dftnet.kernels.circulant`): on the circular route no FFT of the weight, forward or backward."""
         self._check_input_fully(input)
-        params = self._parameters
-        return structured_linear(self._get_structure(), self._scale_input(input), params["spectrum"], params["bias"],
-                                 self.method, self.exact_extremes)
+        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
+                                 self._param("bias"), self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()
@@ -316,9 +323,8 @@ class BlockDFTLinear(_StructuredLinear):
     def forward(self, input: Tensor) -> Tensor:
         """``block_dft_linear(D x, weight, bias)`` computed from the stored spectrum directly."""
         self._check_input_fully(input)
-        params = self._parameters
-        return structured_linear(self._get_structure(), self._scale_input(input), params["spectrum"],
-                                 params["bias"], self.method, self.exact_extremes)
+        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
+                                 self._param("bias"), self.method, self.exact_extremes)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
