@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["functorch_active", "tracing", "has_tangent"]
+__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
@@ -25,6 +25,11 @@ def functorch_active() -> bool:
 def tracing() -> bool:
     """True while torch.compile or torch.export traces, or a torch.func transform runs."""
     return torch.compiler.is_compiling() or functorch_active()
+
+
+def in_dual_level() -> bool:
+    """True inside a ``forward_ad.dual_level()`` (only there can tensors carry tangents)."""
+    return getattr(forward_ad, "_current_level", 0) >= 0
 
 
 def has_tangent(*tensors) -> bool:

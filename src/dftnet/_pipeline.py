@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._compat import has_tangent, tracing
+from ._compat import has_tangent, in_dual_level, tracing
 
 __all__ = ["structured_linear", "METHODS"]
 
@@ -57,14 +57,14 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
         )
     if dtype in _HALF and method != "dense":
         return _in_float32(structure, input, weight, bias, method, exact_extremes, dtype)
-    reference = tracing() or has_tangent(input, weight, bias)
+    reference = tracing() or (in_dual_level() and has_tangent(input, weight, bias))
     training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     batch = input.numel() // max(input.shape[-1], 1)
     if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch
         batch = TRACE_BATCH
     elif batch == 0:
         method = "dense"
-    if method == "dense" or (method == "auto" and structure.dense_cheaper(batch, input.device, training)):
+    if method == "dense" or (method == "auto" and structure.dense_cheaper(batch, device_type, training)):
         if reference:
             return torch.nn.functional.linear(input, structure.matrix(weight), bias)
         return structure.dense(input, weight, bias, training)

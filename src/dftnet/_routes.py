@@ -52,6 +52,10 @@ class _InferenceMemo:
         self.param, self.key, self.values = None, None, {}
 
     def get(self, name: str, param: Tensor, make):
+        if param is self.param:  # the common case first: the same parameter, unchanged
+            values = self.values
+            if name in values and self.key == (param._version, param.data_ptr(), torch.is_inference_mode_enabled()):
+                return values[name]
         try:
             # inference tensors (made in inference mode) only serve inference mode
             key = (param._version, param.data_ptr(), torch.is_inference_mode_enabled())
@@ -87,13 +91,13 @@ class Circulant:
         """The weight w from the parameter (differentiable)."""
         return param_weight(param, self.scale)
 
-    def dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
+    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
         if self.fft_size is not None:  # an explicit FFT length asks for the FFT route
             return False
-        key = (batch, device.type, training)
+        key = (batch, device_type, training)
         dense = self._routes.get(key)
         if dense is None:
-            dense = use_dense(self.in_features, self.out_features, batch, device, training)
+            dense = use_dense(self.in_features, self.out_features, batch, torch.device(device_type), training)
             if len(self._routes) < 256 and not torch.compiler.is_compiling():
                 self._routes[key] = dense
         return dense
@@ -102,17 +106,19 @@ class Circulant:
         return dft_matrix(self.weight(param), self.in_features, self.out_features)
 
     def _derived(self, name: str, param: Tensor, make):
-        """``make()``, kept in the memo while the parameter is unchanged (inference only)."""
-        if self.memo is None or (torch.is_grad_enabled() and param.requires_grad):
-            return make()
-        return self.memo.get(name, param, make)
+        """``make(param)``, kept in the memo while the parameter is unchanged (inference only)."""
+        if self.memo is None or (param.requires_grad and torch.is_grad_enabled()):
+            return make(param)
+        return self.memo.get(name, param, lambda: make(param))
+
+    def _make_matrix(self, param: Tensor) -> Tensor:
+        weight = self._derived("weight", param, self.weight)
+        return circulant_view(weight, self.in_features, self.out_features)
 
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
         p, q = self.in_features, self.out_features
         if not training:
-            W = self._derived("matrix", param, lambda: circulant_view(self._derived("weight", param, lambda: self.weight(
-                param)), p, q))
-            return torch.nn.functional.linear(input, W, bias)
+            return torch.nn.functional.linear(input, self._derived("matrix", param, self._make_matrix), bias)
         return dense_forward(input, param, bias, p, q, self.scale)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
@@ -121,7 +127,7 @@ class Circulant:
                                         or (bias is not None and bias.requires_grad)):
             save_spectrum = plan.circular and not self.recompute_spectrum
             return dft_linear_autograd(input, param, bias, plan, save_spectrum, self.scale)
-        cWf = self._derived("spectrum", param, lambda: param_spectrum(param, plan, self.scale))
+        cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
         return dft_forward(input, param, bias, plan, self.scale, cWf)  # inference: no autograd bookkeeping
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
@@ -144,12 +150,13 @@ class BlockCirculant:
     def weight(self, param: Tensor) -> Tensor:
         return param_weight(param, self.scale)
 
-    def dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
-        key = (batch, device.type, training)
+    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
+        key = (batch, device_type, training)
         dense = self._routes.get(key)
         if dense is None:
             s = self.shape
-            dense = use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
+            dense = use_dense(s.in_features, s.out_features, batch, torch.device(device_type), training,
+                              block_size=s.block_size)
             if len(self._routes) < 256 and not torch.compiler.is_compiling():
                 self._routes[key] = dense
         return dense
