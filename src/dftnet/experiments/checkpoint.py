@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .runfolder import FILE_MODE, WriteError, atomic_path, os_error_in, remove_temporaries, write_error
+from .runfolder import atomic_path, remove_temporaries, write_error
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
@@ -51,32 +50,21 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``.
 
     A reader (or a crash at any point) sees either the old file or the complete new one, never a
-    half-written one. A failed write raises :class:`WriteError` (the temporary file is removed).
+    half-written one. A failed write raises :class:`~.runfolder.WriteError` (the temporary file is removed).
     """
     path = Path(path)
+    needed = tensor_bytes(obj)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, FILE_MODE)
     except OSError as e:
-        raise write_error(path, e, tensor_bytes(obj)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        raise write_error(path, e, needed) from None
+    with atomic_path(path, needed, keep_suffix=False) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         if before_replace is not None:
-            before_replace(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        found = os_error_in(e)
-        if found is not None and not isinstance(e, WriteError):
-            raise write_error(path, found, tensor_bytes(obj)) from e
-        raise
+            before_replace(tmp)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -131,13 +131,15 @@ def make_folder(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path, needed: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix, so writers that go by it work); when the
-    block ends, rename it over ``path``. On any error the temporary file is removed; an ``OSError``
-    (also one wrapped by the writer) becomes a :class:`WriteError` naming ``path``."""
+def atomic_path(path, needed: int | None = None, keep_suffix: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (``.stem.XXXX.tmp.ext``: the same suffix, so writers that
+    go by it work; ``.name.XXXX.tmp`` without ``keep_suffix``); when the block ends, rename it over
+    ``path``. On any error the temporary file is removed; an ``OSError`` (also one wrapped by the
+    writer) becomes a :class:`WriteError` naming ``path``."""
     path = Path(path)
+    prefix, suffix = (f".{path.stem}.", f".tmp{path.suffix}") if keep_suffix else (f".{path.name}.", ".tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
         os.fchmod(fd, FILE_MODE)  # mkstemp's 0600: outputs get the mode open() would give them
         os.close(fd)
     except OSError as e:
