@@ -198,7 +198,6 @@ def _backward_rows(
             z = torch.fft.irfft(G.mul_(cWf).conj_physical_(), L)
             gx = z if p == L else z[:, :p]
         return gx, (torch.fft.irfft(S, L) if invert and S is not None else S)
-    spectrum = lambda rows: X[rows] if X is not None else torch.fft.rfft(x2[rows], L)  # noqa: E731
     gx = g2.new_empty(M, p) if need_x else None
     S = cWf.new_zeros(L // 2 + 1) if need_w else None
     for s in range(0, M, rows):
