@@ -6,10 +6,16 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+from .runfolder import claim
 
 __all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "on_main"]
 
@@ -88,3 +94,31 @@ def on_main(ctx: Context, fn):
     if error is not None:
         raise error
     return result
+
+
+@contextmanager
+def job(device: torch.device, out: str | None, kind: str, *, default_name: str, resume: bool, overwrite: bool,
+        log=print) -> Iterator[tuple[Context, Path, object]]:
+    """The start and end that ``dftnet train`` and ``dftnet lm`` share: set up the process group on
+    ``device``; agree on the output folder (``out``, else ``runs/<timestamp>-<default_name>``; rank 0's,
+    since timestamps differ); refuse ``resume`` of a missing folder; hold the folder's lock on rank 0
+    (:func:`.runfolder.claim`). Yields ``(ctx, out_dir, log)`` with ``log`` silent off rank 0; on exit
+    releases the lock and tears the process group down."""
+    ctx, lock = setup(device), None
+    try:
+        log = log if ctx.is_main else (lambda *a, **k: None)
+        out = out or str(Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{default_name}")
+        if ctx.distributed:
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
+        out_dir = Path(out)
+        if resume and not out_dir.exists():
+            raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
+        lock = on_main(ctx, lambda: claim(out_dir, kind, resume=resume, overwrite=overwrite,
+                                          command=f"dftnet {kind}", log=log))
+        yield ctx, out_dir, log
+    finally:
+        if lock is not None:
+            lock.release()
+        teardown(ctx)

@@ -21,7 +21,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .models import parse_layer_spec
 from .recipe import param_groups
 from .reports import lm_table, plot_lm, write_csv
-from .runfolder import WriteError, atomic_path, claim, refuse_changed_config, write_text_atomic
+from .runfolder import WriteError, atomic_path, refuse_changed_config, write_text_atomic
 
 __all__ = ["LMConfig", "TrainingInterrupted", "run", "train_variant", "DEFAULT_VARIANTS", "PROMPT"]
 
@@ -244,31 +243,12 @@ RESUME_KEYS = ("variants", "d_model", "layers", "heads", "context", "batch_size"
                "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256")
 
 
-def _resolve_out_dir(cfg: LMConfig, ctx: dist_mod.Context) -> Path:
-    out = cfg.out or str(Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-lm")
-    if ctx.distributed:  # every rank must use rank 0's folder (timestamps differ)
-        box = [out]
-        torch.distributed.broadcast_object_list(box, src=0)
-        out = box[0]
-    return Path(out)
-
-
 def run(cfg: LMConfig, log=print) -> dict:
     """The whole job; returns the summary that is also written to ``summary.json``. Under ``torchrun`` it
     trains data-parallel; only rank 0 prints, writes files and holds the folder's lock."""
-    ctx, lock = dist_mod.setup(resolve_device(cfg.device)), None
-    try:
-        log = log if ctx.is_main else (lambda *a, **k: None)
-        out_dir = _resolve_out_dir(cfg, ctx)
-        if cfg.resume and not out_dir.exists():
-            raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
-        lock = dist_mod.on_main(ctx, lambda: claim(out_dir, "lm", resume=cfg.resume, overwrite=cfg.overwrite,
-                                                   command="dftnet lm", log=log))
+    with dist_mod.job(resolve_device(cfg.device), cfg.out, "lm", default_name="lm", resume=cfg.resume,
+                      overwrite=cfg.overwrite, log=log) as (ctx, out_dir, log):
         return _run(cfg, ctx, out_dir, log)
-    finally:
-        if lock is not None:
-            lock.release()
-        dist_mod.teardown(ctx)
 
 
 def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from .memory import peak_step_memory
 from .models import SEED_WIDTHS, build_model, parse_layer_spec
 from .recipe import DEFAULT_LR, default_lr, param_groups
 from .reports import plot_curves, train_table, write_csv
-from .runfolder import WriteError, atomic_path, claim, refuse_changed_config, write_text_atomic
+from .runfolder import WriteError, atomic_path, refuse_changed_config, write_text_atomic
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 
@@ -323,40 +322,17 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
 RESUME_KEYS = ("layer", "widths", "dataset", "seed", "limit", "val_size", "batch_size")
 
 
-def default_out_dir(dataset: str) -> Path:
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{dataset}"
-
-
-def _resolve_out_dir(cfg: TrainConfig, ctx: dist_mod.Context) -> Path:
-    out = cfg.out or str(default_out_dir(cfg.dataset))
-    if ctx.distributed:  # every rank must use rank 0's folder (timestamps differ)
-        box = [out]
-        torch.distributed.broadcast_object_list(box, src=0)
-        out = box[0]
-    return Path(out)
-
-
 def run(cfg: TrainConfig, log=print) -> dict:
     """The whole job; returns the summary that is also written to ``summary.json``.
 
     Under ``torchrun`` it trains data-parallel (DDP); only rank 0 prints and writes files, and holds
-    the folder's lock (:func:`.runfolder.claim`) for the whole run.
+    the folder's lock (:func:`.distributed.job`) for the whole run.
     """
-    ctx, lock = dist_mod.setup(resolve_device(cfg.device)), None
-    try:
-        log = log if ctx.is_main else (lambda *a, **k: None)
-        out_dir = _resolve_out_dir(cfg, ctx)
-        if cfg.resume and not out_dir.exists():
-            raise ValueError(f"--resume: output folder {out_dir} does not exist (give the --out of the run to resume)")
-        lock = dist_mod.on_main(ctx, lambda: claim(out_dir, "train", resume=cfg.resume, overwrite=cfg.overwrite,
-                                                   command="dftnet train", log=log))
+    with dist_mod.job(resolve_device(cfg.device), cfg.out, "train", default_name=cfg.dataset, resume=cfg.resume,
+                      overwrite=cfg.overwrite, log=log) as (ctx, out_dir, log):
         if cfg.resume:  # the model and the examples (and their order) must be the run's
             dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, asdict(cfg), RESUME_KEYS))
         return _run(cfg, ctx, out_dir, log)
-    finally:
-        if lock is not None:
-            lock.release()
-        dist_mod.teardown(ctx)
 
 
 def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
