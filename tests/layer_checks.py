@@ -4,6 +4,17 @@ import torch
 from torch import nn
 
 
+def assert_matches_reference(y, y_ref, inputs, rel=1e-10, allow_unused=False):
+    """``y`` and its gradients w.r.t. ``inputs`` (for one random output gradient) equal those of the
+    reference ``y_ref``, each to ``rel`` times the reference's largest magnitude (at least 1)."""
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, inputs, g, allow_unused=allow_unused)
+    grads_ref = torch.autograd.grad(y_ref, inputs, g, allow_unused=allow_unused)
+    for got, ref in ((y, y_ref), *zip(grads, grads_ref)):
+        scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
+        torch.testing.assert_close(got, ref, atol=rel * scale, rtol=0)
+
+
 def check_dtype_against_dense(layer, x):
     """The layer's output has x's dtype and device and matches its dense matrix (float64 reference)."""
     y = layer(x)

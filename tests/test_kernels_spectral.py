@@ -11,6 +11,7 @@ from dftnet._pipeline import structured_linear
 from dftnet._routes import Circulant
 from dftnet.functional import dft_matrix
 from dftnet.spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from layer_checks import assert_matches_reference
 
 F64 = torch.float64
 SCALE = 0.7
@@ -33,10 +34,7 @@ def check(lead, p, q, L, method, recompute=False):
     b = torch.randn(q, dtype=F64, requires_grad=True)
     y = run(x, s, b, p, q, L, method, recompute)
     y_ref = x @ dft_matrix(spectrum_to_weight(s, SCALE), p, q).T + b
-    torch.testing.assert_close(y, y_ref, atol=1e-10 * max(1.0, y_ref.abs().max().item()), rtol=0)
-    g = torch.randn_like(y_ref)
-    for got, ref in zip(torch.autograd.grad(y, (x, s, b), g), torch.autograd.grad(y_ref, (x, s, b), g)):
-        torch.testing.assert_close(got, ref, atol=1e-10 * max(1.0, ref.abs().max().item()), rtol=0)
+    assert_matches_reference(y, y_ref, (x, s, b))
     with torch.no_grad():
         torch.testing.assert_close(run(x, s, b, p, q, L, method, memo=True), y_ref,
                                    atol=1e-10 * max(1.0, y_ref.abs().max().item()), rtol=0)
@@ -114,9 +112,7 @@ def test_block_spectrum_kernels_match_dense(p, q, k, method):
     y = structured_linear(BlockCirculant(shape, scale=SCALE), x, s, b, method)
     y_ref = x @ block_matrix(spectrum_to_weight(s, SCALE), p, q).T + b
     torch.testing.assert_close(y, y_ref, atol=1e-10 * y_ref.abs().max().item(), rtol=0)
-    g = torch.randn_like(y_ref)
-    for got, ref in zip(torch.autograd.grad(y, (x, s, b), g), torch.autograd.grad(y_ref, (x, s, b), g)):
-        torch.testing.assert_close(got, ref, atol=1e-10 * max(1.0, ref.abs().max().item()), rtol=0)
+    assert_matches_reference(y, y_ref, (x, s, b))
     with torch.no_grad():
         structure = BlockCirculant(shape, scale=SCALE, memo=True)
         torch.testing.assert_close(structured_linear(structure, x, s, b, method), y_ref,
