@@ -52,10 +52,6 @@ class _InferenceMemo:
         self.param, self.key, self.values = None, None, {}
 
     def get(self, name: str, param: Tensor, make):
-        if param is self.param:  # the common case first: the same parameter, unchanged
-            values = self.values
-            if name in values and self.key == (param._version, param.data_ptr(), torch.is_inference_mode_enabled()):
-                return values[name]
         try:
             # inference tensors (made in inference mode) only serve inference mode
             key = (param._version, param.data_ptr(), torch.is_inference_mode_enabled())
@@ -69,7 +65,36 @@ class _InferenceMemo:
         return value
 
 
-class Circulant:
+class _Structure:
+    """What both structures share: the parameter's weight, the route per (batch, device type,
+    training), and the inference memo of values derived from the parameter."""
+
+    def __init__(self, scale: float | None, memo: bool):
+        self.scale = scale
+        self.memo = _InferenceMemo() if memo else None
+        self._routes: dict = {}
+
+    def weight(self, param: Tensor) -> Tensor:
+        """The weight w from the parameter (differentiable)."""
+        return param_weight(param, self.scale)
+
+    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
+        key = (batch, device_type, training)
+        dense = self._routes.get(key)
+        if dense is None:
+            dense = self._dense_cheaper(batch, torch.device(device_type), training)
+            if len(self._routes) < 256 and not torch.compiler.is_compiling():
+                self._routes[key] = dense
+        return dense
+
+    def _derived(self, name: str, param: Tensor, make):
+        """``make(param)``, kept in the memo while the parameter is unchanged (inference only)."""
+        if self.memo is None or (param.requires_grad and torch.is_grad_enabled()):
+            return make(param)
+        return self.memo.get(name, param, lambda: make(param))
+
+
+class Circulant(_Structure):
     """The q x p DFT layer ``W[i, j] = w[(i + j) % n]`` (see :mod:`dftnet.kernels.circulant`).
 
     The parameter handed to the routes is the weight w (``scale`` None, the functional form) or the
@@ -81,35 +106,18 @@ class Circulant:
 
     def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool,
                  scale: float | None = None, memo: bool = False):
+        super().__init__(scale, memo)
         self.in_features, self.out_features = in_features, out_features
-        self.fft_size, self.recompute_spectrum, self.scale = fft_size, recompute_spectrum, scale
+        self.fft_size, self.recompute_spectrum = fft_size, recompute_spectrum
         self.plan = make_plan(in_features, out_features, fft_size)
-        self.memo = _InferenceMemo() if memo else None
-        self._routes: dict = {}
 
-    def weight(self, param: Tensor) -> Tensor:
-        """The weight w from the parameter (differentiable)."""
-        return param_weight(param, self.scale)
-
-    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
+    def _dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
         if self.fft_size is not None:  # an explicit FFT length asks for the FFT route
             return False
-        key = (batch, device_type, training)
-        dense = self._routes.get(key)
-        if dense is None:
-            dense = use_dense(self.in_features, self.out_features, batch, torch.device(device_type), training)
-            if len(self._routes) < 256 and not torch.compiler.is_compiling():
-                self._routes[key] = dense
-        return dense
+        return use_dense(self.in_features, self.out_features, batch, device, training)
 
     def matrix(self, param: Tensor) -> Tensor:
         return dft_matrix(self.weight(param), self.in_features, self.out_features)
-
-    def _derived(self, name: str, param: Tensor, make):
-        """``make(param)``, kept in the memo while the parameter is unchanged (inference only)."""
-        if self.memo is None or (param.requires_grad and torch.is_grad_enabled()):
-            return make(param)
-        return self.memo.get(name, param, lambda: make(param))
 
     def _make_matrix(self, param: Tensor) -> Tensor:
         weight = self._derived("weight", param, self.weight)
@@ -134,7 +142,7 @@ class Circulant:
         return dft_reference(input, self.weight(param), bias, self.plan)
 
 
-class BlockCirculant:
+class BlockCirculant(_Structure):
     """The q x p block-circulant layer ``W[i, j] = w[i // k, j // k, (i + j) % k]`` (see
     :mod:`dftnet.kernels.block`); the parameter is the weight or a stored spectrum, as for
     :class:`Circulant`."""
@@ -142,32 +150,20 @@ class BlockCirculant:
     name = "block_dft_linear"
 
     def __init__(self, shape: BlockShape, scale: float | None = None, memo: bool = False):
-        self.shape, self.scale = shape, scale
+        super().__init__(scale, memo)
+        self.shape = shape
         self.in_features, self.out_features = shape.in_features, shape.out_features
-        self.memo = _InferenceMemo() if memo else None
-        self._routes: dict = {}
 
-    def weight(self, param: Tensor) -> Tensor:
-        return param_weight(param, self.scale)
-
-    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
-        key = (batch, device_type, training)
-        dense = self._routes.get(key)
-        if dense is None:
-            s = self.shape
-            dense = use_dense(s.in_features, s.out_features, batch, torch.device(device_type), training,
-                              block_size=s.block_size)
-            if len(self._routes) < 256 and not torch.compiler.is_compiling():
-                self._routes[key] = dense
-        return dense
+    def _dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
+        s = self.shape
+        return use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
 
     def matrix(self, param: Tensor) -> Tensor:
         return block_matrix(self.weight(param), self.in_features, self.out_features)
 
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
-        if not training and self.memo is not None and not (torch.is_grad_enabled() and param.requires_grad):
-            return torch.nn.functional.linear(input, self.memo.get("matrix", param, lambda: self.matrix(param)), bias)
-        return torch.nn.functional.linear(input, self.matrix(param), bias)
+        matrix = self._derived("matrix", param, self.matrix) if not training else self.matrix(param)
+        return torch.nn.functional.linear(input, matrix, bias)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         p, q = self.in_features, self.out_features
