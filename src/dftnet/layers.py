@@ -122,6 +122,22 @@ class _StructuredLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def _get_structure(self):
+        """The layer's structure (plan, routes, inference memo; :mod:`dftnet._routes`), rebuilt when a
+        setting it depends on (``_structure_settings``) changed."""
+        settings = self._structure_settings()
+        cached = self.__dict__.get("_structure")
+        if cached is None or cached[0] != settings:
+            cached = self.__dict__["_structure"] = (settings, self._make_structure())
+        return cached[1]
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``dft_linear`` / ``block_dft_linear`` of ``D x`` with the layer's weight and bias, computed from
+        the stored spectrum directly (on the circular route no FFT of the weight, forward or backward)."""
+        self._check_input_fully(input)
+        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
+                                 self._param("bias"), self.method, self.exact_extremes)
+
     def _param(self, name: str):
         """A parameter by name, read from ``_parameters`` (cheaper than ``nn.Module.__getattr__``), or as
         an attribute where a tool replaced it (``torch.nn.utils.prune``, ``parametrize``)."""
@@ -227,22 +243,12 @@ class DFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return dft_matrix(weight, self.in_features, self.out_features)
 
-    def _get_structure(self) -> Circulant:
-        """The layer's structure (plan, routes, inference memo), rebuilt if a setting changed."""
-        structure = self.__dict__.get("_structure")
-        if structure is None or (structure.fft_size, structure.recompute_spectrum, structure.scale) != (
-                self.fft_size, self.recompute_spectrum, self.spectral_scale):
-            structure = Circulant(self.in_features, self.out_features, self.fft_size, self.recompute_spectrum,
-                                  scale=self.spectral_scale, memo=True)
-            self.__dict__["_structure"] = structure
-        return structure
+    def _structure_settings(self) -> tuple:
+        return (self.fft_size, self.recompute_spectrum, self.spectral_scale)
 
-    def forward(self, input: Tensor) -> Tensor:
-        """``dft_linear(D x, weight, bias)`` computed from the stored spectrum directly (see
-        :mod:`dftnet.kernels.circulant`): on the circular route no FFT of the weight, forward or backward."""
-        self._check_input_fully(input)
-        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
-                                 self._param("bias"), self.method, self.exact_extremes)
+    def _make_structure(self) -> Circulant:
+        return Circulant(self.in_features, self.out_features, self.fft_size, self.recompute_spectrum,
+                         scale=self.spectral_scale, memo=True)
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()
@@ -311,20 +317,12 @@ class BlockDFTLinear(_StructuredLinear):
     def _matrix(self, weight: Tensor) -> Tensor:
         return block_matrix(weight, self.in_features, self.out_features)
 
-    def _get_structure(self) -> BlockCirculant:
-        """The layer's structure (routes, inference memo)."""
-        structure = self.__dict__.get("_structure")
-        if structure is None or structure.scale != self.spectral_scale:
-            structure = BlockCirculant(BlockShape(self.in_features, self.out_features, self.block_size),
-                                       scale=self.spectral_scale, memo=True)
-            self.__dict__["_structure"] = structure
-        return structure
+    def _structure_settings(self) -> tuple:
+        return (self.block_size, self.spectral_scale)
 
-    def forward(self, input: Tensor) -> Tensor:
-        """``block_dft_linear(D x, weight, bias)`` computed from the stored spectrum directly."""
-        self._check_input_fully(input)
-        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
-                                 self._param("bias"), self.method, self.exact_extremes)
+    def _make_structure(self) -> BlockCirculant:
+        return BlockCirculant(BlockShape(self.in_features, self.out_features, self.block_size),
+                              scale=self.spectral_scale, memo=True)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
