@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
+__all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "by_cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
            "conj_rfft_of_weight", "spectrum_grad"]
 
 # Chosen by measurement (README, "Large nets that learn"): 4, 16, 32 and 64 were tried; with AdamW at
@@ -61,11 +61,17 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     if spectrum.dtype in (torch.float16, torch.bfloat16):  # no half FFTs on CPU
         return spectrum_to_weight(spectrum.float(), scale).to(spectrum.dtype)
     n = spectrum.shape[-1]
-    # (not under autocast, which would run the product in a lower precision; FFTs are left alone)
-    if n <= MATRIX_MAX_N and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(
-            spectrum.device.type):
+    if by_cas_matrix(spectrum):
         return spectrum @ cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
     return hartley(spectrum) * (scale / n)
+
+
+def by_cas_matrix(spectrum: Tensor) -> bool:
+    """Whether to map this (float32 or float64) spectrum by a product with :func:`cas_matrix`: up to
+    ``MATRIX_MAX_N``, not while tracing, and not under autocast (which would run the product in a lower
+    precision; FFTs are left alone)."""
+    return (spectrum.shape[-1] <= MATRIX_MAX_N and spectrum.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(spectrum.device.type))
 
 
 def weight_to_spectrum(weight: Tensor, scale: float) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch.autograd import Function
 
 from ..plan import Plan
-from ..spectral import MATRIX_MAX_N, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from ..spectral import by_cas_matrix, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -353,8 +353,7 @@ def matrix_taps(param: torch.Tensor, p: int, q: int, scale: float | None) -> tor
     backward). For a spectrum with n <= ``MATRIX_MAX_N`` one product with a cached (n, p + q - 1) cas
     matrix; otherwise the weight repeated."""
     n, length = param.shape[-1], p + q - 1
-    if scale is not None and n <= MATRIX_MAX_N and param.dtype in (torch.float32, torch.float64) and not (
-            torch.compiler.is_compiling() or torch.is_autocast_enabled(param.device.type)):
+    if scale is not None and by_cas_matrix(param):
         return param @ _cas_taps(n, length, float(scale), param.device, param.dtype)
     w = param_weight(param, scale)
     return w[:length] if length <= n else torch.cat([w, w])[:length]  # length < 2n
