@@ -5,6 +5,7 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ def job(device: torch.device, out: str | None, kind: str, *, default_name: str, 
     ``device``; agree on the output folder (``out``, else ``runs/<timestamp>-<default_name>``; rank 0's,
     since timestamps differ); refuse ``resume`` of a missing folder; hold the folder's lock on rank 0
     (:func:`.runfolder.claim`). Yields ``(ctx, out_dir, log)`` with ``log`` silent off rank 0; on exit
-    releases the lock and tears the process group down."""
+    releases the lock and tears the process group down. When the job ended normally, every rank first frees
+    what still holds the group (DDP wrappers in reference cycles) and waits for the others: a gloo rank that
+    leaves while its peer still works, or exits holding the group, can abort with SIGABRT at exit."""
     ctx, lock = setup(device), None
     try:
         log = log if ctx.is_main else (lambda *a, **k: None)
@@ -118,6 +121,9 @@ def job(device: torch.device, out: str | None, kind: str, *, default_name: str, 
         lock = on_main(ctx, lambda: claim(out_dir, kind, resume=resume, overwrite=overwrite,
                                           command=f"dftnet {kind}", log=log))
         yield ctx, out_dir, log
+        if ctx.distributed:
+            gc.collect()
+            barrier(ctx)
     finally:
         if lock is not None:
             lock.release()
