@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .kernels.block import BlockDFTFunction, BlockShape, block_matrix, block_reference
+from .kernels.block import BlockDFTFunction, BlockShape, block_dense_forward, block_matrix, block_reference
 from .kernels.circulant import (circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_reference,
                                 param_spectrum, param_weight)
 from .plan import make_plan, use_dense
@@ -162,8 +162,9 @@ class BlockCirculant(_Structure):
         return block_matrix(self.weight(param), self.in_features, self.out_features)
 
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
-        matrix = self._derived("matrix", param, self.matrix) if not training else self.matrix(param)
-        return torch.nn.functional.linear(input, matrix, bias)
+        if not training:
+            return torch.nn.functional.linear(input, self._derived("matrix", param, self.matrix), bias)
+        return block_dense_forward(input, param, bias, self.shape, self.scale)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         p, q = self.in_features, self.out_features

@@ -28,8 +28,9 @@ from torch import Tensor
 from torch.autograd import Function
 
 from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from .circulant import matrix_taps
 
-__all__ = ["BlockShape", "block_matrix", "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
+__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
 
 
 class BlockShape(NamedTuple):
@@ -60,12 +61,27 @@ def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
             f"weight of shape {tuple(weight.shape)} does not tile a {out_features} x {in_features} matrix "
             f"with block size {k}: expected ({shape.out_blocks}, {shape.in_blocks}, {k})"
         )
-    # Block (r, c) as a view of its 2k - 1 taps w[m % k]: row i is taps[i : i + k] (no index tensor, no
-    # gather; autograd's unfold backward is 2-3x faster in training than a gather's, measured).
-    taps = torch.cat([weight, weight[..., : k - 1]], -1)
+    return _tile(matrix_taps(weight, k, k, None), in_features, out_features)
+
+
+def _tile(taps: Tensor, in_features: int, out_features: int) -> Tensor:
+    """The q x p matrix from each block's 2k - 1 taps ``(..., R, C, 2k - 1)``: block (r, c) is a view of
+    its taps, row i is ``taps[i : i + k]`` (no index tensor, no gather: autograd's unfold backward is
+    2-3x faster in training than a gather's, measured)."""
+    R, C, k = *taps.shape[-3:-1], (taps.shape[-1] + 1) // 2
     blocks = taps.unfold(-1, k, 1)  # (..., R, C, k, k): block (r, c), row i, column j
-    W = blocks.transpose(-3, -2).reshape(*weight.shape[:-3], R * k, C * k)
+    W = blocks.transpose(-3, -2).reshape(*taps.shape[:-3], R * k, C * k)
     return W[..., :out_features, :in_features]
+
+
+def block_dense_forward(x: Tensor, param: Tensor, bias: Tensor | None, shape: BlockShape,
+                        scale: float | None) -> Tensor:
+    """The dense route in training: ``x @ W^T + b`` with W tiled from each block's taps
+    (:func:`~dftnet.kernels.circulant.matrix_taps`, as :func:`~dftnet.kernels.circulant.dense_forward`
+    does for one block), all differentiable torch ops."""
+    k = shape.block_size
+    W = _tile(matrix_taps(param, k, k, scale), shape.in_features, shape.out_features)
+    return torch.nn.functional.linear(x, W, bias)
 
 
 def _spectrum(t: Tensor, n_blocks: int, k: int) -> Tensor:

@@ -349,14 +349,14 @@ def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
 
 def matrix_taps(param: torch.Tensor, p: int, q: int, scale: float | None) -> torch.Tensor:
     """The p + q - 1 taps ``taps[m] = w[m % n]`` of the q x p matrix (``W[i, j] = taps[i + j]``), from the
-    weight or the stored spectrum (differentiable: plain torch ops, so autograd's C++ nodes do the
-    backward). For a spectrum with n <= ``MATRIX_MAX_N`` one product with a cached (n, p + q - 1) cas
-    matrix; otherwise the weight repeated."""
+    weight or the stored spectrum, along the last dimension (differentiable: plain torch ops, so autograd's
+    C++ nodes do the backward). For a spectrum with n <= ``MATRIX_MAX_N`` one product with a cached
+    (n, p + q - 1) cas matrix; otherwise the weight repeated."""
     n, length = param.shape[-1], p + q - 1
     if scale is not None and by_cas_matrix(param):
         return param @ _cas_taps(n, length, float(scale), param.device, param.dtype)
     w = param_weight(param, scale)
-    return w[:length] if length <= n else torch.cat([w, w])[:length]  # length < 2n
+    return w[..., :length] if length <= n else torch.cat([w, w[..., : length - n]], -1)  # length < 2n
 
 
 @lru_cache(maxsize=64)
