@@ -4,13 +4,7 @@ Each test counts what it tried in ``TRIED`` (printed at the end of the session w
 """
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch

@@ -55,7 +55,6 @@ def load_converted(model_class, directory, **config_kwargs) -> nn.Module:
     record = json.loads(path.read_text())
     config = model_class.config_class.from_pretrained(directory, **config_kwargs)
     model = model_class(config)
-    from . import BlockDFTLinear, DFTLinear  # noqa: F401  (the classes convert() builds)
 
     groups: dict[tuple, list[str]] = {}
     for name, spec in record["layers"].items():

@@ -50,7 +50,7 @@ def _torchrun(nproc, out, *extra, stop_after=None, expect=0):
 
 @pytest.mark.parametrize("layer", ["dft", "dense"])
 def test_two_processes_match_one(tmp_path, layer):
-    one = _torchrun(1, tmp_path / "one", "--layer", layer)
+    _torchrun(1, tmp_path / "one", "--layer", layer)
     two = _torchrun(2, tmp_path / "two", "--layer", layer)
     assert two.stdout.count("parameters") == 1  # only rank 0 prints the table
     a = load_checkpoint(tmp_path / "one" / layer / "last.pt")
