@@ -58,3 +58,19 @@ def test_installed_metadata_requires_torch_alone():
     core = [r for r in requires if "extra ==" not in r]
     names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in core]
     assert names == ["torch"], requires
+
+
+def test_one_version_and_type_marker():
+    """The version has one source (``dftnet.__version__``, read by the build) and the package ships
+    ``py.typed`` (PEP 561), so type checkers use its annotations."""
+    import dftnet
+
+    assert _pyproject()["project"]["dynamic"] == ["version"]
+    assert (ROOT / "src" / "dftnet" / "py.typed").is_file()
+    try:
+        installed = importlib.metadata.version("dftnet")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("dftnet is not installed")
+    if Path(dftnet.__file__).resolve().parent != ROOT / "src" / "dftnet":
+        pytest.skip(f"the installed dftnet is not this tree ({dftnet.__file__})")
+    assert installed == dftnet.__version__
