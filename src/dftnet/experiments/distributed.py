@@ -105,8 +105,12 @@ def job(device: torch.device, out: str | None, kind: str, *, default_name: str, 
     since timestamps differ); refuse ``resume`` of a missing folder; hold the folder's lock on rank 0
     (:func:`.runfolder.claim`). Yields ``(ctx, out_dir, log)`` with ``log`` silent off rank 0; on exit
     releases the lock and tears the process group down. When the job ended normally, every rank first frees
-    what still holds the group (DDP wrappers in reference cycles) and waits for the others: a gloo rank that
-    leaves while its peer still works, or exits holding the group, can abort with SIGABRT at exit."""
+    what still holds the group (DDP wrappers in reference cycles) and the last collective is a barrier. Why:
+    gloo's worker threads (which outlive ``destroy_process_group``) free each finished collective's work,
+    and the tensors it holds may be owned by Python objects (``broadcast_object_list``, ``all_reduce`` of a
+    Python-made tensor); if the interpreter is finalising by then, the thread cannot take the GIL and the
+    process aborts ("terminate called without an active exception", seen in gdb). After a barrier's round
+    trip the earlier work is freed, and the barrier's own work holds no Python objects."""
     ctx, lock = setup(device), None
     try:
         log = log if ctx.is_main else (lambda *a, **k: None)
