@@ -112,6 +112,20 @@ def test_gradient_penalty_matches_dense():
 # --- both ends: k = 1 is nn.Linear, one block is DFTLinear ---------------------------------------
 
 
+@pytest.mark.parametrize("method", ["fft", "dense"])
+def test_inference_follows_in_place_updates(method):
+    """Inference keeps the weight's spectrum (fft) or matrix (dense) while the parameter is unchanged; an
+    in-place update (an optimizer step) must be seen by the next call."""
+    layer = BlockDFTLinear(10, 7, block_size=4, method=method, dtype=F64)
+    x = torch.randn(3, 10, dtype=F64)
+    for _ in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias)
+            layer.spectrum.mul_(1.5)
+        y = layer(x)  # training mode (the parameter requires grad): the autograd kernel, same values
+        torch.testing.assert_close(y, x @ layer.to_dense().detach().T + layer.bias)
+
+
 @pytest.mark.parametrize("method", ["fft", "dense", "auto"])
 def test_block_size_one_is_a_dense_layer(method):
     p, q = 13, 6

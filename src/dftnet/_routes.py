@@ -14,7 +14,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .kernels.block import BlockDFTFunction, BlockShape, block_dense_forward, block_matrix, block_reference
+from .kernels.block import (BlockDFTFunction, BlockShape, block_dense_forward, block_forward, block_matrix,
+                            block_reference, weight_spectrum as block_weight_spectrum)
 from .kernels.circulant import (circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_reference,
                                 param_spectrum, param_weight)
 from .plan import make_plan, use_dense
@@ -167,9 +168,13 @@ class BlockCirculant(_Structure):
         return block_dense_forward(input, param, bias, self.shape, self.scale)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
-        p, q = self.in_features, self.out_features
-        out = BlockDFTFunction.apply(input.reshape(-1, p), param, self.shape, self.scale)[0]
-        out = out.reshape(*input.shape[:-1], q)
+        x2 = input.reshape(-1, self.in_features)
+        if torch.is_grad_enabled() and (input.requires_grad or param.requires_grad):
+            out = BlockDFTFunction.apply(x2, param, self.shape, self.scale)
+        else:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
+            Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))
+            out = block_forward(x2, Wf, self.shape)
+        out = out.reshape(*input.shape[:-1], self.out_features)
         return out if bias is None else out + bias
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:

@@ -30,8 +30,8 @@ from torch.autograd import Function
 from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 from .circulant import matrix_taps
 
-__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "BlockDFTFunction", "BlockWeightGradFunction",
-           "block_reference"]
+__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "block_forward", "weight_spectrum", "BlockDFTFunction",
+           "BlockWeightGradFunction", "block_reference"]
 
 
 class BlockShape(NamedTuple):
@@ -104,7 +104,7 @@ def _inverse(Z: Tensor, k: int, length: int) -> Tensor:
     return z if z.shape[-1] == length else z[:, :length].contiguous()
 
 
-def _weight_spectrum(param: Tensor, scale: float | None) -> Tensor:
+def weight_spectrum(param: Tensor, scale: float | None) -> Tensor:
     """(R, C, k) weight or stored spectrum -> (F, C, R): the per-frequency C x R matrices of the forward
     product, ``rfft(w)`` (elementwise from a stored spectrum)."""
     Wf = torch.fft.rfft(param, dim=-1) if scale is None else conj_rfft_of_weight(param, scale).conj_physical()
@@ -121,33 +121,35 @@ def _param_weight(param: Tensor, scale: float | None) -> Tensor:
     return param if scale is None else spectrum_to_weight(param, scale)
 
 
-class BlockDFTFunction(Function):
-    """z = W x for a q x p block-circulant W, x of shape (B, p). Returns (z, X, Wf); X, Wf are by-products.
+def block_forward(x: Tensor, Wf: Tensor, shape: BlockShape) -> Tensor:
+    """The forward kernel alone (no autograd bookkeeping): for inference. ``x`` (B, p); ``Wf`` the weight
+    spectrum (F, C, R) of :func:`weight_spectrum` (cached by the caller)."""
+    k = shape.block_size
+    X = _spectrum(x, shape.in_blocks, k)
+    return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features)
 
-    Saved for backward: x and weight (for double backward), the weight spectrum Wf (F, C, R) and the
-    input spectrum X (F, B, C), so that backward needs one rfft (of the output gradient), two batched
-    matmuls and two irffts.
+
+class BlockDFTFunction(Function):
+    """z = W x for a q x p block-circulant W, x of shape (B, p), with the hand-derived backward (eager
+    autograd; tracers and transforms use :func:`block_reference`).
+
+    Saved for backward: x and the parameter (for double backward), the weight spectrum Wf (F, C, R) and
+    the input spectrum X (F, B, C), so that backward needs one rfft (of the output gradient), two batched
+    matmuls and two irffts. The classic ``forward(ctx, ...)`` form, as ``DFTLinearFunction``: ``apply`` of
+    a ``setup_context`` Function binds its arguments with ``inspect.signature`` on every call.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x, param, shape: BlockShape, scale: float | None = None):
+    def forward(ctx, x, param, shape: BlockShape, scale: float | None = None):
         k = shape.block_size
         X = _spectrum(x, shape.in_blocks, k)
-        Wf = _weight_spectrum(param, scale)
-        return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), X, Wf
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, param, shape, *rest = inputs
-        _, X, Wf = output
-        ctx.shape, ctx.scale = shape, (rest[0] if rest else None)
-        ctx.mark_non_differentiable(X, Wf)
+        Wf = weight_spectrum(param, scale)
+        ctx.shape, ctx.scale = shape, scale
         ctx.save_for_backward(x, param, X, Wf)
+        return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features)
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_X, _grad_Wf):
+    def backward(ctx, grad_out):
         x, param, X, Wf = ctx.saved_tensors
         shape, scale = ctx.shape, ctx.scale
         need_x, need_w = ctx.needs_input_grad[:2]
@@ -156,7 +158,7 @@ class BlockDFTFunction(Function):
             # create_graph=True: build the gradients from differentiable pieces (double backward).
             weight = _param_weight(param, scale)
             if need_x:
-                grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), shape.transpose())[0]
+                grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), shape.transpose())
             if need_w:
                 grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
                 grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
@@ -199,9 +201,9 @@ class BlockWeightGradFunction(Function):
         need_g, need_x = ctx.needs_input_grad[:2]
         dg = dx = None
         if need_g:
-            dg = BlockDFTFunction.apply(x, u, shape)[0]
+            dg = BlockDFTFunction.apply(x, u, shape)
         if need_x:
-            dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), shape.transpose())[0]
+            dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), shape.transpose())
         return dg, dx, None
 
 
