@@ -118,6 +118,10 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
 # from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
 _DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (149.0, 2.19e-3, 3.56e-5)}  # fixed, per entry, per row-entry
 _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-unit of fft_cost
+# The block FFT route, fitted the same way to `benchmarks/block_routes.py` (1 thread; 256x256 k = 16, 64,
+# 784x300 k = 32, 1024x1024 k = 64, 4096x4096 k = 256; batches 1, 32, 128): fixed, per unit of fft_cost,
+# per complex multiply-add (its rfft and irfft of k-blocks, and the per-frequency C x R products).
+_BLOCK_FFT_US = {False: (56.9, 4.06e-4, 3.56e-4), True: (403.0, 7.77e-4, 1.03e-3)}
 
 
 def use_dense(
@@ -128,23 +132,23 @@ def use_dense(
 
     One model for both structures. The dense route costs a fixed amount per call, a cost per matrix
     entry (building W, and in training folding its gradient) and B p q multiply-adds. The FFT route
-    costs a larger fixed amount (more kernels, the range check, the weight's spectrum) and per row:
-    for a DFT layer two FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of
-    length k plus the per-frequency complex products, C R (k/2 + 1) complex multiply-adds, which run
-    at about half the speed of one large real matmul (8 flops each, counted as 8 row-entries).
-    Fitted on CPU for DFT layers: the route it picks was within 1.16x of the faster one in training and
-    1.04x in inference over the fit's grid (its last run); on CUDA the same rule is used (not measured
-    here).
+    costs a larger fixed amount (more kernels, the weight's spectrum) and per row: for a DFT layer two
+    FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of length k plus the
+    per-frequency complex products, C R (k/2 + 1) complex multiply-adds, with constants of their own.
+    Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster one in training and
+    1.04x in inference over the fit's grid (its last run); for block layers see ``_BLOCK_FFT_US``. On
+    CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
     pq = p * q
     fixed, per_entry, per_row_entry = _DENSE_US[training]
     dense = fixed + per_entry * pq + per_row_entry * batch * pq
-    fixed, per_row_unit = _FFT_US[training]
     if block_size is None or block_size >= max(p, q):
+        fixed, per_row_unit = _FFT_US[training]
         row = per_row_unit * fft_cost(make_plan(p, q).fft_size)
     else:
         k = block_size
         C, R = -(-p // k), -(-q // k)
-        row = per_row_unit * (C + R) * fft_cost(k) / 2 + per_row_entry * 8 * C * R * (k // 2 + 1)
+        fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
+        row = per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1)
     return dense <= fixed + batch * row
