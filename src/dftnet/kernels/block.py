@@ -121,17 +121,22 @@ def _param_weight(param: Tensor, scale: float | None) -> Tensor:
     return param if scale is None else spectrum_to_weight(param, scale)
 
 
-def block_forward(x: Tensor, Wf: Tensor, shape: BlockShape) -> Tensor:
+def block_forward(x: Tensor, Wf: Tensor, bias: Tensor | None, shape: BlockShape) -> Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference. ``x`` (B, p); ``Wf`` the weight
     spectrum (F, C, R) of :func:`weight_spectrum` (cached by the caller)."""
     k = shape.block_size
     X = _spectrum(x, shape.in_blocks, k)
-    return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features)
+    return _add_bias(_inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), bias)
+
+
+def _add_bias(z: Tensor, bias: Tensor | None) -> Tensor:
+    """``z + bias`` in place (z is a fresh result of :func:`_inverse`; none for an empty batch)."""
+    return z if bias is None or z.shape[0] == 0 else z.add_(bias)
 
 
 class BlockDFTFunction(Function):
-    """z = W x for a q x p block-circulant W, x of shape (B, p), with the hand-derived backward (eager
-    autograd; tracers and transforms use :func:`block_reference`).
+    """z = W x + b for a q x p block-circulant W, x of shape (B, p), ``bias`` b or None, with the
+    hand-derived backward (eager autograd; tracers and transforms use :func:`block_reference`).
 
     Saved for backward: x and the parameter (for double backward), the weight spectrum Wf (F, C, R) and
     the input spectrum X (F, B, C), so that backward needs one rfft (of the output gradient), two batched
@@ -140,36 +145,38 @@ class BlockDFTFunction(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, param, shape: BlockShape, scale: float | None = None):
+    def forward(ctx, x, param, bias, shape: BlockShape, scale: float | None = None):
         k = shape.block_size
         X = _spectrum(x, shape.in_blocks, k)
         Wf = weight_spectrum(param, scale)
         ctx.shape, ctx.scale = shape, scale
         ctx.save_for_backward(x, param, X, Wf)
-        return _inverse(torch.matmul(X.conj(), Wf), k, shape.out_features)
+        return _add_bias(_inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, param, X, Wf = ctx.saved_tensors
         shape, scale = ctx.shape, ctx.scale
-        need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x = grad_w = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_b:
+            grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():
             # create_graph=True: build the gradients from differentiable pieces (double backward).
             weight = _param_weight(param, scale)
             if need_x:
-                grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), shape.transpose())
+                grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
                 grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
                 grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
-            return grad_x, grad_w, None, None
+            return grad_x, grad_w, grad_b, None, None
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)  # (F, B, R)
         if need_x:
             grad_x = _inverse(torch.matmul(G.conj(), Wf.transpose(1, 2)), k, shape.in_features)
         if need_w:
             grad_w = _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, scale)
-        return grad_x, grad_w, None, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class BlockWeightGradFunction(Function):
@@ -201,9 +208,9 @@ class BlockWeightGradFunction(Function):
         need_g, need_x = ctx.needs_input_grad[:2]
         dg = dx = None
         if need_g:
-            dg = BlockDFTFunction.apply(x, u, shape)
+            dg = BlockDFTFunction.apply(x, u, None, shape)
         if need_x:
-            dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), shape.transpose())
+            dx = BlockDFTFunction.apply(grad_out, u.transpose(0, 1), None, shape.transpose())
         return dg, dx, None
 
 
