@@ -168,14 +168,14 @@ class BlockCirculant(_Structure):
         return block_dense_forward(input, param, bias, self.shape, self.scale)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
-        x2 = input.reshape(-1, self.in_features)
+        x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
         if torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             out = BlockDFTFunction.apply(x2, param, bias, self.shape, self.scale)
         else:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
             Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))
             out = block_forward(x2, Wf, bias, self.shape)
-        return out.reshape(*input.shape[:-1], self.out_features)
+        return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         return block_reference(input, self.weight(param), bias, self.shape)
