@@ -30,8 +30,8 @@ from torch.autograd import Function
 from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 from .circulant import matrix_taps
 
-__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "block_forward", "weight_spectrum", "BlockDFTFunction",
-           "BlockWeightGradFunction", "block_reference"]
+__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "block_forward", "weight_spectrum",
+           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
 
 
 class BlockShape(NamedTuple):
