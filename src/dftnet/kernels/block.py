@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
-from .circulant import matrix_taps
+from .circulant import matrix_taps, param_weight
 
 __all__ = ["BlockShape", "block_matrix", "block_dense_forward", "block_forward", "weight_spectrum",
            "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
@@ -117,10 +117,6 @@ def _param_from_spectrum(S: Tensor, k: int, scale: float | None) -> Tensor:
     return torch.fft.irfft(S, k, dim=-1) if scale is None else spectrum_grad(S.contiguous(), k, scale)
 
 
-def _param_weight(param: Tensor, scale: float | None) -> Tensor:
-    return param if scale is None else spectrum_to_weight(param, scale)
-
-
 def block_forward(x: Tensor, Wf: Tensor, bias: Tensor | None, shape: BlockShape) -> Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference. ``x`` (B, p); ``Wf`` the weight
     spectrum (F, C, R) of :func:`weight_spectrum` (cached by the caller)."""
@@ -163,7 +159,7 @@ class BlockDFTFunction(Function):
             grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():
             # create_graph=True: build the gradients from differentiable pieces (double backward).
-            weight = _param_weight(param, scale)
+            weight = param_weight(param, scale)
             if need_x:
                 grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
