@@ -82,13 +82,12 @@ def inverts_gradient(plan: Plan, scale: float | None) -> bool:
     return scale is None or not plan.circular
 
 
-def param_grad(S: torch.Tensor, plan: Plan, scale: float | None, taps_grad: torch.Tensor | None = None):
-    """The parameter's gradient from ``S = sum_batch G * X`` (or from ``taps_grad = irfft(S, L)``)."""
+def param_grad(S: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
+    """The parameter's gradient from what :func:`_backward_rows` returns: ``S = sum_batch G * X`` where the
+    gradient is elementwise, else (:func:`inverts_gradient`) the taps' gradient ``irfft(S, L)``."""
     if not inverts_gradient(plan, scale):
         return spectrum_grad(S, plan.n, scale)
-    if taps_grad is None:
-        taps_grad = torch.fft.irfft(S, plan.fft_size)
-    gw = fold_taps(taps_grad, plan)
+    gw = fold_taps(S, plan)
     return gw if scale is None else spectrum_to_weight(gw, scale)  # the map is its own adjoint
 
 
@@ -261,7 +260,7 @@ def _backward(ctx, grad_out):
     if need_x:
         grad_x = gx if len(ctx.input_shape) == 2 else gx.reshape(ctx.input_shape)
     if need_w:
-        grad_w = param_grad(None, plan, scale, S) if invert else param_grad(S, plan, scale)
+        grad_w = param_grad(S, plan, scale)
     return grad_x, grad_w, grad_b, None, None, None
 
 
