@@ -35,8 +35,7 @@ def in_dual_level() -> bool:
 def has_tangent(*tensors) -> bool:
     """True if any tensor carries a forward-mode AD tangent (``torch.autograd.forward_ad``; public API).
 
-    Tangents exist only inside a ``forward_ad.dual_level()``; outside one (the module's ``_current_level``
-    is -1) the per-tensor check is skipped."""
-    if getattr(forward_ad, "_current_level", 0) < 0:
+    Tangents exist only inside a ``forward_ad.dual_level()``; outside one the per-tensor check is skipped."""
+    if not in_dual_level():
         return False
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
