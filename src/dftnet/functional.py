@@ -24,14 +24,21 @@ from .plan import make_plan
 __all__ = ["dft_linear", "block_dft_linear", "dft_matrix", "block_matrix"]
 
 
-def check_real_tensors(fn: str, input, weight, bias) -> None:
-    """TypeError unless input and weight are tensors and all three (bias may be None) real floating-point."""
+def check_real_input(fn: str, input) -> None:
+    """TypeError unless input is a real floating-point tensor (the layers check their input with it)."""
     if not isinstance(input, Tensor):
         raise TypeError(f"{fn}: expected input to be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():  # complex dtypes are not floating-point
+        raise TypeError(f"{fn}: expected a real floating-point input, got dtype {input.dtype}")
+
+
+def check_real_tensors(fn: str, input, weight, bias) -> None:
+    """TypeError unless input and weight are tensors and all three (bias may be None) real floating-point."""
+    check_real_input(fn, input)
     if not isinstance(weight, Tensor):
         raise TypeError(f"{fn}: expected weight to be a torch.Tensor, got {type(weight).__name__}")
-    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if t is not None and (not t.is_floating_point() or t.is_complex()):
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
             raise TypeError(f"{fn}: expected a real floating-point {name}, got dtype {t.dtype}")
 
 

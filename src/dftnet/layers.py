@@ -16,7 +16,7 @@ from ._compat import has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._pipeline import METHODS, structured_linear
 from ._routes import BlockCirculant, Circulant
-from .functional import block_matrix, dft_matrix
+from .functional import block_matrix, check_real_input, dft_matrix
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import BlockShape
 from .plan import make_plan
@@ -154,10 +154,7 @@ class _StructuredLinear(nn.Module):
         """:meth:`_check_input`, and what the functional form checks of the input: a real floating-point
         tensor on the parameters' device (the layer's own parameters were checked when it was built)."""
         name = type(self).__name__
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a torch.Tensor, got {type(input).__name__}")
-        if not input.is_floating_point():
-            raise TypeError(f"{name}: expected a real floating-point input, got dtype {input.dtype}")
+        check_real_input(name, input)
         self._check_input(input)
         device = self._param("spectrum").device
         if input.device != device:
