@@ -44,6 +44,13 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
     return weight[..., index(in_features, out_features, n, weight.device)]
 
 
+def _recorded(input: Tensor, param: Tensor, bias: Tensor | None) -> bool:
+    """Whether autograd records this call (the FFT routes then run their autograd Function, otherwise the
+    forward kernel alone)."""
+    return torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
 class _InferenceMemo:
     """What a layer derives from its parameter (its weight, matrix, spectrum), kept for calls that do
     not differentiate it (inference): keyed on the parameter itself, its version counter (which every
@@ -132,8 +139,7 @@ class Circulant(_Structure):
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         plan = self.plan
-        if torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
-                                        or (bias is not None and bias.requires_grad)):
+        if _recorded(input, param, bias):
             save_spectrum = plan.circular and not self.recompute_spectrum
             return dft_linear_autograd(input, param, bias, plan, save_spectrum, self.scale)
         cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
@@ -169,8 +175,7 @@ class BlockCirculant(_Structure):
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
-        if torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
-                                        or (bias is not None and bias.requires_grad)):
+        if _recorded(input, param, bias):
             out = BlockDFTFunction.apply(x2, param, bias, self.shape, self.scale)
         else:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
             Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))
