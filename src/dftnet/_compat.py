@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level"]
+__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
@@ -39,3 +39,9 @@ def has_tangent(*tensors) -> bool:
     if not in_dual_level():
         return False
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def cached(fn, *args):
+    """``fn(*args)`` for a ``functools.lru_cache`` function, computed afresh while torch.compile traces
+    (dynamo warns about lru_cache wrappers; the functions cached this way are pure)."""
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)

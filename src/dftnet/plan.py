@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._compat import cached
+
 # Measured with torch's CPU FFT on 2 cores: cost per L log L relative to a power of two.
 _PENALTY_SMOOTH = 1.2  # 2^a * m, a >= 3, m odd and 7-smooth (1000, 1536, 1600, 8640): 0.8-1.4x
 _PENALTY_FEW_TWOS = 1.8  # 7-smooth with only one or two factors of two (6250)
@@ -97,16 +99,14 @@ def make_plan(in_features: int, out_features: int, fft_size: int | None = None) 
             f"fft_size must be n = max(in_features, out_features) = {n} (circular) or at least "
             f"in_features + out_features - 1 = {in_features + out_features - 1} (linear), got {fft_size}"
         )
-    if torch.compiler.is_compiling():  # dynamo warns about lru_cache wrappers; the plan is pure, compute it
-        return _plan.__wrapped__(in_features, out_features, fft_size)
-    return _plan(in_features, out_features, fft_size)
+    return cached(_plan, in_features, out_features, fft_size)
 
 
 @lru_cache(maxsize=4096)
 def _plan(p: int, q: int, fft_size: int | None) -> Plan:
     n = max(p, q)
     if fft_size is None:
-        linear = fast_length.__wrapped__(p + q - 1) if torch.compiler.is_compiling() else fast_length(p + q - 1)
+        linear = cached(fast_length, p + q - 1)
         fft_size = n if fft_cost(n) <= fft_cost(linear) else linear
     return Plan(p, q, n, fft_size)
 

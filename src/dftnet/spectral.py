@@ -28,6 +28,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ._compat import cached
+
 __all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "by_cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
            "conj_rfft_of_weight", "spectrum_grad"]
 
@@ -112,8 +114,7 @@ def conj_rfft_of_weight(spectrum: Tensor, scale: float) -> Tensor:
     """``conj(rfft(w))`` along the last dimension for ``w = spectrum_to_weight(spectrum, scale)``, from
     the stored coefficients alone (no FFT; differentiable). ``(..., n) -> (..., n // 2 + 1)`` complex."""
     n = spectrum.shape[-1]
-    index = _mirror_index.__wrapped__(n, spectrum.device) if torch.compiler.is_compiling() else _mirror_index(
-        n, spectrum.device)
+    index = cached(_mirror_index, n, spectrum.device)
     out = torch.complex(spectrum.index_select(-1, index), spectrum.narrow(-1, 0, n // 2 + 1))
     return out.mul_(complex(scale / 2, -scale / 2))
 
@@ -122,6 +123,6 @@ def spectrum_grad(S: Tensor, n: int, scale: float) -> Tensor:
     """The gradient of the stored coefficients from ``S = rfft(grad_weight, n)`` along the last dimension
     (no FFT; differentiable): the adjoint of :func:`spectrum_to_weight` applied to ``irfft(S, n)``.
     ``(..., n // 2 + 1)`` complex, with ``Im S = 0`` at 0 and ``n / 2`` (an rfft's) ``-> (..., n)`` real."""
-    index = _unfold_index.__wrapped__(n, S.device) if torch.compiler.is_compiling() else _unfold_index(n, S.device)
+    index = cached(_unfold_index, n, S.device)
     T = torch.view_as_real(S * complex(scale / n, scale / n))
     return T.flatten(-2).index_select(-1, index)
