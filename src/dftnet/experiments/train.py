@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from . import augment
 from . import data as data_mod
 from . import distributed as dist_mod
 from .checkpoint import (FORMAT, load_checkpoint, restore_for_resume, save_atomic,
@@ -52,6 +53,7 @@ class TrainConfig:
     lr: float | None = None  # None: DEFAULT_LR of each layer kind
     weight_decay: float = 1e-2  # torch.optim.AdamW's default; 1e-4 gave 0.25 points less (README)
     label_smoothing: float = 0.1
+    shift: int = 0  # shift each training image by up to this many pixels (dftnet.experiments.augment)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -199,6 +201,7 @@ def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context,
     """Train from ``r.batch`` to the end of epoch ``r.epoch`` (or to ``total_steps``); returns the
     epoch's number of steps. On Ctrl-C: checkpoint, then :class:`TrainingInterrupted`."""
     order = _epoch_order(len(splits.train_x), cfg.seed, r.epoch, ctx)
+    shifts = augment.epoch_shifts(len(splits.train_x), cfg.shift, cfg.seed, r.epoch) if cfg.shift else None
     n_steps = min(r.steps_per_epoch, r.batch + r.total_steps - r.step)
     bar = tqdm(total=n_steps, initial=r.batch, desc=f"{r.kind:>5} {r.epoch + 1}/{cfg.epochs}",
                disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
@@ -206,6 +209,8 @@ def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context,
     while r.batch < n_steps:
         idx = order[r.batch * r.local_batch : (r.batch + 1) * r.local_batch]
         xb, yb = splits.train_x[idx].to(ctx.device), splits.train_y[idx].to(ctx.device)
+        if shifts is not None:
+            xb = augment.shift_images(xb, shifts[idx], fill=-splits.mean / splits.std)
         loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
         r.step += 1
         r.batch += 1
