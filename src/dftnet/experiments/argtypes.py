@@ -107,6 +107,18 @@ def layer_spec(text: str) -> str:
     return str(text).lower()
 
 
+def mlp_variant(text: str) -> str:
+    """An MLP variant of ``dftnet lm``: a layer variant, ``lowrank-K`` or ``monarch-B``, optionally ``@R``."""
+    from .gpt import GPTConfig, split_variant
+
+    try:
+        mlp, ratio = split_variant(text)
+        GPTConfig(mlp=mlp, mlp_ratio=ratio, d_model=256, heads=1)  # the name alone; shapes are checked later
+    except ValueError as e:
+        raise ArgumentValueError(str(e)) from None
+    return str(text).lower()
+
+
 def train_layer(text: str) -> str:
     """What ``dftnet train`` trains: a variant, or ``both`` (dft, then dense)."""
     return text if text == "both" else layer_spec(text)

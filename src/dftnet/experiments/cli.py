@@ -1,4 +1,4 @@
-"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``, ``lm``.
+"""The ``dftnet`` command line: ``train``, ``eval``, ``sweep``, ``bench``, ``lm``, ``study``.
 
 User mistakes (bad flags, missing data, unusable files, an --out folder that holds another run or
 that a live run is writing) end with exit status 2 and one line on stderr; a failed write (disk full,
@@ -13,7 +13,7 @@ import errno
 import os
 import sys
 
-from .argtypes import (Parser, UsageError, comma_list, layer_spec, mlp_widths, nonneg_float, nonneg_int,
+from .argtypes import (Parser, UsageError, comma_list, mlp_variant, mlp_widths, nonneg_float, nonneg_int,
                        positive_float, positive_int, train_layer)
 
 __all__ = ["main", "build_parser"]
@@ -130,10 +130,13 @@ def _add_lm(sub) -> None:
     p = sub.add_parser("lm", help="dense, block-circulant and DFT MLPs in a small byte-level GPT (offline corpus)",
                        description="Train a small GPT on the bytes of this Python's standard library, once per "
                                    "MLP variant (same steps, data order and recipe), and compare them.")
-    p.add_argument("--variants", type=comma_list(layer_spec, "variant"), default=["dense", "block-16", "dft"],
+    p.add_argument("--variants", type=comma_list(mlp_variant, "variant"), default=["dense", "block-16", "dft"],
                    metavar="dense,block-16,dft", help="MLP layers, comma-separated: dense, dft, block-K "
-                   "(and dft-sign, block-K-sign); default dense,block-16,dft")
-    p.add_argument("--d-model", type=positive_int, default=128, help="width d; the MLP is d -> 4d -> d (default 128)")
+                   "(and dft-sign, block-K-sign), lowrank-K (rank d/K), monarch-B (B blocks); NAME@R gives a "
+                   "variant its own MLP ratio R; default dense,block-16,dft")
+    p.add_argument("--d-model", type=positive_int, default=128, help="width d; the MLP is d -> R*d -> d (default 128)")
+    p.add_argument("--mlp-ratio", type=positive_int, default=4, metavar="R",
+                   help="the MLP's width as a multiple of d, for variants without @R (default 4)")
     p.add_argument("--layers", type=positive_int, default=4, help="(default 4)")
     p.add_argument("--heads", type=positive_int, default=4, help="(default 4)")
     p.add_argument("--context", type=positive_int, default=128, help="bytes per sequence (default 128)")
@@ -153,7 +156,8 @@ def _add_lm(sub) -> None:
 def _run_lm(args) -> int:
     from .lm import LMConfig, TrainingInterrupted, run
 
-    cfg = LMConfig(variants=tuple(args.variants), d_model=args.d_model, layers=args.layers, heads=args.heads,
+    cfg = LMConfig(variants=tuple(args.variants), d_model=args.d_model, mlp_ratio=args.mlp_ratio,
+                   layers=args.layers, heads=args.heads,
                    context=args.context, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
                    seed=args.seed, device=args.device, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, quiet=args.quiet, eval_every=args.eval_every, limit=args.limit)
@@ -172,6 +176,15 @@ def _run_lm(args) -> int:
     return 0
 
 
+def _add_study(sub) -> None:
+    from . import study
+
+    p = sub.add_parser("study", help="compute-matched GPT study: MLP variants x sizes, frontier against dense",
+                       description=study.__doc__.splitlines()[0])
+    study.configure_parser(p)
+    p.set_defaults(func=study.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dftnet import __version__
 
@@ -184,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_bench(sub)
     _add_lm(sub)
+    _add_study(sub)
     return parser
 
 

@@ -4,12 +4,14 @@ Read top to bottom, like nanoGPT's ``model.py``:
 
 * byte embeddings (a vocabulary of 256) and learned positions;
 * pre-LayerNorm blocks: causal self-attention through ``F.scaled_dot_product_attention``, then an
-  MLP d -> 4d -> d with GELU, each added to the residual stream;
+  MLP d -> R·d -> d with GELU (R = ``mlp_ratio``, 4 by default), each added to the residual stream;
 * a final LayerNorm and a head tied to the byte embeddings.
 
 Only the MLP's two linear layers change between variants (:func:`mlp_linear`): ``dense``
 (``nn.Linear``), ``block-K`` (:class:`~dftnet.BlockDFTLinear`, K x K circulant blocks) or ``dft``
-(:class:`~dftnet.DFTLinear`), and the ``-sign`` forms of :func:`.models.parse_layer_spec`.
+(:class:`~dftnet.DFTLinear`), the ``-sign`` forms of :func:`.models.parse_layer_spec`, and the peers of
+:mod:`.peers`: ``lowrank-K`` (rank = the layer's smaller side / K) and ``monarch-B`` (B blocks). A variant
+name may end in ``@R`` for its own MLP ratio: ``dft@16`` is a d -> 16d -> d circulant MLP.
 Embeddings, attention and dense MLP layers get nanoGPT's init (normal, std 0.02; the residual
 projections 0.02 / sqrt(2 * layers)); the structured layers keep their own init, which their
 spectral parametrisation (and so their learning-rate rule) is built on. The shared parts are
@@ -28,8 +30,9 @@ from torch import nn
 from dftnet import BlockDFTLinear, DFTLinear
 
 from .models import parse_layer_spec
+from .peers import LowRankLinear, MonarchLinear
 
-__all__ = ["GPTConfig", "GPT", "mlp_linear", "VOCAB"]
+__all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB"]
 
 VOCAB = 256  # bytes
 
@@ -40,23 +43,56 @@ class GPTConfig:
     d_model: int = 192
     layers: int = 4
     heads: int = 4
-    mlp: str = "dense"  # dense | dft | block-K (see parse_layer_spec)
+    mlp: str = "dense"  # dense | dft | block-K (see parse_layer_spec) | lowrank-K | monarch-B
+    mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d
 
     def __post_init__(self):
-        for name in ("context", "d_model", "layers", "heads"):
+        for name in ("context", "d_model", "layers", "heads", "mlp_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.d_model % self.heads:
             raise ValueError(f"--d-model {self.d_model} must be a multiple of --heads {self.heads}")
-        kind, kwargs = parse_layer_spec(self.mlp)
-        if kind == "block" and kwargs["block_size"] > 4 * self.d_model:
-            raise ValueError(f"MLP variant {self.mlp}: the block size must be at most 4 x --d-model "
-                             f"= {4 * self.d_model}")
+        hidden = self.mlp_ratio * self.d_model
+        kind, k = _peer_spec(self.mlp)
+        if kind == "lowrank" and self.d_model // k < 1:
+            raise ValueError(f"MLP variant {self.mlp}: the rank d / {k} must be at least 1 (d = {self.d_model})")
+        if kind == "monarch" and self.d_model % k:
+            raise ValueError(f"MLP variant {self.mlp}: {k} blocks must divide --d-model {self.d_model}")
+        if kind is None:
+            kind, kwargs = parse_layer_spec(self.mlp)
+            if kind == "block" and kwargs["block_size"] > hidden:
+                raise ValueError(f"MLP variant {self.mlp}: the block size must be at most the MLP's width "
+                                 f"{hidden}")
+
+
+def split_variant(variant: str, default_ratio: int = 4) -> tuple[str, int]:
+    """``"dft@16"`` -> ``("dft", 16)``; ``"dense"`` -> ``("dense", default_ratio)``."""
+    name, sep, ratio = str(variant).lower().partition("@")
+    if not sep:
+        return name, default_ratio
+    if not ratio.isdigit() or int(ratio) < 1:
+        raise ValueError(f"variant {variant!r}: the MLP ratio after @ must be a positive integer")
+    return name, int(ratio)
+
+
+def _peer_spec(spec: str) -> tuple[str | None, int]:
+    """``lowrank-K`` / ``monarch-B`` -> (kind, K); anything else -> (None, 0)."""
+    kind, _, k = str(spec).lower().partition("-")
+    if kind in ("lowrank", "monarch"):
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"unknown MLP variant {spec!r}: expected {kind}-K with K a positive integer")
+        return kind, int(k)
+    return None, 0
 
 
 def mlp_linear(spec: str, in_features: int, out_features: int) -> nn.Module:
-    """One linear layer of the MLP for a variant name: nn.Linear, BlockDFTLinear or DFTLinear."""
+    """One linear layer of the MLP for a variant name: nn.Linear, BlockDFTLinear, DFTLinear or a peer."""
+    peer, k = _peer_spec(spec)
+    if peer == "lowrank":
+        return LowRankLinear(in_features, out_features, rank=max(1, min(in_features, out_features) // k))
+    if peer == "monarch":
+        return MonarchLinear(in_features, out_features, nblocks=k)
     kind, kwargs = parse_layer_spec(spec)
     if kind == "dense":
         return nn.Linear(in_features, out_features)
@@ -84,8 +120,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = mlp_linear(cfg.mlp, cfg.d_model, 4 * cfg.d_model)
-        self.proj = mlp_linear(cfg.mlp, 4 * cfg.d_model, cfg.d_model)
+        self.fc = mlp_linear(cfg.mlp, cfg.d_model, cfg.mlp_ratio * cfg.d_model)
+        self.proj = mlp_linear(cfg.mlp, cfg.mlp_ratio * cfg.d_model, cfg.d_model)
         self.proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +179,7 @@ class GPT(nn.Module):
                     s = std / math.sqrt(2 * self.cfg.layers) if getattr(m, "residual", False) else std
                     m.weight.copy_(torch.randn(m.weight.shape, generator=g_mlp) * s)
                     m.bias.zero_()
-                elif isinstance(m, (DFTLinear, BlockDFTLinear)):
+                elif isinstance(m, (DFTLinear, BlockDFTLinear, LowRankLinear, MonarchLinear)):
                     m.reset_parameters()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,9 @@ from . import corpus as corpus_mod
 from . import distributed as dist_mod
 from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
 from .device import resolve_device
-from .gpt import GPT, GPTConfig
+from .gpt import GPT, GPTConfig, split_variant
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
-from .models import parse_layer_spec
 from .recipe import param_groups
 from .reports import lm_table, plot_lm, write_csv
 from .runfolder import WriteError, atomic_path, refuse_changed_config, write_text_atomic
@@ -51,6 +50,7 @@ class LMConfig:
     d_model: int = 128
     layers: int = 4
     heads: int = 4
+    mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d (a variant's @R overrides it)
     context: int = 128
     batch_size: int = 32  # global: sequences per step (4,096 bytes at context 128)
     max_steps: int = 400  # the default run (three variants) fits in 10 minutes on 2 CPU cores
@@ -77,13 +77,14 @@ class LMConfig:
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"--variants: a variant is listed twice in {','.join(self.variants)}")
         for v in self.variants:
-            parse_layer_spec(v)  # ValueError for unknown variants
-            GPTConfig(self.context, self.d_model, self.layers, self.heads, v)  # ValueError for bad shapes
+            self.gpt(v)  # ValueError for unknown variants and bad shapes
         if self.warmup_steps is None:
             self.warmup_steps = min(100, self.max_steps // 10)
 
     def gpt(self, variant: str) -> GPTConfig:
-        return GPTConfig(self.context, self.d_model, self.layers, self.heads, variant)
+        """The model of a variant; ``name@R`` gives that variant an MLP ratio of its own."""
+        mlp, ratio = split_variant(variant, self.mlp_ratio)
+        return GPTConfig(self.context, self.d_model, self.layers, self.heads, mlp, ratio)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -239,7 +240,7 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
 # ------------------------------------------------------------------------- the job
 
 
-RESUME_KEYS = ("variants", "d_model", "layers", "heads", "context", "batch_size", "max_steps", "lr",
+RESUME_KEYS = ("variants", "d_model", "layers", "heads", "mlp_ratio", "context", "batch_size", "max_steps", "lr",
                "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256")
 
 

@@ -1,0 +1,58 @@
+"""A FLOP model of one training step of the GPT of :mod:`.gpt`, per MLP variant.
+
+Counted per token, a multiply-add as 2 FLOPs, a real FFT of length N as 2.5 N log2 N; a training step is
+3 forward passes' worth (backward ~ 2 x forward) times the tokens in the batch:
+
+* attention, per block: the q, k, v and output projections 8 d^2, and the scores and their weighted sum
+  4 T d at context T (the causal mask is not credited: CPU kernels compute the full square);
+* the tied head 2 d V (V = 256 bytes); embeddings, LayerNorms, GELU and the optimizer are not counted;
+* each MLP layer p -> q:
+  - ``dense``: 2 p q;  ``lowrank-K``: 2 r (p + q) with r = min(p, q) / K;  ``monarch-B``: 2 x its weights;
+  - ``dft``: rfft of the input and irfft of the output at n = max(p, q), and the spectral product:
+    2 x 2.5 n log2 n + 3 n (plus p for the learned diagonal);
+  - ``block-K``: an rfft of each input block and an irfft of each output block, and the block-spectral
+    products: (p/K + q/K) FFTs of length K and (q/K)(p/K)(K/2 + 1) complex multiply-adds of 8 FLOPs.
+
+This is the cost of the FFT algorithm each layer stands for; at small sizes a layer may run its dense
+route instead (:mod:`dftnet.plan`), whose real cost the measured step time shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .gpt import VOCAB, GPTConfig, _peer_spec
+from .models import parse_layer_spec
+
+__all__ = ["layer_flops", "step_flops"]
+
+
+def _fft(n: int) -> float:
+    return 2.5 * n * math.log2(n) if n > 1 else 0.0
+
+
+def layer_flops(spec: str, p: int, q: int) -> float:
+    """Forward FLOPs per token of one MLP layer ``p -> q`` of variant ``spec`` (without the bias)."""
+    peer, k = _peer_spec(spec)
+    if peer == "lowrank":
+        return 2.0 * max(1, min(p, q) // k) * (p + q)
+    if peer == "monarch":
+        s = min(p, q) // k
+        return 2.0 * k * s * (p // k + q // k)
+    kind, kwargs = parse_layer_spec(spec)
+    if kind == "dense":
+        return 2.0 * p * q
+    if kind == "dft":
+        n = max(p, q)
+        return 2 * _fft(n) + 3.0 * n + p
+    b = kwargs["block_size"]
+    blocks_in, blocks_out = math.ceil(p / b), math.ceil(q / b)
+    return (blocks_in + blocks_out) * _fft(b) + 8.0 * blocks_in * blocks_out * (b // 2 + 1)
+
+
+def step_flops(cfg: GPTConfig, batch_size: int) -> float:
+    """FLOPs of one training step (forward + backward) on ``batch_size`` sequences of ``cfg.context`` bytes."""
+    d, t, h = cfg.d_model, cfg.context, cfg.mlp_ratio * cfg.d_model
+    per_block = 8.0 * d * d + 4.0 * t * d + layer_flops(cfg.mlp, d, h) + layer_flops(cfg.mlp, h, d)
+    per_token = cfg.layers * per_block + 2.0 * d * VOCAB
+    return 3.0 * per_token * batch_size * t
