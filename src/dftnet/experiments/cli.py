@@ -3,7 +3,9 @@
 User mistakes (bad flags, missing data, unusable files, an --out folder that holds another run or
 that a live run is writing) end with exit status 2 and one line on stderr; a failed write (disk full,
 permission denied, read-only file system, a file in the way) with exit status 1 and one line.
-``--debug`` shows the traceback instead.
+Long runs (docs/runs.md): a run refused by the memory estimate exits 2; memory running out during a
+step 1; a diverged run (non-finite loss or gradient norm) 3; Ctrl-C 130 and SIGTERM 143, each after a
+resumable checkpoint. ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 
 from .argtypes import (Parser, UsageError, comma_list, mlp_variant, mlp_widths, nonneg_float, nonneg_int,
                        positive_float, positive_int, train_layer)
+from .interrupt import exit_status, stopped_line
 
 __all__ = ["main", "build_parser"]
 
@@ -27,6 +30,8 @@ def _add_run_flags(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoints in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run that --out holds (its outputs are deleted first)")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="skip the estimate of peak memory that refuses a run too big for the device")
 
 
 def _add_train(sub) -> None:
@@ -70,17 +75,16 @@ def _run_train(args) -> int:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, shift=args.shift, seed=args.seed, device=args.device, out=args.out,
         resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
         recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
+        memory_check=args.memory_check,
     )
     log = (lambda *a, **k: None) if args.quiet else print
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     try:
         summary = run(cfg, log=log)
     except TrainingInterrupted as e:
-        out = e.path.parent.parent
         if main_rank:
-            print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
-                  f"resume with: dftnet train --resume --out {out} (and the same flags)", file=sys.stderr)
-        return 130
+            print(f"\n{stopped_line(e, 'train', e.path.parent.parent)}", file=sys.stderr)
+        return exit_status(e.signum)
     if args.quiet and main_rank:
         print(summary["table"])
     return 0
@@ -160,17 +164,16 @@ def _run_lm(args) -> int:
                    layers=args.layers, heads=args.heads,
                    context=args.context, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
                    seed=args.seed, device=args.device, out=args.out, resume=args.resume,
-                   overwrite=args.overwrite, quiet=args.quiet, eval_every=args.eval_every, limit=args.limit)
+                   overwrite=args.overwrite, quiet=args.quiet, eval_every=args.eval_every, limit=args.limit,
+                   memory_check=args.memory_check)
     log = (lambda *a, **k: None) if args.quiet else print
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         summary = run(cfg, log=log)
     except TrainingInterrupted as e:
         if main_rank:
-            print(f"\ninterrupted: saved a resumable checkpoint at {e.path}\n"
-                  f"resume with: dftnet lm --resume --out {e.path.parent.parent} (and the same flags)",
-                  file=sys.stderr)
-        return 130
+            print(f"\n{stopped_line(e, 'lm', e.path.parent.parent)}", file=sys.stderr)
+        return exit_status(e.signum)
     if args.quiet and main_rank:
         print(summary["table"])
     return 0
@@ -213,10 +216,13 @@ def main(argv=None) -> int:
     from .allocator import keep_freed_memory
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
+    from .interrupt import Terminated, terminate_on_sigterm
+    from .preflight import MemoryRefused
     from .runfolder import RunFolderError, WriteError, write_error
 
-    user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, PermissionError,
-                   FileNotFoundError, IsADirectoryError, NotADirectoryError)
+    user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, MemoryRefused,
+                   PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
     write_errnos = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
     speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints the error
     try:
@@ -226,7 +232,14 @@ def main(argv=None) -> int:
             parser.print_help()
             return 2
         keep_freed_memory()
-        return int(args.func(args) or 0)
+        with terminate_on_sigterm():
+            return int(args.func(args) or 0)
+    except (TrainingDiverged, OutOfMemory) as e:
+        if debug:
+            raise
+        if speak:
+            print(f"dftnet: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED if isinstance(e, TrainingDiverged) else EXIT_OUT_OF_MEMORY
     except WriteError as e:
         if debug:
             raise
@@ -251,6 +264,13 @@ def main(argv=None) -> int:
             raise
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        if debug:
+            raise
+        if speak:
+            print("\ndftnet: terminated (SIGTERM) outside the training steps; the checkpoints written so far "
+                  "are whole (--resume continues a run)", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .runfolder import claim
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "on_main"]
+__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "any_rank", "on_main"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,15 @@ def broadcast_flag(ctx: Context, flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def any_rank(ctx: Context, *flags: bool) -> list[bool]:
+    """Each flag True on every rank if it is True on any rank, in one collective (none for one process)."""
+    if not ctx.distributed:
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def barrier(ctx: Context) -> None:

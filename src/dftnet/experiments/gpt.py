@@ -201,7 +201,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: bytes, new_bytes: int, temperature: float = 0.8, top_k: int = 40,
                  seed: int = 0) -> bytes:
-        """Sample ``new_bytes`` bytes after ``prompt`` (seeded: the same text for the same weights)."""
+        """Sample ``new_bytes`` bytes after ``prompt`` (seeded: the same text for the same weights). A model
+        whose logits are not finite (diverged weights) has no distribution to sample: the text ends there."""
         was_training = self.training
         self.eval()
         device = self.wte.weight.device
@@ -209,6 +210,8 @@ class GPT(nn.Module):
         idx = torch.tensor([list(prompt) or [10]], dtype=torch.long, device=device)
         for _ in range(new_bytes):
             logits = self(idx[:, -self.cfg.context:])[:, -1, :] / temperature
+            if not bool(torch.isfinite(logits).all()):
+                break
             top = torch.topk(logits, min(top_k, VOCAB))
             logits = torch.full_like(logits, float("-inf")).scatter(1, top.indices, top.values)
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=g)

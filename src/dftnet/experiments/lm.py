@@ -31,7 +31,8 @@ from . import corpus as corpus_mod
 from . import distributed as dist_mod
 from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
 from .device import resolve_device
-from .gpt import GPT, GPTConfig, split_variant
+from .gpt import GPT, VOCAB, GPTConfig, split_variant
+from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
@@ -69,6 +70,7 @@ class LMConfig:
     limit: int | None = None  # keep the first LIMIT bytes of each stream (tests, demos)
     sample_bytes: int = 240
     timing_repeats: int = 3
+    memory_check: bool = True  # refuse a run whose estimated peak memory exceeds the device's (preflight)
 
     def __post_init__(self):
         self.variants = tuple(str(v).lower() for v in self.variants)
@@ -112,6 +114,7 @@ class VariantRun:
     seconds: float = 0.0  # training time so far (validation excluded)
     history: list = field(default_factory=list)  # one row per validation
     accum: dict = field(default_factory=_new_accum)  # training loss since the last validation
+    grad_norm: float = 0.0  # of the last step, before clipping (read with its loss)
 
 
 # ------------------------------------------------------------------------- 1. model, optimizer, schedule
@@ -155,7 +158,15 @@ def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> Non
         "step": r.step, "seconds": r.seconds, "history": r.history, "accum": r.accum,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
-    dist_mod.on_main(ctx, lambda: save_atomic(ck, path))
+    def write():  # weights or optimizer state that are not finite are never written
+        guard.require_finite(r.model, r.opt, lambda: _diverged(r, cfg, path, "the weights are not finite"))
+        save_atomic(ck, path)
+    dist_mod.on_main(ctx, write)
+
+
+def _diverged(r: VariantRun, cfg: LMConfig, last: Path, what: str) -> guard.TrainingDiverged:
+    return guard.TrainingDiverged(guard.diverged_line(r.variant, r.step, what, r.sched.get_last_lr()[0], cfg.lr,
+                                                      last, f"dftnet lm --overwrite --out {last.parent.parent}"))
 
 
 # ------------------------------------------------------------------------- 3. steps and validation
@@ -167,10 +178,11 @@ def train_step(net, r: VariantRun, x: torch.Tensor, y: torch.Tensor) -> float:
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
     r.opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+    norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
     r.opt.step()
     r.sched.step()
-    return loss.item()
+    loss_value, r.grad_norm = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()  # one transfer
+    return loss_value
 
 
 def validate(r: VariantRun, cfg: LMConfig, windows: torch.Tensor, ctx: dist_mod.Context) -> dict:
@@ -219,7 +231,10 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
                 if not bar.disable:
                     bar.update()
                     bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", tok_s=f"{session_tokens / session_s:,.0f}")
-                stopping = dist_mod.broadcast_flag(ctx, stop.check())
+                problem = guard.diverged(loss, VOCAB, r.grad_norm)
+                stopping, bad = dist_mod.any_rank(ctx, stop.check(), problem is not None)
+                if bad:  # nothing is written: the last checkpoint is the last finite one
+                    raise _diverged(r, cfg, last, problem or "the loss is not finite in another process")
                 if r.step % cfg.eval_every == 0 or r.step == cfg.max_steps:
                     row = validate(r, cfg, windows, ctx)
                     say(f"{variant:>9} step {r.step:>5}  train bpb {row['train_bpb']:.3f}  val bpb "
@@ -228,10 +243,14 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
                 elif stopping:
                     save(r, cfg, ctx, last)
                 if stopping and r.step < cfg.max_steps:
-                    raise TrainingInterrupted(last)
+                    raise stop.interrupted(last)
     except WriteError as e:  # stop at this step; the previous checkpoint is intact
         raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
                          f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
+    except (RuntimeError, MemoryError) as e:
+        if not guard.is_out_of_memory(e):
+            raise
+        raise guard.out_of_memory(e, variant, r.step, last, "lm", out_dir) from None
     finally:
         bar.close()
     return finish_variant(r, cfg, corpus, ctx, PROMPT, log)
@@ -261,6 +280,8 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
               "threads": torch.get_num_threads(), "prompt": PROMPT.decode()}
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
+    for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
+        dist_mod.on_main(ctx, lambda: preflight.check_lm(variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
     dist_mod.on_main(ctx, lambda: write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n"))
     windows = corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows)
     log(f"corpus: {info['files']} files of {info['root']} ({info['bytes'] / 1e6:.1f} MB, sha256 "

@@ -33,6 +33,7 @@ from .checkpoint import (FORMAT, load_checkpoint, restore_for_resume, save_atomi
                          save_safetensors)
 from .device import resolve_device
 from .evaluate import evaluate
+from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
 from .models import SEED_WIDTHS, build_model, parse_layer_spec
@@ -66,6 +67,7 @@ class TrainConfig:
     recompute_spectrum: bool = False
     eval_batch_size: int = 0  # 0: 1000, fewer for very wide nets (2^27 activations per batch at most)
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    memory_check: bool = True  # refuse a run whose estimated peak memory exceeds the device's (preflight)
     kinds: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
@@ -170,8 +172,19 @@ def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
 
 
 def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
-    """Rank 0 writes the checkpoint (atomically); every rank waits for it, and all stop if it failed."""
-    dist_mod.on_main(ctx, lambda: save_atomic(_checkpoint(r, cfg, position), path))
+    """Rank 0 writes the checkpoint (atomically); every rank waits for it, and all stop if it failed.
+    Weights or optimizer state that are not finite are never written (:class:`.guard.TrainingDiverged`)."""
+    def write():
+        bad = "the weights are not finite"
+        guard.require_finite(r.model, r.opt, lambda: _diverged(r, cfg, path.parent / "last.pt", bad))
+        save_atomic(_checkpoint(r, cfg, position), path)
+    dist_mod.on_main(ctx, write)
+
+
+def _diverged(r: NetRun, cfg: TrainConfig, last: Path, what: str) -> guard.TrainingDiverged:
+    peak = cfg.lr if cfg.lr is not None else default_lr(r.kind)
+    return guard.TrainingDiverged(guard.diverged_line(r.kind, r.step, what, r.sched.get_last_lr()[0], peak, last,
+                                                      f"dftnet train --overwrite --out {last.parent.parent}"))
 
 
 def _reduce_accum(r: NetRun, ctx: dist_mod.Context) -> None:
@@ -214,12 +227,17 @@ def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context,
         loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
         r.step += 1
         r.batch += 1
-        r.accum["loss_sum"] += loss.item() * len(idx)
+        loss_value = loss.item()  # the one read of the loss (metrics, progress bar, divergence)
+        r.accum["loss_sum"] += loss_value * len(idx)
         r.accum["correct"] += (logits.argmax(1) == yb).sum().item()
         r.accum["seen"] += len(idx)
         if not bar.disable:
             _show_progress(bar, r, ctx, time.perf_counter() - t0, n_steps)
-        stopping = dist_mod.broadcast_flag(ctx, stop.check())
+        problem = guard.diverged(loss_value, splits.info.num_classes)
+        stopping, bad = dist_mod.any_rank(ctx, stop.check(), problem is not None)
+        if bad:  # nothing is written: the last checkpoint is the last finite one
+            bar.close()
+            raise _diverged(r, cfg, last, problem or "the loss is not finite in another process")
         if stopping or (cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.batch < n_steps):
             r.accum["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -227,7 +245,7 @@ def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context,
             save(r, cfg, ctx, last, (r.epoch, r.batch))
             if stopping:
                 bar.close()
-                raise TrainingInterrupted(last)
+                raise stop.interrupted(last)
     r.accum["seconds"] += time.perf_counter() - t0
     bar.close()
     return n_steps
@@ -321,6 +339,10 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
             except WriteError as e:  # stop at this step; the previous checkpoint is intact
                 raise WriteError(f"{e}; {r.kind} stopped at step {r.step}, its last good checkpoint is kept: "
                                  f"once fixed, continue with dftnet train --resume --out {out_dir}", e.path) from e
+            except (RuntimeError, MemoryError) as e:
+                if not guard.is_out_of_memory(e):
+                    raise
+                raise guard.out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir) from None
     return test_best(r, cfg, splits, ctx, net_dir)
 
 
@@ -351,6 +373,8 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     if cfg.widths[0] != info.input_size or cfg.widths[-1] != info.num_classes:
         raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
+    for kind in cfg.kinds if cfg.memory_check else ():  # before anything is allocated or written
+        dist_mod.on_main(ctx, lambda: preflight.check_train(kind, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
     if ctx.is_main:
         write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "
