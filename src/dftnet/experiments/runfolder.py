@@ -44,8 +44,10 @@ OUTPUTS = {
     "sweep": ("sweep.json", "sweep.csv", "sweep.png", "frontier.png", "*/*/config.json", "*/*/*/last.pt"),
     "bench": ("bench.json", "bench.csv", "bench.png", "end_to_end.csv"),
     "lm": ("config.json", "summary.json", "metrics.csv", "lm.png", "*/last.pt"),
+    "study": ("study.json", "study.md", "costs.json", "cells/*.json"),
 }
-WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark", "lm": "a language-model run"}
+WHAT = {"train": "a training run", "sweep": "a sweep", "bench": "a benchmark", "lm": "a language-model run",
+        "study": "a study"}
 
 
 class RunFolderError(Exception):
@@ -186,6 +188,10 @@ def run_outputs(folder: Path) -> dict[str, list[Path]]:
                        key=lambda p: (len(p.parts), str(p)))
         if files:
             found[kind] = files
+    if _config_command(folder) == "study":  # its config.json and frontier.png are the study's
+        for other in ("train", "lm", "sweep"):
+            found.pop(other, None)
+        found.setdefault("study", [Path(folder) / "config.json"])
     if "train" in found and "lm" in found:  # same file names: the run's config.json says which it is
         del found["lm" if _config_command(folder) != "lm" and not (Path(folder) / "lm.png").exists() else "train"]
     return found
@@ -356,7 +362,7 @@ def _flag(v) -> str:
 def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
           log=print) -> RunLock:
     """Make ``folder``, take its lock, and check it may be written by a new ``kind`` run (train, sweep,
-    bench, lm): refuse one holding outputs unless ``resume`` (train, lm) or ``overwrite`` (then delete them).
+    bench, lm): refuse one holding outputs unless ``resume`` (train, lm, sweep) or ``overwrite`` (then delete them).
     Returns the held lock (release it when the run ends)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -370,7 +376,7 @@ def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, c
         if found:
             if not overwrite:
                 held = ", ".join(f"{WHAT[k]} ({_list(files, folder)})" for k, files in found.items())
-                hint = "use --resume to continue it, a new --out" if kind in ("train", "lm") and kind in found \
+                hint = "use --resume to continue it, a new --out" if kind in ("train", "lm", "sweep", "study") and kind in found \
                     else "use a new --out"
                 raise RunFolderError(f"{folder} already holds {held}: {hint}, or --overwrite to replace it")
             try:

@@ -37,12 +37,12 @@ __all__ = ["StudyConfig", "QUICK", "plan_cells", "train_cell", "run_cells", "bes
 
 @dataclass
 class StudyConfig:
-    sizes: tuple[int, ...] = (128, 256, 384, 512)
-    heads: tuple[int, ...] = (4, 4, 6, 8)  # one per size
+    sizes: tuple[int, ...] = (128, 256, 512)
+    heads: tuple[int, ...] = (4, 4, 8)  # one per size
     variants: tuple[str, ...] = ("dense", "block-4", "block-16", "block-64", "dft", "dft@16", "block-16@16",
                                  "lowrank-4", "monarch-4")
-    lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # swept at the smallest size
-    transfer: tuple[str, ...] = ("dense", "dft", "block-16")  # re-swept (x1/2, x2) at the largest size
+    lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # swept at the smallest size
+    transfer: tuple[str, ...] = ("dft", "block-16")  # re-swept (x1/2, x2) at the largest size
     layers: int = 2
     context: int = 64
     batch_size: int = 16
