@@ -71,3 +71,42 @@ def test_shift_run_is_reproducible_and_resumes_exactly(tmp_path, monkeypatch):
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert a["config"]["shift"] == 2
+
+
+def test_hidden_dropout_is_reproducible_and_off_in_eval():
+    from dftnet.experiments.augment import HiddenDropout
+    from dftnet.experiments.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP((784, 32, 16, 10), layer="dft")
+    x = torch.randn(4, 784)
+    plain = model(x)
+    drop = HiddenDropout(model, 0.5)
+    assert len(drop.handles) == 2
+    drop.reseed(1, 7)
+    a = model(x)
+    drop.reseed(1, 7)
+    assert torch.equal(model(x), a) and not torch.equal(a, plain)
+    drop.reseed(1, 8)
+    assert not torch.equal(model(x), a)
+    model.eval()
+    assert torch.equal(model(x), plain)
+    drop.remove()
+    model.train()
+    assert torch.equal(model(x), plain)
+    with pytest.raises(ValueError, match="dropout"):
+        HiddenDropout(model, 1.0)
+
+
+def test_dropout_run_resumes_exactly(tmp_path, monkeypatch):
+    quiet = dict(log=lambda *a: None)
+    cfg = dict(SMALL, dropout=0.2)
+    ref = run(TrainConfig(out=str(tmp_path / "ref"), **cfg), **quiet)["results"][0]
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", 5)
+    with pytest.raises(train_mod.TrainingInterrupted):
+        run(TrainConfig(out=str(tmp_path / "cut"), **cfg), **quiet)
+    monkeypatch.setattr(interrupt, "STOP_AFTER_STEPS", 0)
+    res = run(TrainConfig(out=str(tmp_path / "cut"), resume=True, **cfg), **quiet)["results"][0]
+    assert res["test_loss"] == ref["test_loss"] and res["steps"] == ref["steps"]
+    with pytest.raises(ValueError, match="--dropout"):
+        TrainConfig(dropout=1.0)

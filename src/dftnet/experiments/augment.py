@@ -1,4 +1,5 @@
-"""Data augmentation for ``dftnet train``: random shifts of the images, made on the batch, on its device.
+"""Regularisation for ``dftnet train``: random shifts of the images (made on the batch, on its device) and
+hidden-layer dropout, both reproducible and replayed exactly by ``--resume``.
 
 An MLP sees an image as 784 unrelated numbers, so a digit moved by a pixel is a new input to it; shifting
 the training images by a few pixels (the classic MNIST augmentation) teaches the nets that it is not.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["epoch_shifts", "shift_images", "IMAGE_SIDE"]
+__all__ = ["epoch_shifts", "shift_images", "HiddenDropout", "IMAGE_SIDE"]
 
 IMAGE_SIDE = 28
 
@@ -49,3 +50,34 @@ def shift_images(x: torch.Tensor, shifts: torch.Tensor, fill: float, side: int =
     cols = (k - shifts[:, 1:2]) + ar
     flat = rows[:, :, None] * (side + 2 * k) + cols[:, None, :]  # (B, side, side)
     return padded.reshape(b, -1).gather(1, flat.reshape(b, -1))
+
+
+class HiddenDropout:
+    """Dropout on every hidden layer's output (after each ReLU of an :class:`~.models.MLP`), with masks that
+    are a function of ``(seed, step)`` alone, so that ``--resume`` replays them exactly.
+
+    It works by forward hooks, so the model and its checkpoints are unchanged (no Dropout modules that
+    would shift the layers' names), and nothing happens in ``eval()`` mode. Call :meth:`reseed` before
+    each training step.
+    """
+
+    def __init__(self, model: torch.nn.Module, p: float, device=None) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.gen = torch.Generator(device=device or "cpu")
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                        if isinstance(m, torch.nn.ReLU)]
+
+    def reseed(self, seed: int, step: int) -> None:
+        self.gen.manual_seed((_STREAM + 1) * 1_000_003 + seed * 100_000_007 + step)
+
+    def _hook(self, module, inputs, out):
+        if not module.training or self.p == 0.0:
+            return None
+        keep = torch.rand(out.shape, generator=self.gen, device=out.device, dtype=out.dtype) >= self.p
+        return out * keep / (1.0 - self.p)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()

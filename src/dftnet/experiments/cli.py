@@ -54,6 +54,8 @@ def _add_train(sub) -> None:
     p.add_argument("--shift", type=nonneg_int, default=0, metavar="PIXELS",
                    help="shift each training image by a random 0..PIXELS pixels per axis, anew each epoch "
                         "(default 0: no augmentation)")
+    p.add_argument("--dropout", type=nonneg_float, default=0.0, metavar="P",
+                   help="dropout on each hidden layer's output, in [0, 1) (default 0)")
     _add_run_flags(p, "runs/<timestamp>-<dataset>")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop each net after this many steps")
     p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="STEPS",
@@ -72,7 +74,7 @@ def _run_train(args) -> int:
     cfg = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, layer=args.layer,
         widths=args.widths or SEED_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, shift=args.shift, seed=args.seed, device=args.device, out=args.out,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, shift=args.shift, dropout=args.dropout, seed=args.seed, device=args.device, out=args.out,
         resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, quiet=args.quiet, limit=args.limit,
         recompute_spectrum=args.recompute_spectrum, checkpoint_every=args.checkpoint_every,
         memory_check=args.memory_check,

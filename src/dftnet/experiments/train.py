@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 1e-2  # torch.optim.AdamW's default; 1e-4 gave 0.25 points less (README)
     label_smoothing: float = 0.1
     shift: int = 0  # shift each training image by up to this many pixels (dftnet.experiments.augment)
+    dropout: float = 0.0  # dropout on each hidden layer's output (augment.HiddenDropout)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -77,6 +78,8 @@ class TrainConfig:
         for kind in self.kinds:
             parse_layer_spec(kind)  # ValueError for unknown variants
         self.widths = tuple(self.widths)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.Tensor:
@@ -111,6 +114,7 @@ class NetRun:
     history: list = field(default_factory=list)  # one row of metrics per epoch
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
     accum: dict = field(default_factory=_new_accum)  # running train metrics of the current epoch
+    dropout: augment.HiddenDropout | None = None
 
 
 # ------------------------------------------------------------------------- 1. model, optimizer, schedule
@@ -134,7 +138,8 @@ def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context) ->
         total_steps = min(total_steps, cfg.max_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=max(total_steps, 1))
-    return NetRun(kind, model, opt, sched, local_batch, steps_per_epoch, total_steps)
+    dropout = augment.HiddenDropout(model, cfg.dropout, ctx.device) if cfg.dropout else None
+    return NetRun(kind, model, opt, sched, local_batch, steps_per_epoch, total_steps, dropout=dropout)
 
 
 # ------------------------------------------------------------------------- 2. resume, checkpoints
@@ -224,6 +229,8 @@ def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context,
         xb, yb = splits.train_x[idx].to(ctx.device), splits.train_y[idx].to(ctx.device)
         if shifts is not None:
             xb = augment.shift_images(xb, shifts[idx], fill=-splits.mean / splits.std)
+        if r.dropout is not None:
+            r.dropout.reseed(cfg.seed, r.step)
         loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
         r.step += 1
         r.batch += 1
