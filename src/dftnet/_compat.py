@@ -5,6 +5,11 @@ jacrev, ...) is running. The fast kernels work in place and use the classic ``au
 which functorch cannot see through, so under a transform the layer takes its out-of-place path. There is
 no public equivalent in torch 2.4-2.13. If the private function disappears, ``functorch_active`` falls
 back to ``False`` only where torch.func itself is absent; otherwise update this module to the new API.
+
+``torch._C._functorch.is_legacy_batchedtensor`` tells whether a gradient is batched by the autograd
+engine's own vmap (``torch.autograd.grad(..., is_grads_batched=True)``, ``jacobian``/``hessian`` with
+``vectorize=True``, gradcheck's batched checks): the hand-written backward then takes out-of-place ops
+that this vmap can batch. Also private, the same policy.
 """
 
 from __future__ import annotations
@@ -12,14 +17,21 @@ from __future__ import annotations
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached"]
+__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached", "batched_grad"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
 
 
 def functorch_active() -> bool:
     """True while a ``torch.func`` transform is active."""
     return bool(_are_transforms_active()) if _are_transforms_active is not None else False
+
+
+def batched_grad(t: torch.Tensor) -> bool:
+    """True if ``t`` is batched by the autograd engine's vmap over backward (``is_grads_batched``); one C
+    call, about 0.1 us."""
+    return _is_legacy_batched is not None and _is_legacy_batched(t)
 
 
 def tracing() -> bool:

@@ -125,4 +125,4 @@ def spectrum_grad(S: Tensor, n: int, scale: float) -> Tensor:
     ``(..., n // 2 + 1)`` complex, with ``Im S = 0`` at 0 and ``n / 2`` (an rfft's) ``-> (..., n)`` real."""
     index = cached(_unfold_index, n, S.device)
     T = torch.view_as_real(S * complex(scale / n, scale / n))
-    return T.flatten(-2).index_select(-1, index)
+    return T.reshape(*T.shape[:-2], -1).index_select(-1, index)  # (flatten has no batching rule: is_grads_batched)

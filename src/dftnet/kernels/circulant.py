@@ -25,6 +25,7 @@ from functools import lru_cache
 import torch
 from torch.autograd import Function
 
+from .._compat import batched_grad
 from ..plan import Plan
 from ..spectral import by_cas_matrix, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
@@ -49,8 +50,8 @@ def weight_taps(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 def fold_taps(taps_grad: torch.Tensor, plan: Plan) -> torch.Tensor:
     """Adjoint of :func:`weight_taps`: sum the gradient of tap m into weight index m % n."""
-    if plan.circular:
-        return taps_grad[: plan.n]
+    if plan.circular:  # no full-range slice (an alias, which the autograd engine's vmap cannot batch)
+        return taps_grad if taps_grad.shape[-1] == plan.n else taps_grad[: plan.n]
     n = plan.n
     n_taps = plan.in_features + plan.out_features - 1
     reps = -(-n_taps // n)
@@ -238,6 +239,8 @@ def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | Non
 
 def _backward(ctx, grad_out):
     x, param, cWf, X = ctx.saved_tensors
+    if batched_grad(grad_out):  # the autograd engine's vmap (is_grads_batched): out-of-place ops only
+        return _backward_batched(ctx, grad_out, x, param, X)
     plan, scale = ctx.plan, ctx.scale
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     grad_x = grad_w = grad_b = None
@@ -262,6 +265,29 @@ def _backward(ctx, grad_out):
     if need_w:
         grad_w = param_grad(S, plan, scale)
     return grad_x, grad_w, grad_b, None, None, None
+
+
+def _backward_batched(ctx, grad_out, x, param, X):
+    """The gradients from out-of-place ops (:func:`dft_reference` of W^T; the weight gradient from x or its
+    saved spectrum X), for gradients batched by the autograd engine's vmap, which cannot batch the kernels'
+    in-place and ``out=`` ops; differentiable, so ``create_graph=True`` works too."""
+    plan, scale = ctx.plan, ctx.scale
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = grad_w = None
+    grad_b = _rows(grad_out).sum(0) if need_b else None
+    if need_x:
+        grad_x = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan))
+    if need_w:
+        grad_w = _weight_grad(grad_out, X if x is None else torch.fft.rfft(_rows(x), plan.fft_size), plan)
+        grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # the map is its own adjoint
+    return grad_x, grad_w, grad_b, None, None, None
+
+
+def _weight_grad(grad_out: torch.Tensor, X: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """``fold_n(irfft(sum_batch G * X, L))`` with ``G = rfft(grad_out, L)`` and X the input's (rows, F)
+    spectrum: the weight gradient from plain out-of-place ops."""
+    L = plan.fft_size
+    return fold_taps(torch.fft.irfft((torch.fft.rfft(_rows(grad_out), L) * X).sum(0), L), plan)
 
 
 class DFTLinearFunction(Function):
@@ -304,7 +330,8 @@ def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
     Function, no in-place tricks, no branch on the batch size; autograd derives every gradient."""
     L = plan.fft_size
     Wf = torch.fft.rfft(weight_taps(weight, plan), L)
-    z = torch.fft.irfft(torch.fft.rfft(x, L).conj() * Wf, L)[..., : plan.out_features]
+    z = torch.fft.irfft(torch.fft.rfft(x, L).conj() * Wf, L)
+    z = z if L == plan.out_features else z[..., : plan.out_features]  # no alias: see fold_taps
     return z if bias is None else z + bias
 
 
@@ -317,9 +344,7 @@ class DFTWeightGradFunction(Function):
 
     @staticmethod
     def forward(grad_out, x, plan: Plan):
-        L = plan.fft_size
-        S = (torch.fft.rfft(_rows(grad_out), L) * torch.fft.rfft(_rows(x), L)).sum(0)
-        return fold_taps(torch.fft.irfft(S, L), plan)
+        return _weight_grad(grad_out, torch.fft.rfft(_rows(x), plan.fft_size), plan)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -332,6 +357,10 @@ class DFTWeightGradFunction(Function):
         grad_out, x = ctx.saved_tensors
         plan = ctx.plan
         need_g, need_x = ctx.needs_input_grad[:2]
+        if batched_grad(u):  # the autograd engine's vmap: the reference form (out-of-place ops)
+            dg = dft_reference(x, u, None, plan) if need_g else None
+            dx = dft_reference(grad_out, u, None, transpose_plan(plan)) if need_x else None
+            return dg, dx, None
         dg = dx = None
         if need_g:
             dg = dft_linear_autograd(x, u, None, plan, False)
