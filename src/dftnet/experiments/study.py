@@ -86,6 +86,10 @@ QUICK = dict(sizes=(32, 64), heads=(2, 4), variants=("dense", "block-16", "dft",
              eval_every=10, eval_windows=16, timing_rounds=3)
 
 
+# what a finished cell's curve depends on besides its name: --resume refuses a change of these
+CELL_KEYS = ("layers", "context", "batch_size", "steps", "eval_every", "eval_windows", "seed", "limit")
+
+
 def cell_name(cell: dict) -> str:
     return f"d{cell['d_model']}-{cell['variant'].replace('@', 'x')}-lr{cell['lr']:g}"
 
@@ -228,7 +232,7 @@ def argparse_suppress():
 def run(args) -> int:
     from datetime import datetime
 
-    from .runfolder import claim
+    from .runfolder import claim, refuse_changed_config
 
     if args.report:
         return _redraw(Path(args.report), Path(args.out) if args.out else None)
@@ -240,6 +244,8 @@ def run(args) -> int:
     cfg = StudyConfig(**{**(QUICK if args.quick else {}), **overrides, "jobs": args.jobs})
     out = Path(args.out or Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-study")
     with claim(out, "study", resume=args.resume, overwrite=args.overwrite, command="dftnet study", log=print):
+        if args.resume:  # finished cells are kept by name (size, variant, rate): the rest must match
+            refuse_changed_config(out, {"command": "study", **config_dict(cfg)}, CELL_KEYS)
         study = run_study(cfg, out, remeasure=args.remeasure)
     print("\n" + _write_report(study, out))
     return 0
