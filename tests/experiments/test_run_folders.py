@@ -90,7 +90,7 @@ def test_sweep_and_bench_folders_are_not_overwritten(capsys, tmp_path):
     sweep.mkdir()
     (sweep / "sweep.json").write_text("{}")
     code, out, err = _call(capsys, "sweep", "--W", "8", "--variants", "dft", "--limit", "64", "--out", str(sweep))
-    assert code == 2 and "already holds a sweep (sweep.json): use a new --out, or --overwrite" in err
+    assert code == 2 and "already holds a sweep (sweep.json): use --resume to continue it, a new --out, or --overwrite" in err
     _one_line(err)
     assert out == "" and (sweep / "sweep.json").read_text() == "{}"
 

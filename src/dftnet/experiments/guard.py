@@ -24,9 +24,12 @@ last checkpoint is whole (checkpoints are written atomically) and ``--resume`` c
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
+
+from .runfolder import format_size
 
 __all__ = ["TrainingDiverged", "OutOfMemory", "EXIT_DIVERGED", "EXIT_OUT_OF_MEMORY", "LOSS_CEILING",
            "diverged", "require_finite", "is_out_of_memory", "out_of_memory", "kept_checkpoint"]
@@ -90,8 +93,12 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def out_of_memory(e: BaseException, net: str, step: int, path: Path, command: str, out) -> OutOfMemory:
     """The one line for an allocation failure in a step of ``net``."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    cause = first if len(first) <= 160 else first[:157] + "..."
+    text = str(e)
+    cpu = re.search(r"allocate (\d+) bytes", text)  # DefaultCPUAllocator
+    cuda = re.search(r"Tried to allocate [\d.]+ \w+", text)  # torch.OutOfMemoryError
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    cause = (f"could not allocate {format_size(int(cpu.group(1)))}" if cpu else cuda.group(0) if cuda
+             else first if len(first) <= 120 else first[:117] + "...")
     kept = f"its last checkpoint is whole ({path})" if Path(path).exists() else "no checkpoint had been written yet"
     return OutOfMemory(f"out of memory in step {step + 1} of {net} ({cause}); {kept}: free memory and continue "
                        f"with dftnet {command} --resume --out {out}, or start again with a smaller --batch-size")

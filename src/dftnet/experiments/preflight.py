@@ -91,6 +91,24 @@ def estimate(build, make_batch, batch: int, eval_batch: int) -> Estimate | None:
     return Estimate(step=step, resident=4 * params, evaluation=evaluation, param_bytes=params)
 
 
+def _moved(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model.to(device)`` for a model of fake tensors (``Module.to`` swaps fake parameters, which fails
+    on tied weights): every parameter (once, so tied weights stay tied) and buffer remade on ``device``."""
+    if device.type == "cpu":
+        return model
+    made = {}
+    for m in model.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                if id(p) not in made:
+                    made[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device), p.requires_grad)
+                m._parameters[name] = made[id(p)]
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = torch.empty_like(b, device=device)
+    return model
+
+
 # ------------------------------------------------------------------------- what the device has
 
 
@@ -196,7 +214,7 @@ def check_lm(variant: str, cfg, ctx, local_batch: int) -> None:
         return (torch.zeros(n, cfg.context, dtype=torch.long, device=ctx.device),
                 torch.zeros(n * cfg.context, dtype=torch.long, device=ctx.device))
 
-    est = estimate(lambda: _FlatLogits(GPT(cfg.gpt(variant), seed=cfg.seed).to(ctx.device)), batch,
+    est = estimate(lambda: _moved(_FlatLogits(GPT(cfg.gpt(variant), seed=cfg.seed)), ctx.device), batch,
                    local_batch, 2 * cfg.batch_size)
     refuse_if_too_big(variant, est, ctx.device, cfg.batch_size, ctx.distributed,
                       "--batch-size, --context, --d-model or --layers")

@@ -109,7 +109,8 @@ def sweep_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if "skipped" in r:
-            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['dense_parameters']:,}", "skipped", "-", "-"])
+            lines.append([r["dataset"], r["variant"], r["widths"], f"{r['dense_parameters']:,}",
+                          "diverged" if r.get("diverged") else "skipped", "-", "-"])
         else:
             lines.append([r["dataset"], r["variant"], r["widths"], f"{r['parameters']:,}", f"{r['test_acc']:.2%}",
                           f"{r['seconds_per_epoch']:.1f}", f"{r['examples_per_s']:,.0f}"])

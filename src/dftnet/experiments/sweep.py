@@ -5,16 +5,22 @@
 block-circulant layers on MNIST and Fashion-MNIST. Each run is an ordinary ``dftnet train`` run
 in its own folder; the sweep collects them into ``sweep.csv``/``sweep.json`` and a plot.
 The sweep holds its folder's lock while it runs, and refuses a folder that holds outputs unless
-``--overwrite`` is given.
+``--overwrite`` is given. Ctrl-C or SIGTERM stops the run in progress at a step boundary with a
+checkpoint (exit 130 / 143); ``--resume`` then re-reads the finished runs and continues that one exactly.
+A run that diverges or that the memory estimate refuses is a row of the table ("diverged", "skipped"),
+and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .argtypes import comma_list, layer_spec, one_of, positive_float, positive_int
+from .guard import TrainingDiverged
+from .interrupt import TrainingInterrupted, exit_status, stopped_line
 from .models import SEED_WIDTHS
 from .reports import plot_frontier, plot_widths, sweep_table, write_csv
 from .runfolder import atomic_path, claim, write_text_atomic
@@ -69,6 +75,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<timestamp>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the sweep that --out holds (its outputs are deleted first)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped sweep in --out: finished runs are re-read, a stopped one resumes")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="skip the memory estimate that skips a run too big for the device")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -95,9 +105,17 @@ def run(args) -> int:
     runs = plan_runs(args)
     out = Path(args.out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     log = (lambda *a, **k: None) if args.quiet else print
-    with claim(out, "sweep", overwrite=getattr(args, "overwrite", False), command="dftnet sweep", log=log):
-        rows = _train_all(runs, out, args, log)
-        write_outputs(rows, out, args)
+    resume = getattr(args, "resume", False)
+    if resume and not out.is_dir():
+        raise ValueError(f"--resume: output folder {out} does not exist (give the --out of the sweep to resume)")
+    try:
+        with claim(out, "sweep", resume=resume, overwrite=getattr(args, "overwrite", False), command="dftnet sweep",
+                   log=log):
+            rows = _train_all(runs, out, args, log)
+            write_outputs(rows, out, args)
+    except TrainingInterrupted as e:
+        print(f"\n{stopped_line(e, 'sweep', out)}", file=sys.stderr)
+        return exit_status(e.signum)
     log("\n" + sweep_table(rows) + f"\n\nwrote {out}/sweep.csv sweep.json "
         + ("frontier.png" if args.frontier else "sweep.png"))
     return 0
@@ -105,6 +123,7 @@ def run(args) -> int:
 
 def _train_all(runs: list[dict], out: Path, args, log) -> list[dict]:
     from .train import TrainConfig
+    from .preflight import MemoryRefused
     from .train import run as train_run
 
     rows = []
@@ -120,8 +139,15 @@ def _train_all(runs: list[dict], out: Path, args, log) -> list[dict]:
         cfg = TrainConfig(dataset=r["dataset"], layer=r["variant"], widths=r["widths"], epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                           out=str(out / name), max_steps=args.max_steps, limit=args.limit, quiet=True,
-                          overwrite=getattr(args, "overwrite", False))
-        res = train_run(cfg, log=lambda *a, **k: None)["results"][0]
+                          overwrite=getattr(args, "overwrite", False),
+                          resume=getattr(args, "resume", False) and (out / name).is_dir(),
+                          memory_check=getattr(args, "memory_check", True))
+        try:
+            res = train_run(cfg, log=lambda *a, **k: None)["results"][0]
+        except (TrainingDiverged, MemoryRefused) as e:  # a finding of the sweep, not the end of it
+            log(f"    {'diverged' if isinstance(e, TrainingDiverged) else 'skipped'}: {e}")
+            rows.append({**row, "skipped": str(e), **({"diverged": True} if isinstance(e, TrainingDiverged) else {})})
+            continue
         rows.append({**row, **{k: res[k] for k in ("parameters", "test_acc", "best_val_acc", "seconds_per_epoch",
                                                    "examples_per_s", "peak_memory_bytes", "steps")}})
         log(f"    {res['parameters']:,} parameters, test acc {res['test_acc']:.2%}, "
