@@ -21,6 +21,7 @@ from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_,
 from .kernels.block import BlockShape
 from .plan import make_plan
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
+from ._weight import WeightView
 
 __all__ = ["DFTLinear", "BlockDFTLinear"]
 
@@ -65,21 +66,46 @@ class _StructuredLinear(nn.Module):
     def weight(self) -> Tensor:
         """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable).
 
-        Without autograd (inference), it is computed once per value of ``spectrum`` and reused, in the
-        layer's inference memo (keyed on the tensor and its version counter, which every in-place update
-        bumps; see :mod:`dftnet._routes`)."""
+        In eager mode a :class:`~dftnet._weight.WeightView`: a write to it (``nn.init.normal_(layer.weight)``,
+        ``layer.weight.data.copy_(w)``, an in-place op under ``torch.no_grad()``) loads it into ``spectrum``,
+        as :meth:`set_weight_` does. Without autograd (inference) it is computed once per value of
+        ``spectrum`` and reused, in the layer's inference memo (keyed on the tensor and its version
+        counter, which every in-place update bumps; see :mod:`dftnet._routes`)."""
+        spectrum = self.spectrum
+        if tracing() or has_tangent(spectrum):
+            return spectrum_to_weight(spectrum, self.spectral_scale)
+        if torch.is_grad_enabled() and spectrum.requires_grad:
+            return WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self)
+        # its own memo entry: "weight" is the routes' plain weight, which a write must not reach
+        return self._get_structure().memo.get(
+            "weight_view", spectrum, lambda: WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self))
+
+    def _plain_weight(self) -> Tensor:
+        """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
+        nothing differentiates the spectrum."""
         spectrum = self.spectrum
         if (torch.is_grad_enabled() and spectrum.requires_grad) or tracing() or has_tangent(spectrum):
             return spectrum_to_weight(spectrum, self.spectral_scale)
         return self._get_structure().memo.get("weight", spectrum,
-                                          lambda: spectrum_to_weight(spectrum, self.spectral_scale))
+                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
 
     @weight.setter
     def weight(self, value: Tensor) -> None:
-        raise AttributeError(
-            f"{type(self).__name__}.weight is computed from the parameter `spectrum`; "
-            "use set_weight_(tensor) to load a weight"
-        )
+        """``layer.weight = w`` loads ``w`` (as :meth:`set_weight_` does, and as ``torch.nn.utils.parametrize``
+        assigns through its inverse map); a Parameter is refused, since sharing it (weight tying) cannot work."""
+        if isinstance(value, nn.Parameter) or not isinstance(value, Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.weight is computed from the parameter `spectrum` and cannot be replaced "
+                f"by a {type(value).__name__} (nor tied to another module's weight); assign a tensor, or call "
+                "set_weight_(tensor), to load its values"
+            )
+        self.set_weight_(value)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # before nn.Module's Parameter branch, which would raise a bare KeyError
+            type(self).weight.fset(self, value)
+        else:
+            super().__setattr__(name, value)
 
     @torch.no_grad()
     def set_weight_(self, weight: Tensor) -> "_StructuredLinear":
@@ -170,7 +196,7 @@ class _StructuredLinear(nn.Module):
 
     def to_dense(self) -> Tensor:
         """The explicit ``(out_features, in_features)`` matrix ``S diag(sign) diag(diagonal)``."""
-        W = self._matrix(self.weight)
+        W = self._matrix(self._plain_weight())
         if self.sign is not None:
             W = W * self.sign.to(W.dtype)
         return W if self.diagonal is None else W * self.diagonal
