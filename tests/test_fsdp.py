@@ -1,0 +1,107 @@
+"""FSDP2: ``torch.distributed.fsdp.fully_shard`` on both layers, 2 CPU processes (gloo, under torchrun),
+ends with the same parameters as one process without FSDP after several AdamW steps on the same global
+batches (float64)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from dftnet import BlockDFTLinear, DFTLinear
+
+pytestmark = pytest.mark.slow  # torchrun with 2 processes: about 15 s
+
+STEPS, BATCH = 6, 16
+
+# Each rank takes its half of every global batch; FSDP averages the gradients over ranks, which equals
+# the gradient of the global mean loss. MSE, not cross-entropy: a circulant output layer's DC bin shifts
+# every logit equally, so cross-entropy gives it a zero gradient that AdamW would walk by rounding noise.
+WORKER = """
+import sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+sys.path.insert(0, {tests!r})
+from test_fsdp import STEPS, batch, make_model
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+model = make_model()
+for layer in model:
+    if sum(p.numel() for p in layer.parameters()):
+        fully_shard(layer)
+fully_shard(model)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+for step in range(STEPS):
+    x, y = (t.chunk(world)[rank] for t in batch(step))
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+from torch.distributed.tensor import DTensor
+assert all(isinstance(p, DTensor) for p in model.parameters())  # sharded: each rank holds half
+state = {{k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}}
+if rank == 0:
+    torch.save(state, {out!r})
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        DFTLinear(24, 32, method="fft", dtype=torch.float64), nn.ReLU(),
+        BlockDFTLinear(32, 20, 8, method="fft", dtype=torch.float64), nn.ReLU(),
+        DFTLinear(20, 12, dtype=torch.float64, sign_flip=True), nn.ReLU(),
+        BlockDFTLinear(12, 6, 4, dtype=torch.float64, diagonal=True),
+    )
+
+
+def batch(step: int):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(BATCH, 24, generator=g, dtype=torch.float64), torch.randn(BATCH, 6, generator=g,
+                                                                                 dtype=torch.float64)
+
+
+def one_process() -> dict:
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for step in range(STEPS):
+        x, y = batch(step)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.state_dict()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fully_shard_on_two_processes_matches_one(tmp_path):
+    out = tmp_path / "fsdp.pt"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=os.path.dirname(__file__), out=str(out)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+           str(script)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = torch.load(out, weights_only=True)
+    one = one_process()
+    assert set(two) == set(one)
+    start = make_model().state_dict()
+    for k, v in one.items():
+        if k.endswith("sign"):  # a buffer: fixed
+            assert torch.equal(two[k], v)
+            continue
+        assert not torch.equal(v, start[k])  # the parameter moved
+        torch.testing.assert_close(two[k], v, rtol=0, atol=1e-12)
