@@ -32,7 +32,8 @@ import torch
 from .runfolder import format_size
 
 __all__ = ["TrainingDiverged", "OutOfMemory", "EXIT_DIVERGED", "EXIT_OUT_OF_MEMORY", "LOSS_CEILING",
-           "diverged", "require_finite", "is_out_of_memory", "out_of_memory", "kept_checkpoint"]
+           "diverged", "require_finite", "is_out_of_memory", "out_of_memory", "raise_if_out_of_memory",
+           "kept_checkpoint"]
 
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_MEMORY = 1
@@ -76,11 +77,11 @@ def _all_finite(tensors) -> bool:
 
 
 def require_finite(model: torch.nn.Module, opt: torch.optim.Optimizer, error) -> None:
-    """Raise ``error()`` (a :class:`TrainingDiverged`) unless every parameter, buffer and optimizer state
+    """Raise ``error(what)`` (a :class:`TrainingDiverged`) unless every parameter, buffer and optimizer state
     tensor is finite. Called where a checkpoint is written, which copies every tensor to the host anyway."""
     states = [v for s in opt.state.values() for v in s.values()]
     if not _all_finite([*model.state_dict().values(), *states]):
-        raise error()
+        raise error("the weights are not finite")
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -89,6 +90,12 @@ def is_out_of_memory(e: BaseException) -> bool:
     text = str(e).lower()
     return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
                                              or "cannot allocate memory" in text)
+
+
+def raise_if_out_of_memory(e: BaseException, net: str, step: int, path: Path, command: str, out) -> None:
+    """In a loop's ``except``: an allocation failure becomes :class:`OutOfMemory` (one line); else nothing."""
+    if is_out_of_memory(e):
+        raise out_of_memory(e, net, step, path, command, out) from None
 
 
 def out_of_memory(e: BaseException, net: str, step: int, path: Path, command: str, out) -> OutOfMemory:

@@ -159,7 +159,7 @@ def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> Non
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
     def write():  # weights or optimizer state that are not finite are never written
-        guard.require_finite(r.model, r.opt, lambda: _diverged(r, cfg, path, "the weights are not finite"))
+        guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path, what))
         save_atomic(ck, path)
     dist_mod.on_main(ctx, write)
 
@@ -248,9 +248,8 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
         raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
                          f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
     except (RuntimeError, MemoryError) as e:
-        if not guard.is_out_of_memory(e):
-            raise
-        raise guard.out_of_memory(e, variant, r.step, last, "lm", out_dir) from None
+        guard.raise_if_out_of_memory(e, variant, r.step, last, "lm", out_dir)
+        raise
     finally:
         bar.close()
     return finish_variant(r, cfg, corpus, ctx, PROMPT, log)

@@ -177,11 +177,10 @@ def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
 
 
 def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
-    """Rank 0 writes the checkpoint (atomically); every rank waits for it, and all stop if it failed.
-    Weights or optimizer state that are not finite are never written (:class:`.guard.TrainingDiverged`)."""
+    """Rank 0 writes the checkpoint (atomically, never with non-finite weights); every rank waits for it,
+    and all stop if it failed."""
     def write():
-        bad = "the weights are not finite"
-        guard.require_finite(r.model, r.opt, lambda: _diverged(r, cfg, path.parent / "last.pt", bad))
+        guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path.parent / "last.pt", what))
         save_atomic(_checkpoint(r, cfg, position), path)
     dist_mod.on_main(ctx, write)
 
@@ -347,9 +346,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
                 raise WriteError(f"{e}; {r.kind} stopped at step {r.step}, its last good checkpoint is kept: "
                                  f"once fixed, continue with dftnet train --resume --out {out_dir}", e.path) from e
             except (RuntimeError, MemoryError) as e:
-                if not guard.is_out_of_memory(e):
-                    raise
-                raise guard.out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir) from None
+                guard.raise_if_out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir)
+                raise
     return test_best(r, cfg, splits, ctx, net_dir)
 
 
