@@ -208,3 +208,57 @@ def test_create_graph_with_constant_input_matches_dense():
     got = penalty(lambda: dft_linear(x, w, None, q, method="fft"))
     ref = penalty(lambda: x @ dft_matrix(w, p, q).T)
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("p,q", [(48, 192), (192, 48), (64, 64)])
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_saving_the_input_or_its_spectrum_gives_the_same_gradients(p, q, diagonal):
+    """recompute_spectrum True (input only), False (its spectrum too) and None (auto) agree with each other
+    to rounding and with the explicit matrix, with and without the learned diagonal."""
+    from dftnet import DFTLinear
+
+    torch.manual_seed(0)
+    base = DFTLinear(p, q, method="fft", diagonal=diagonal).double()
+    if diagonal:
+        with torch.no_grad():
+            base.diagonal.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, p, dtype=torch.float64)
+    g = torch.randn(3, 5, q, dtype=torch.float64)
+    grads = []
+    for mode in (True, False, None):
+        layer = DFTLinear(p, q, method="fft", diagonal=diagonal, recompute_spectrum=mode).double()
+        layer.load_state_dict(base.state_dict())
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        torch.testing.assert_close(y, xi @ layer.to_dense().T + layer.bias)
+        grads.append(torch.autograd.grad(y, [xi, *layer.parameters()], g))
+    ref_layer = DFTLinear(p, q, method="dense", diagonal=diagonal).double()
+    ref_layer.load_state_dict(base.state_dict())
+    xr = x.clone().requires_grad_()
+    ref = torch.autograd.grad(ref_layer(xr), [xr, *ref_layer.parameters()], g)
+    for got in grads:
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b)
+
+
+def test_auto_mode_saves_no_spectrum_beside_a_kept_input():
+    """With the learned diagonal the input is kept for its gradient, so auto mode saves no spectrum: less
+    saved memory than keeping both, and than the matrix route's input plus product."""
+    from dftnet import DFTLinear
+
+    def saved_bytes(layer, x):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)
+        return sum(storages.values())
+
+    x = torch.randn(64, 256, requires_grad=True)
+    sizes = {mode: saved_bytes(DFTLinear(256, 1024, method="fft", recompute_spectrum=mode), x) for mode in (None, False)}
+    input_bytes = x.numel() * 4
+    assert sizes[None] < input_bytes + 64 * 1024  # the input, the diagonal, the weight's O(n) spectrum
+    assert sizes[False] > sizes[None] + 64 * 513 * 8 - 1  # keeping the spectrum adds (rows, L/2+1) complex

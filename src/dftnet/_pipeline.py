@@ -43,28 +43,37 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str,
-                      exact_extremes: bool = False) -> Tensor:
+                      exact_extremes: bool = False, diagonal: Tensor | None = None) -> Tensor:
+    """``(diagonal * input) @ W.T + bias``. ``diagonal`` (p,), of the input's dtype, is multiplied in first,
+    except on the eager FFT route of a structure that ``fuses_diagonal`` (its Function then saves the input
+    alone, not also the product)."""
+    if diagonal is not None and not getattr(structure, "fuses_diagonal", False):
+        input, diagonal = input * diagonal, None
     dtype = input.dtype
     device_type = "cpu" if input.is_cpu else input.device.type
     if torch.is_autocast_enabled(device_type) and dtype != torch.float64:
         with torch.autocast(device_type, enabled=False):
             return _in_float32(structure, input, weight, bias, method, exact_extremes,
-                               torch.get_autocast_dtype(device_type))
+                               torch.get_autocast_dtype(device_type), diagonal)
     if weight.dtype != dtype or (bias is not None and bias.dtype != dtype):
         raise TypeError(
             f"{structure.name}: expected input, weight and bias of one dtype, got input {dtype}, "
             f"weight {weight.dtype}" + ("" if bias is None else f", bias {bias.dtype}")
         )
     if dtype in _HALF and method != "dense":
-        return _in_float32(structure, input, weight, bias, method, exact_extremes, dtype)
-    reference = tracing() or (in_dual_level() and has_tangent(input, weight, bias))
-    training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+        return _in_float32(structure, input, weight, bias, method, exact_extremes, dtype, diagonal)
+    reference = tracing() or (in_dual_level() and has_tangent(input, weight, bias, diagonal))
+    training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                            or (diagonal is not None and diagonal.requires_grad))
     batch = input.numel() // max(input.shape[-1], 1)
     if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch
         batch = TRACE_BATCH
     elif batch == 0:
         method = "dense"
-    if method == "dense" or (method == "auto" and structure.dense_cheaper(batch, device_type, training)):
+    fft = not (method == "dense" or (method == "auto" and structure.dense_cheaper(batch, device_type, training)))
+    if diagonal is not None and (reference or exact_extremes or not fft):
+        input, diagonal = input * diagonal, None
+    if not fft:
         if reference:
             return torch.nn.functional.linear(input, structure.matrix(weight), bias)
         return structure.dense(input, weight, bias, training)
@@ -73,12 +82,13 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
     if exact_extremes and not _in_safe_range(input, structure.weight(weight)):
         out = _fft_guarded(structure, input, weight)
         return out if bias is None else out + bias
-    return structure.fft(input, weight, bias)
+    return structure.fft(input, weight, bias) if diagonal is None else structure.fft(input, weight, bias, diagonal)
 
 
-def _in_float32(structure, input, weight, bias, method, exact_extremes, out_dtype) -> Tensor:
+def _in_float32(structure, input, weight, bias, method, exact_extremes, out_dtype, diagonal=None) -> Tensor:
     b = None if bias is None else bias.float()
-    return structured_linear(structure, input.float(), weight.float(), b, method, exact_extremes).to(out_dtype)
+    d = None if diagonal is None else diagonal.float()
+    return structured_linear(structure, input.float(), weight.float(), b, method, exact_extremes, d).to(out_dtype)
 
 
 def _in_safe_range(input: Tensor, weight: Tensor) -> bool:

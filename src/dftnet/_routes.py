@@ -44,11 +44,12 @@ def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
     return weight[..., index(in_features, out_features, n, weight.device)]
 
 
-def _recorded(input: Tensor, param: Tensor, bias: Tensor | None) -> bool:
+def _recorded(input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> bool:
     """Whether autograd records this call (the FFT routes then run their autograd Function, otherwise the
     forward kernel alone)."""
     return torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
-                                        or (bias is not None and bias.requires_grad))
+                                        or (bias is not None and bias.requires_grad)
+                                        or (diagonal is not None and diagonal.requires_grad))
 
 
 class _InferenceMemo:
@@ -111,8 +112,9 @@ class Circulant(_Structure):
     tensors are computed once."""
 
     name = "dft_linear"
+    fuses_diagonal = True  # fft() takes the input's diagonal scaling into its autograd Function
 
-    def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool,
+    def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool | None,
                  scale: float | None = None, memo: bool = False):
         super().__init__(scale, memo)
         self.in_features, self.out_features = in_features, out_features
@@ -137,11 +139,24 @@ class Circulant(_Structure):
             return torch.nn.functional.linear(input, self._derived("matrix", param, self._make_matrix), bias)
         return dense_forward(input, param, bias, p, q, self.scale)
 
-    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
+    def save_spectrum(self, input: Tensor, diagonal: Tensor | None) -> bool:
+        """Whether backward gets the input's spectrum X (L + 2 reals a row) saved, or recomputes it from the
+        input (p reals a row; one more FFT). ``recompute_spectrum`` True/False decides; None (auto) saves X
+        only where the input is not kept anyway (no diagonal, no gradient to it) and is not the smaller."""
         plan = self.plan
-        if _recorded(input, param, bias):
-            save_spectrum = plan.circular and not self.recompute_spectrum
-            return dft_linear_autograd(input, param, bias, plan, save_spectrum, self.scale)
+        if not plan.circular or self.recompute_spectrum:
+            return False
+        if self.recompute_spectrum is False:
+            return True
+        return not (diagonal is not None or input.requires_grad or plan.in_features < plan.n)
+
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
+        plan = self.plan
+        if _recorded(input, param, bias, diagonal):
+            return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.scale,
+                                       diagonal)
+        if diagonal is not None:
+            input = input * diagonal
         cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
         return dft_forward(input, param, bias, plan, self.scale, cWf)  # inference: no autograd bookkeeping
 

@@ -66,7 +66,7 @@ def dft_linear(
     *,
     fft_size: int | None = None,
     method: str = "auto",
-    recompute_spectrum: bool = False,
+    recompute_spectrum: bool | None = None,
     exact_extremes: bool = False,
 ) -> Tensor:
     """Apply the DFT layer: ``input @ W.T + bias`` with ``W[i, j] = weight[(i + j) % n]``.
@@ -80,8 +80,10 @@ def dft_linear(
             the periodically extended weight); None picks the cheaper (:func:`dftnet.plan.make_plan`).
         method: "fft", "dense" (multiply by the materialised matrix; same result and gradients), or
             "auto" (dense where the cost model says the FFT does not pay off, and for empty inputs).
-        recompute_spectrum: keep only the real input for backward and recompute its spectrum there
-            (one more FFT, half the saved memory). The linear route always does this.
+        recompute_spectrum: what backward keeps of the input: True, the input alone (its spectrum is
+            recomputed there: one more FFT); False, its spectrum (L + 2 reals a row instead of p; 2 FFTs in
+            backward instead of 3); None (default), the spectrum only where the input would not be kept
+            anyway (it needs no gradient) and is not the smaller (p = n). The linear route always recomputes.
         exact_extremes: check the input and weight for inf, nan and extreme magnitudes (one host sync
             per call) and give exactly what the dense product gives there; see :mod:`dftnet._pipeline`.
 

@@ -161,8 +161,12 @@ class _StructuredLinear(nn.Module):
         """``dft_linear`` / ``block_dft_linear`` of ``D x`` with the layer's weight and bias, computed from
         the stored spectrum directly (on the circular route no FFT of the weight, forward or backward)."""
         self._check_input_fully(input)
-        return structured_linear(self._get_structure(), self._scale_input(input), self._param("spectrum"),
-                                 self._param("bias"), self.method, self.exact_extremes)
+        diagonal = self._param("diagonal")
+        if diagonal is not None:
+            diagonal = diagonal.to(input.dtype)
+        return structured_linear(self._get_structure(), apply_signs(input, self._buffers["sign"]),
+                                 self._param("spectrum"), self._param("bias"), self.method, self.exact_extremes,
+                                 diagonal)
 
     def _param(self, name: str):
         """A parameter by name, read from ``_parameters`` (cheaper than ``nn.Module.__getattr__``), or as
@@ -185,14 +189,6 @@ class _StructuredLinear(nn.Module):
         device = self._param("spectrum").device
         if input.device != device:
             raise ValueError(f"{name}: expected input on the parameters' device {device}, got {input.device}")
-
-    def _scale_input(self, input):
-        """``D x``: the input times the fixed signs and the learned diagonal (whichever the layer has)."""
-        diagonal = self._param("diagonal")
-        input = apply_signs(input, self._buffers["sign"])
-        if diagonal is not None and isinstance(input, Tensor) and input.is_floating_point():
-            input = input * diagonal.to(input.dtype)
-        return input
 
     def to_dense(self) -> Tensor:
         """The explicit ``(out_features, in_features)`` matrix ``S diag(sign) diag(diagonal)``."""
@@ -244,7 +240,7 @@ class DFTLinear(_StructuredLinear):
     _default_diagonal = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
-                 fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool = False,
+                 fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool | None = None,
                  sign_flip: bool = False, diagonal: bool = True, exact_extremes: bool = False) -> None:
         super().__init__()
         p = _check_features("in_features", in_features)
@@ -277,8 +273,8 @@ class DFTLinear(_StructuredLinear):
         s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()
         if self.fft_size is not None:
             s += f", fft_size={self.fft_size}"
-        if self.recompute_spectrum:
-            s += ", recompute_spectrum=True"
+        if self.recompute_spectrum is not None:
+            s += f", recompute_spectrum={self.recompute_spectrum}"
         return s
 
 

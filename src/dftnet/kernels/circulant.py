@@ -95,8 +95,10 @@ def param_grad(S: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor
 # Row chunks: the fast kernels transform CHUNK_BYTES of spectrum at a time, so a chunk's spectra stay in the
 # last-level cache between its FFTs and its elementwise passes, and no (batch, L) temporary is allocated
 # beyond the result and the saved spectrum (fresh large allocations cost page faults on CPU). A chunk has at
-# least MIN_CHUNK_ROWS rows: every FFT call has a fixed cost of O(L). Measured with `dftnet bench`.
-CHUNK_BYTES = 16 << 20
+# least MIN_CHUNK_ROWS rows: every FFT call has a fixed cost of O(L). 8 MiB rather than 16: the same speed or
+# better for forward + backward (interleaved A/B at 1 thread, 512x2048 and 2048x512 at 4096 rows, 784x4096 at
+# 128, 4096x4096 at 256, 16384x16384 at 64), and a lower peak step memory.
+CHUNK_BYTES = 8 << 20
 MIN_CHUNK_ROWS = 8
 # Up to this many rows, the weight's FFT rides in the same call as the input's, and the weight gradient's
 # inverse FFT in the same call as grad_input's: for a few rows, a call's fixed cost exceeds the copies.
@@ -172,21 +174,26 @@ def _correlate_rows(
 
 def _backward_rows(
     g2: torch.Tensor, x2: torch.Tensor | None, X: torch.Tensor | None, cWf: torch.Tensor, plan: Plan,
-    need_x: bool, need_w: bool, invert: bool,
+    need_x: bool, need_w: bool, invert: bool, diag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """grad_input ``irfft(conj(G) * Wf)[:, :p]`` and ``S = sum_rows G * X``, or with ``invert`` the
     gradient of the taps ``irfft(S)`` (for a few rows in the same inverse FFT as grad_input).
 
-    ``G = rfft(g2, L)``; X is the saved input spectrum, or recomputed from ``x2`` chunk by chunk.
+    ``G = rfft(g2, L)``; X is the saved input spectrum, or recomputed chunk by chunk from ``x2`` (times
+    ``diag``, if given).
     """
     L, p = plan.fft_size, plan.in_features
+
+    def spectrum(rows):
+        return torch.fft.rfft(x2[rows] if diag is None else x2[rows] * diag, L)
+
     M = g2.shape[0]
     rows = _chunk_rows(L, cWf.dtype, M)
     if M <= rows:  # one chunk: few ops (each costs microseconds next to the FFTs of a few rows)
         G = torch.fft.rfft(g2, L)
         S = None
         if need_w:
-            GX = G * (X if X is not None else torch.fft.rfft(x2, L))
+            GX = G * (X if X is not None else spectrum(slice(None)))
             S = GX[0] if M == 1 else GX.sum(0)
             del GX  # (B, F) complex: not alive while grad_input is computed
         if need_x and need_w and invert and M <= SMALL_BATCH_ROWS:  # one inverse FFT for both gradients
@@ -204,7 +211,7 @@ def _backward_rows(
         chunk = slice(s, s + rows)
         Gc = torch.fft.rfft(g2[chunk], L)
         if need_w:
-            Xc = X[chunk] if X is not None else torch.fft.rfft(x2[chunk], L)
+            Xc = X[chunk] if X is not None else spectrum(chunk)
             S += (Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0)
         if need_x:
             Gc = Gc.mul_(cWf).conj_physical_()
@@ -238,49 +245,85 @@ def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | Non
 
 
 def _backward(ctx, grad_out):
-    x, param, cWf, X = ctx.saved_tensors
+    x, param, cWf, X, diag = ctx.saved_tensors
     if batched_grad(grad_out):  # the autograd engine's vmap (is_grads_batched): out-of-place ops only
-        return _backward_batched(ctx, grad_out, x, param, X)
+        return _backward_batched(ctx, grad_out, x, param, X, diag)
     plan, scale = ctx.plan, ctx.scale
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x = grad_w = grad_b = None
+    need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
+        ctx.needs_input_grad[6]
+    grad_x = grad_w = grad_b = gxd = None
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if torch.is_grad_enabled():
         # create_graph=True: build the gradients from differentiable pieces (double backward).
         weight = param_weight(param, scale)
-        if need_x:
-            grad_x = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
+        if need_x or need_d:
+            gxd = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
         if need_w:
             if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
-                x = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
-            grad_w = DFTWeightGradFunction.apply(grad_out, x, plan)
+                xd = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
+            else:
+                xd = x if diag is None else x * diag
+            grad_w = DFTWeightGradFunction.apply(grad_out, xd, plan)
             grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)
-        return grad_x, grad_w, grad_b, None, None, None
-    x2 = None if x is None else _rows(x)
+        return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
+    x2 = None if x is None or X is not None or not need_w else _rows(x)
     invert = inverts_gradient(plan, scale)
-    gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w, invert)
-    if need_x:
-        grad_x = gx if len(ctx.input_shape) == 2 else gx.reshape(ctx.input_shape)
+    gx, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x or need_d, need_w, invert, diag)
     if need_w:
         grad_w = param_grad(S, plan, scale)
-    return grad_x, grad_w, grad_b, None, None, None
+    grad_x = grad_d = None
+    if diag is None:
+        grad_x = gx
+    else:  # gx is this backward's own: the diagonal's gradient first, then grad_x in place
+        if need_d:
+            grad_d = _sum_rows_of_product(gx, _rows(x))
+        if need_x:
+            grad_x = gx.mul_(diag)
+    if grad_x is not None and len(ctx.input_shape) != 2:
+        grad_x = grad_x.reshape(ctx.input_shape)
+    return grad_x, grad_d, grad_w, grad_b
 
 
-def _backward_batched(ctx, grad_out, x, param, X):
-    """The gradients from out-of-place ops (:func:`dft_reference` of W^T; the weight gradient from x or its
-    saved spectrum X), for gradients batched by the autograd engine's vmap, which cannot batch the kernels'
-    in-place and ``out=`` ops; differentiable, so ``create_graph=True`` works too."""
+def _sum_rows_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(0)`` for (M, p) tensors, a chunk of rows at a time (no (M, p) temporary)."""
+    M, p = a.shape
+    rows = max(1, CHUNK_BYTES // max(1, p * a.element_size()))
+    if M <= rows:
+        return (a * b).sum(0)
+    out = a.new_zeros(p)
+    for s in range(0, M, rows):
+        out += (a[s:s + rows] * b[s:s + rows]).sum(0)
+    return out
+
+
+def _diagonal_chain(gxd, x, diag, need_x: bool, need_d: bool) -> tuple:
+    """``(grad_x, grad_diag)`` from the gradient ``gxd`` of the kernel's input ``x * diag``."""
+    if diag is None:
+        return gxd if need_x else None, None
+    grad_x = gxd * diag if need_x else None
+    grad_d = (gxd * x).reshape(-1, diag.shape[-1]).sum(0) if need_d else None
+    return grad_x, grad_d
+
+
+def _backward_batched(ctx, grad_out, x, param, X, diag):
+    """The gradients from plain out-of-place torch ops: :func:`dft_reference` of W^T, and the weight
+    gradient's convolution from the input (or its saved spectrum X). For gradients batched by the autograd
+    engine's vmap, whose fallback cannot run the kernels' in-place and ``out=`` ops; differentiable, so
+    ``create_graph=True`` works too."""
     plan, scale = ctx.plan, ctx.scale
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x = grad_w = None
-    grad_b = _rows(grad_out).sum(0) if need_b else None
-    if need_x:
-        grad_x = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan))
+    need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
+        ctx.needs_input_grad[6]
+    grad_w = grad_b = gxd = None
+    if need_b:
+        grad_b = _rows(grad_out).sum(0)
+    if need_x or need_d:
+        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan))
     if need_w:
-        grad_w = _weight_grad(grad_out, X if x is None else torch.fft.rfft(_rows(x), plan.fft_size), plan)
+        xd = None if x is None else (x if diag is None else x * diag)
+        grad_w = _weight_grad(grad_out, X if xd is None else torch.fft.rfft(_rows(xd), plan.fft_size), plan)
         grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # the map is its own adjoint
-    return grad_x, grad_w, grad_b, None, None, None
+    return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
 
 
 def _weight_grad(grad_out: torch.Tensor, X: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -291,36 +334,40 @@ def _weight_grad(grad_out: torch.Tensor, X: torch.Tensor, plan: Plan) -> torch.T
 
 
 class DFTLinearFunction(Function):
-    """z = W x + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
+    """z = W (d * x) + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
 
-    ``param`` is the weight (``scale`` None) or the layer's stored spectrum. Saved for backward: the
-    input x (needed for double backward and, in memory-saving mode, to rebuild X), the parameter, the
-    conjugate weight spectrum (O(L), reused by grad_input) and, unless ``save_spectrum`` is False, the
-    input spectrum X (so that backward needs only 2 batched FFTs). That is what a plain torch.fft
-    autograd implementation saves (x and X); without X it is half.
+    ``param`` is the weight (``scale`` None) or the layer's stored spectrum; ``diag`` an optional (p,)
+    diagonal applied to the input first (the layer's learned diagonal: its product with x is a temporary,
+    rebuilt in backward where needed, not a second saved copy of the input). Saved for backward: the
+    input x where it is needed (for the diagonal's gradient, to rebuild X, or as a graph input for double
+    backward), the parameter, the conjugate weight spectrum (O(L), reused by grad_input) and, if
+    ``save_spectrum``, the input spectrum X, so that backward needs 2 batched FFTs instead of 3. X has
+    L + 2 reals per row against p for x: the layers save it only where x is not kept anyway
+    (:meth:`dftnet._routes.Circulant.fft`).
 
     The classic ``forward(ctx, ...)`` form: ``apply`` of a ``setup_context`` Function binds its arguments
     with ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured).
     torch.compile, torch.export, torch.func and forward-mode AD use :func:`dft_reference` instead."""
 
     @staticmethod
-    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None):
-        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale)
+    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
+        z, X, cWf = _forward(x if diag is None else x * diag, param, bias, plan, save_spectrum, scale)
         ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
-        # x itself is needed only to rebuild X, or as a graph input for double backward; a constant
-        # input (the data batch) with its spectrum saved is not kept (plain autograd does not keep it).
-        keep_x = not save_spectrum or x.requires_grad
-        ctx.save_for_backward(x if keep_x else None, param, cWf, X if save_spectrum else None)
+        # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double
+        # backward; a constant input (the data batch) with its spectrum saved is not kept.
+        keep_x = not save_spectrum or x.requires_grad or diag is not None
+        ctx.save_for_backward(x if keep_x else None, param, cWf, X if save_spectrum else None, diag)
         return z
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _backward(ctx, grad_out)
+        grad_x, grad_d, grad_w, grad_b = _backward(ctx, grad_out)
+        return grad_x, grad_w, grad_b, None, None, None, grad_d
 
 
-def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None = None):
-    """``z = x W^T + b`` with the hand-derived backward (eager autograd)."""
-    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, scale)
+def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None = None, diag=None):
+    """``z = (d * x) W^T + b`` (``d`` = ``diag``, or 1) with the hand-derived backward (eager autograd)."""
+    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, scale, diag)
 
 
 def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
