@@ -77,7 +77,8 @@ def table(args) -> str:
         rows = list(csv.DictReader(f))
     groups: dict[tuple[str, str], dict] = {}
     for r in rows:
-        g = groups.setdefault((r["dataset"], r["lever"]), {"flags": _flags(r["command"]), "nets": {}})
+        g = groups.setdefault((r["dataset"], r["lever"]), {"flags": {}, "nets": {}})
+        g["flags"].setdefault(r["net"], _flags(r["command"]))
         g["nets"].setdefault(r["net"], {})[int(r["seed"])] = r  # a rerun of a seed replaces it
     lines = ["| dataset | lever | flags (`dftnet train --layer NET --seed S ...`) | DFT test acc by seed | "
              "DFT median | DFT train / val (median) | dense test acc by seed | dense median | gap |",
@@ -97,7 +98,10 @@ def table(args) -> str:
         d_seeds, d_med, d_fit, d = cells(g["nets"].get("dft", {}))
         n_seeds, n_med, _, n = cells(g["nets"].get("dense", {}))
         gap = f"{n - d:.2f}" if d is not None and n is not None else ""
-        lines.append(f"| {dataset} | {lever} | `{g['flags']}` | {d_seeds} | {d_med} | {d_fit} | {n_seeds} | "
+        nets = sorted(g["flags"], key=lambda k: k != "dft")  # DFT's flags first; dense's too where they differ
+        shown = dict.fromkeys(g["flags"][k] for k in nets)
+        flags = "; ".join(f"`{f}`" if i == 0 else f"dense `{f}`" for i, f in enumerate(shown))
+        lines.append(f"| {dataset} | {lever} | {flags} | {d_seeds} | {d_med} | {d_fit} | {n_seeds} | "
                      f"{n_med} | {gap} |")
     return "\n".join(lines)
 
