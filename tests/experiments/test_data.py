@@ -14,6 +14,7 @@ import torch
 
 from dftnet.experiments import data
 from dftnet.experiments.data import DATASETS, DataError, RawData, load_raw, load_splits, make_splits
+from dftnet.experiments.idx import idx_md5
 
 NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -163,8 +164,8 @@ def test_idx_md5_matches_file_bytes() -> None:
     arrays = make_arrays(n_train=3, n_test=2)
     for k, a in arrays.items():
         kind = k.split("_")[1]
-        assert data._idx_md5(a, kind) == hashlib.md5(idx_bytes(a)).hexdigest()
-        assert data._idx_md5(a[::-1], kind) == hashlib.md5(idx_bytes(a[::-1])).hexdigest()
+        assert idx_md5(a, kind) == hashlib.md5(idx_bytes(a)).hexdigest()
+        assert idx_md5(a[::-1], kind) == hashlib.md5(idx_bytes(a[::-1])).hexdigest()
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -186,13 +187,13 @@ def test_full_size_fake_is_refused(tmp_path: Path, name: str) -> None:
 def test_real_mnist_from_pureml(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "_VERIFIED", set())
     calls: list[str] = []
-    real_md5 = data._idx_md5
+    real_md5 = data.idx_md5
 
     def counting_md5(array: np.ndarray, kind: str) -> str:
         calls.append(kind)
         return real_md5(array, kind)
 
-    monkeypatch.setattr(data, "_idx_md5", counting_md5)
+    monkeypatch.setattr(data, "idx_md5", counting_md5)  # the name data.py calls
     raw = load_raw("mnist")
     assert len(calls) == 4  # every part verified once ...
     assert raw.train_images.shape == (60000, 28, 28) and raw.train_images.dtype == torch.uint8

@@ -147,11 +147,16 @@ RUN = ["-m", "dftnet", "train", "--layer", "dft", "--widths", "784,32,10", "--li
        "--batch-size", "32", "--epochs", "2", "--quiet", "--checkpoint-every", "2", "--seed", "3"]
 
 
-# The command line with the checkpoint writer's test hook set: sleep between writing the temporary
-# file and renaming it over the checkpoint.
+# The command line with os.replace patched in the child: sleep between writing (and fsync-ing) a
+# checkpoint's temporary file and renaming it over the checkpoint, widening the window a SIGKILL can hit.
 SLOW_SAVE = """import sys, time
-from dftnet.experiments import checkpoint
-checkpoint.before_replace = lambda tmp: time.sleep(0.5)
+import os
+real_replace = os.replace
+def slow_replace(src, dst, *args, **kwargs):
+    if str(dst).endswith(".pt"):  # a checkpoint's temporary file is written and fsync-ed: sleep before the rename
+        time.sleep(0.5)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = slow_replace
 from dftnet.experiments.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -212,7 +217,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_
 
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
-    """A slow checkpoint writer (test hook) stretches the window between writing the temp file and renaming it."""
+    """A slow rename (os.replace patched in the child) stretches the window between writing the temp file and renaming it."""
     TRIED["sigkill-during-write"] += 1
     out = tmp_path / "run"
     proc = _start(out, slow_save=True)

@@ -175,8 +175,13 @@ def test_lock_records_pid_host_start_and_is_exclusive_in_process(tmp_path):
 
 
 SLOW_TRAIN = """import sys, time
-from dftnet.experiments import checkpoint
-checkpoint.before_replace = lambda tmp: time.sleep(0.3)
+import os
+real_replace = os.replace
+def slow_replace(src, dst, *args, **kwargs):
+    if str(dst).endswith(".pt"):  # a checkpoint's temporary file is written and fsync-ed: sleep before the rename
+        time.sleep(0.3)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = slow_replace
 from dftnet.experiments.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """

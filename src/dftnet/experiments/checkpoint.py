@@ -21,11 +21,6 @@ __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensor
 
 FORMAT = "dftnet-checkpoint-v1"
 
-# Test hook: called with the temporary file's path between its fsync and the rename over the target.
-# The tests set it (in the process they kill) to sleep there, widening the window a SIGKILL can hit.
-before_replace: Callable[[Path], None] | None = None
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temp files a killed :func:`save_atomic` left behind (never the checkpoints themselves)."""
     return remove_temporaries(Path(folder))
@@ -63,8 +58,6 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace(tmp)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
