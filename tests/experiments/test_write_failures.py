@@ -13,7 +13,8 @@ import torch
 
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.cli import main
-from dftnet.experiments.runfolder import LOCK_NAME, WriteError
+from dftnet.experiments.runfolder import LOCK_NAME
+from dftnet.experiments.writes import WriteError
 
 # dense 784-128-10: a checkpoint (weights + two Adam moments) is about 1.2 MB, so a 3 MB disk holds
 # two of them but not the third that the end of epoch 1 needs (best.pt, last.pt and its temporary).

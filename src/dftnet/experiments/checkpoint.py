@@ -1,6 +1,6 @@
 """Checkpoints: written atomically (temp file, fsync, rename), loaded with ``weights_only=True``.
 
-A failed write (disk full, permission denied, read-only) raises :class:`~.runfolder.WriteError`, one
+A failed write (disk full, permission denied, read-only) raises :class:`~.writes.WriteError`, one
 line naming the file and the cause; the previous checkpoint is left as it was and no temporary file
 remains."""
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .runfolder import atomic_path, remove_temporaries, write_error
+from .writes import atomic_path, remove_temporaries, write_error
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "save_safetensors", "load_safetensors", "FORMAT"]
 
@@ -45,7 +45,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync it, then rename over ``path``.
 
     A reader (or a crash at any point) sees either the old file or the complete new one, never a
-    half-written one. A failed write raises :class:`~.runfolder.WriteError` (the temporary file is removed).
+    half-written one. A failed write raises :class:`~.writes.WriteError` (the temporary file is removed).
     """
     path = Path(path)
     needed = tensor_bytes(obj)

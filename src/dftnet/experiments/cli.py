@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     from .guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
     from .interrupt import Terminated, terminate_on_sigterm
     from .preflight import MemoryRefused
-    from .runfolder import RunFolderError, WriteError, write_error
+    from .runfolder import RunFolderError
+    from .writes import WriteError, write_error
 
     user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, MemoryRefused,
                    PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .runfolder import format_size
+from .writes import format_size
 
 __all__ = ["TrainingDiverged", "OutOfMemory", "EXIT_DIVERGED", "EXIT_OUT_OF_MEMORY", "LOSS_CEILING",
            "diverged", "require_finite", "is_out_of_memory", "out_of_memory", "raise_if_out_of_memory",

@@ -37,7 +37,8 @@ from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
 from .reports import lm_table, plot_lm, write_csv
-from .runfolder import WriteError, atomic_path, refuse_changed_config, write_text_atomic
+from .runfolder import refuse_changed_config
+from .writes import WriteError, atomic_path, write_text_atomic
 
 __all__ = ["LMConfig", "TrainingInterrupted", "run", "train_variant", "DEFAULT_VARIANTS", "PROMPT"]
 

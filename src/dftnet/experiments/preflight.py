@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .memory import _mem_tracker_peak, _one_step
-from .runfolder import format_size
+from .writes import format_size
 
 __all__ = ["MemoryRefused", "Estimate", "estimate", "available", "refuse_if_too_big", "check_train", "check_lm"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .runfolder import write_text_atomic
+from .writes import write_text_atomic
 
 __all__ = ["StudyConfig", "QUICK", "plan_cells", "train_cell", "run_cells", "best_lrs", "cell_name"]
 
@@ -276,7 +276,7 @@ def run_study(cfg: StudyConfig, out: Path, remeasure: bool = False, log=print) -
 
 
 def _write_report(study: dict, out: Path) -> str:
-    from .runfolder import atomic_path
+    from .writes import atomic_path
     from .study_report import plot_study, report_text
 
     text = report_text(study)

@@ -23,7 +23,8 @@ from .guard import TrainingDiverged
 from .interrupt import TrainingInterrupted, exit_status, stopped_line
 from .models import SEED_WIDTHS
 from .reports import plot_frontier, plot_widths, sweep_table, write_csv
-from .runfolder import atomic_path, claim, write_text_atomic
+from .runfolder import claim
+from .writes import atomic_path, write_text_atomic
 
 __all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
 

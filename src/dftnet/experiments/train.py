@@ -39,7 +39,8 @@ from .memory import peak_step_memory
 from .models import SEED_WIDTHS, build_model, parse_layer_spec
 from .recipe import DEFAULT_LR, default_lr, param_groups
 from .reports import plot_curves, train_table, write_csv
-from .runfolder import WriteError, atomic_path, refuse_changed_config, write_text_atomic
+from .runfolder import refuse_changed_config
+from .writes import WriteError, atomic_path, write_text_atomic
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 

@@ -16,7 +16,7 @@ import torch
 from dftnet import __version__
 
 from ..reports import new_figure, text_table, write_csv
-from ..runfolder import atomic_path, make_folder, write_text_atomic
+from ..writes import atomic_path, make_folder, write_text_atomic
 from .cases import CSV_FIELDS
 from .end_to_end import E2E_FIELDS
 
