@@ -3,7 +3,8 @@
 from . import functional, init, spectral
 from .convert import convert, nearest_block_weight, nearest_dft_weight
 from .layers import BlockDFTLinear, DFTLinear
+from .variants import DFT, BlockDFT, Dense, parse_variant
 
 __version__ = "0.2.0"
 __all__ = ["DFTLinear", "BlockDFTLinear", "convert", "nearest_dft_weight", "nearest_block_weight",
-           "functional", "init", "spectral", "__version__"]
+           "DFT", "BlockDFT", "Dense", "parse_variant", "functional", "init", "spectral", "__version__"]

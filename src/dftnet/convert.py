@@ -146,7 +146,7 @@ def _output_head(model: nn.Module) -> nn.Module | None:
 
 def convert(
     model: nn.Module,
-    layer: str = "dft",
+    layer="dft",
     block_size: int | None = None,
     min_features: int = 16,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
@@ -190,8 +190,10 @@ def convert(
         raise ValueError(
             "convert: the model is itself an nn.Linear (or Conv1D) and cannot be replaced in place; wrap it in a module"
         )
+    layer, block_size, sign_flip = _from_variant(layer, block_size, sign_flip)
     if layer not in _LAYERS:
-        raise ValueError(f"convert: layer must be one of {_LAYERS}, got {layer!r}")
+        raise ValueError(f"convert: layer must be one of {_LAYERS}, a variant name or a DFT/BlockDFT config, "
+                         f"got {layer!r}")
     if layer == "block":
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(
@@ -243,6 +245,29 @@ def convert(
         if replaced[id(child)] is not None:
             setattr(parent, child_name, replaced[id(child)])
     return report
+
+
+def _from_variant(layer, block_size, sign_flip) -> tuple:
+    """``convert(model, BlockDFT(16, sign_flip=True))`` or ``convert(model, "block-16-sign")``: the config's
+    fields as (layer, block_size, sign_flip); the plain form ``("dft" | "block", block_size, sign_flip)``
+    passes through."""
+    from .variants import BlockDFT, Dense, DFT, parse_variant
+
+    if isinstance(layer, str) and layer in _LAYERS:
+        return layer, block_size, sign_flip
+    try:
+        variant = parse_variant(layer)
+    except ValueError:
+        return layer, block_size, sign_flip  # refused below with the full list
+    if isinstance(variant, Dense):
+        raise ValueError("convert: the dense variant is the model as it is; give dft or block-K")
+    if block_size is not None:
+        raise ValueError(f"convert: block_size={block_size!r} given beside the variant {variant.name!r}; "
+                         "give one of them")
+    if isinstance(variant, BlockDFT):
+        return "block", variant.block_size, sign_flip or variant.sign_flip
+    assert isinstance(variant, DFT)
+    return "dft", None, sign_flip or variant.sign_flip
 
 
 def _skip_reason(child, name, parent, W, p, q, tied, head, layer, block_size, min_features, filter_fn) -> str:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
+from dftnet.variants import parse_variant
 
 from .models import parse_layer_spec
 from .peers import LowRankLinear, MonarchLinear
@@ -93,12 +94,7 @@ def mlp_linear(spec: str, in_features: int, out_features: int) -> nn.Module:
         return LowRankLinear(in_features, out_features, rank=max(1, min(in_features, out_features) // k))
     if peer == "monarch":
         return MonarchLinear(in_features, out_features, nblocks=k)
-    kind, kwargs = parse_layer_spec(spec)
-    if kind == "dense":
-        return nn.Linear(in_features, out_features)
-    if kind == "block":
-        return BlockDFTLinear(in_features, out_features, **kwargs)
-    return DFTLinear(in_features, out_features, **kwargs)
+    return parse_variant(spec).build(in_features, out_features)
 
 
 class CausalSelfAttention(nn.Module):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
+from dftnet.variants import BlockDFT, Dense, parse_variant
 
 __all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec", "build_model"]
 
@@ -17,17 +18,15 @@ LAYER_KINDS = ("dft", "dense", "block")
 
 def parse_layer_spec(spec: str) -> tuple[str, dict]:
     """A model variant by name: ``dft``, ``dense``, ``dft-sign`` (sign flips), ``block-32`` (block-circulant,
-    32 x 32 blocks), ``block-32-sign``. Returns ``(layer kind, layer kwargs)`` for :class:`MLP`."""
-    parts = str(spec).lower().split("-")
-    kwargs: dict = {}
-    if parts[-1] == "sign" and parts[0] != "dense":
-        kwargs["sign_flip"] = True
-        parts = parts[:-1]
-    if parts == ["dft"] or parts == ["dense"]:
-        return parts[0], kwargs
-    if len(parts) == 2 and parts[0] == "block" and parts[1].isdigit() and int(parts[1]) > 0:
-        return "block", {**kwargs, "block_size": int(parts[1])}
-    raise ValueError(f"unknown layer variant {spec!r}: expected dft, dense, dft-sign, block-K or block-K-sign")
+    32 x 32 blocks), ``block-32-sign`` (:func:`dftnet.variants.parse_variant`). Returns ``(layer kind, layer
+    kwargs)`` for :class:`MLP`."""
+    variant = parse_variant(spec)
+    if isinstance(variant, Dense):
+        return "dense", {}
+    kwargs = {"sign_flip": True} if variant.sign_flip else {}
+    if isinstance(variant, BlockDFT):
+        return "block", {**kwargs, "block_size": variant.block_size}
+    return "dft", kwargs
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
