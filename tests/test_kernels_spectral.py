@@ -103,7 +103,7 @@ def test_inference_memo_follows_in_place_updates():
 def test_block_spectrum_kernels_match_dense(p, q, k, method):
     from dftnet._routes import BlockCirculant
     from dftnet.functional import block_matrix
-    from dftnet.kernels.block import BlockShape
+    from dftnet.plan import BlockShape
 
     shape = BlockShape(p, q, k)
     x = torch.randn(3, 2, p, dtype=F64, requires_grad=True)

@@ -1,4 +1,5 @@
-"""The one place that touches private PyTorch APIs, and the tests of which autograd mode is running.
+"""The one place that touches private PyTorch APIs, and the tests of which autograd mode is running
+(:func:`grad_recorded`: does autograd record a call on these tensors).
 
 ``torch._C._are_functorch_transforms_active`` tells whether a ``torch.func`` transform (grad, vmap,
 jacrev, ...) is running. The fast kernels work in place and use the classic ``autograd.Function`` form,
@@ -10,17 +11,33 @@ back to ``False`` only where torch.func itself is absent; otherwise update this 
 engine's own vmap (``torch.autograd.grad(..., is_grads_batched=True)``, ``jacobian``/``hessian`` with
 ``vectorize=True``, gradcheck's batched checks): the hand-written backward then takes out-of-place ops
 that this vmap can batch. Also private, the same policy.
+
+The others, each with no public equivalent in torch 2.4-2.13:
+
+* ``Tensor._version`` (:func:`version_counter`): the counter every in-place write bumps; the layers' inference
+  memo and the weight's write tracking (:mod:`dftnet._weight`) key on it.
+* ``torch._C.DisableTorchFunctionSubclass`` (:data:`no_torch_function_subclass`) and
+  ``torch.utils._pytree`` (:func:`tree_flatten`, :func:`tree_map`): the weight's tensor subclass
+  (:class:`dftnet._weight.WeightView`), as PyTorch's own subclasses use them.
+* ``torch.distributed._tools.mem_tracker`` (:func:`mem_tracker`): the peak tensor memory of a CPU step
+  (:mod:`dftnet.experiments.memory`); torch has no public peak counter for CPU tensor memory. None where
+  the module moved (then the experiments report nan).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd import forward_ad
+from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached", "batched_grad"]
+__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached", "batched_grad", "grad_recorded",
+           "version_counter", "no_torch_function_subclass", "tree_flatten", "tree_map", "mem_tracker"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
+
+
+no_torch_function_subclass = torch._C.DisableTorchFunctionSubclass
 
 
 def functorch_active() -> bool:
@@ -57,3 +74,29 @@ def cached(fn, *args):
     """``fn(*args)`` for a ``functools.lru_cache`` function, computed afresh while torch.compile traces
     (dynamo warns about lru_cache wrappers; the functions cached this way are pure)."""
     return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
+
+
+def grad_recorded(*tensors) -> bool:
+    """True if autograd records a call on these tensors: grad mode is on and one of them (None: skipped)
+    requires grad. The one form of this test in the package."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def version_counter(t: torch.Tensor) -> int | None:
+    """``t._version``, or None for an inference tensor (made in inference mode), which has no counter."""
+    return None if t.is_inference() else t._version
+
+
+def mem_tracker():
+    """``torch.distributed._tools.mem_tracker.MemTracker`` (present in torch 2.4 to 2.13), or None if the
+    private module moved."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:  # pragma: no cover - the private module moved
+        return None
+    return MemTracker

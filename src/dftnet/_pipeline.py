@@ -27,11 +27,11 @@ import math
 import torch
 from torch import Tensor
 
-from ._compat import has_tangent, in_dual_level, tracing
+from ._compat import grad_recorded, has_tangent, in_dual_level, tracing
+from ._routes import Structure
 
-__all__ = ["structured_linear", "METHODS"]
+__all__ = ["structured_linear"]
 
-METHODS = ("auto", "fft", "dense")
 TRACE_BATCH = 128
 
 # Inputs and weights whose magnitudes stay within 2^+-_SAFE_EXP give FFT sums that neither overflow nor
@@ -42,12 +42,12 @@ _SAFE_EXP = 40
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str,
+def structured_linear(structure: Structure, input: Tensor, weight: Tensor, bias: Tensor | None, method: str,
                       exact_extremes: bool = False, diagonal: Tensor | None = None) -> Tensor:
     """``(diagonal * input) @ W.T + bias``. ``diagonal`` (p,), of the input's dtype, is multiplied in first,
     except on the eager FFT route of a structure that ``fuses_diagonal`` (its Function then saves the input
     alone, not also the product)."""
-    if diagonal is not None and not getattr(structure, "fuses_diagonal", False):
+    if diagonal is not None and not structure.fuses_diagonal:
         input, diagonal = input * diagonal, None
     dtype = input.dtype
     device_type = "cpu" if input.is_cpu else input.device.type
@@ -63,8 +63,7 @@ def structured_linear(structure, input: Tensor, weight: Tensor, bias: Tensor | N
     if dtype in _HALF and method != "dense":
         return _in_float32(structure, input, weight, bias, method, exact_extremes, dtype, diagonal)
     reference = tracing() or (in_dual_level() and has_tangent(input, weight, bias, diagonal))
-    training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                            or (diagonal is not None and diagonal.requires_grad))
+    training = grad_recorded(input, weight, diagonal)
     batch = input.numel() // max(input.shape[-1], 1)
     if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch
         batch = TRACE_BATCH

@@ -2,54 +2,52 @@
 
 A *structure* is one layer shape of one kind (circulant or block-circulant). :mod:`dftnet._pipeline` runs
 every call through the same steps (dtypes, autocast, route choice, extreme values) and asks the
-structure only for its cost model, its explicit matrix, its dense and FFT routes for eager autograd, and
-its *reference* form (plain differentiable torch ops, for tracers and transforms), so the two layers
-differ in their kernels and nothing else.
+structure only for what :class:`Structure` lists: its cost model, its explicit matrix, its dense and FFT
+routes for eager autograd, and its *reference* form (plain differentiable torch ops, for tracers and
+transforms), so the two layers differ in their kernels and nothing else.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .kernels.block import (BlockDFTFunction, BlockShape, block_dense_forward, block_forward, block_matrix,
-                            block_reference, weight_spectrum as block_weight_spectrum)
-from .kernels.circulant import (circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_reference,
-                                param_spectrum, param_weight)
-from .plan import make_plan, use_dense
+from ._compat import grad_recorded, version_counter
+from .kernels.block import (BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference,
+                            weight_spectrum as block_weight_spectrum)
+from .kernels.circulant import circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_matrix, dft_reference
+from .kernels.taps import param_spectrum, param_weight
+from .plan import BlockShape, make_plan, use_dense
 
-__all__ = ["Circulant", "BlockCirculant", "dft_matrix"]
-
-
-@lru_cache(maxsize=64)
-def _dense_index(in_features: int, out_features: int, n: int, device: torch.device) -> Tensor:
-    i = torch.arange(out_features, device=device).unsqueeze(1)
-    j = torch.arange(in_features, device=device).unsqueeze(0)
-    return (i + j) % n
+__all__ = ["Structure", "Circulant", "BlockCirculant"]
 
 
-def dft_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
-    """The explicit q x p matrix ``W[i, j] = weight[(i + j) % n]`` (differentiable in ``weight``)."""
-    n = weight.shape[-1]
-    if max(in_features, out_features) != n:
-        raise ValueError(
-            f"weight must have max(in_features, out_features) = {max(in_features, out_features)} "
-            f"elements, got {n}"
-        )
-    # uncached for large index tensors (not worth keeping) and under dynamo (which warns about lru_cache)
-    uncached = in_features * out_features > 2**22 or torch.compiler.is_compiling()
-    index = _dense_index.__wrapped__ if uncached else _dense_index
-    return weight[..., index(in_features, out_features, n, weight.device)]
+class Structure(Protocol):
+    """What :func:`dftnet._pipeline.structured_linear` asks of a structure. ``param`` is what the layer
+    stores (the weight, or its spectrum: see :class:`Circulant`)."""
 
+    name: str  # the functional form's name, for error messages
+    fuses_diagonal: bool  # whether fft() takes the input's diagonal scaling (an extra argument) itself
 
-def _recorded(input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> bool:
-    """Whether autograd records this call (the FFT routes then run their autograd Function, otherwise the
-    forward kernel alone)."""
-    return torch.is_grad_enabled() and (input.requires_grad or param.requires_grad
-                                        or (bias is not None and bias.requires_grad)
-                                        or (diagonal is not None and diagonal.requires_grad))
+    def weight(self, param: Tensor) -> Tensor:
+        """The weight w (differentiable)."""
+
+    def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
+        """The cost model: is the dense route the cheaper for this call?"""
+
+    def matrix(self, param: Tensor) -> Tensor:
+        """The explicit q x p matrix (differentiable)."""
+
+    def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
+        """The dense route in eager mode."""
+
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, *diagonal: Tensor) -> Tensor:
+        """The FFT route in eager mode (the hand-written kernels)."""
+
+    def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
+        """The FFT route from plain differentiable torch ops, for tracers and transforms."""
 
 
 class _InferenceMemo:
@@ -63,8 +61,10 @@ class _InferenceMemo:
     def get(self, name: str, param: Tensor, make):
         try:
             # inference tensors (made in inference mode) only serve inference mode
-            key = (param._version, param.data_ptr(), torch.is_inference_mode_enabled())
-        except RuntimeError:  # an inference-mode tensor has no version counter: do not cache
+            key = (version_counter(param), param.data_ptr(), torch.is_inference_mode_enabled())
+        except RuntimeError:  # a tensor without storage: do not cache
+            return make()
+        if key[0] is None:  # an inference-mode tensor has no version counter: do not cache
             return make()
         if param is not self.param or key != self.key:
             self.param, self.key, self.values = param, key, {}
@@ -77,6 +77,8 @@ class _InferenceMemo:
 class _Structure:
     """What both structures share: the parameter's weight, the route per (batch, device type,
     training), and the inference memo of values derived from the parameter."""
+
+    fuses_diagonal = False
 
     def __init__(self, scale: float | None, memo: bool):
         self.scale = scale
@@ -98,7 +100,7 @@ class _Structure:
 
     def _derived(self, name: str, param: Tensor, make):
         """``make(param)``, kept in the memo while the parameter is unchanged (inference only)."""
-        if self.memo is None or (param.requires_grad and torch.is_grad_enabled()):
+        if self.memo is None or grad_recorded(param):
             return make(param)
         return self.memo.get(name, param, lambda: make(param))
 
@@ -152,7 +154,7 @@ class Circulant(_Structure):
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         plan = self.plan
-        if _recorded(input, param, bias, diagonal):
+        if grad_recorded(input, param, bias, diagonal):  # autograd records: the Function
             return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.scale,
                                        diagonal)
         if diagonal is not None:
@@ -190,7 +192,7 @@ class BlockCirculant(_Structure):
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
-        if _recorded(input, param, bias):
+        if grad_recorded(input, param, bias):
             out = BlockDFTFunction.apply(x2, param, bias, self.shape, self.scale)
         else:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
             Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))

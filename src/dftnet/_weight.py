@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import weakref
 
-import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_map
+
+from ._compat import no_torch_function_subclass, tree_flatten, tree_map, version_counter
 
 __all__ = ["WeightView"]
 
@@ -38,7 +38,7 @@ class WeightView(Tensor):
         """``t`` as a WeightView of ``layer``; a tensor of another subclass (a DTensor under FSDP) as is."""
         if type(t) is not Tensor:
             return t
-        with torch._C.DisableTorchFunctionSubclass():
+        with no_torch_function_subclass():
             view = t.as_subclass(WeightView)
         view._root, view._layer = root, weakref.ref(layer)
         return view
@@ -50,12 +50,12 @@ class WeightView(Tensor):
         if name in _AS_PLAIN:  # pickling, copying, printing: as the plain tensor (no layer reference)
             args = tree_map(_plain, args)
         views = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, WeightView)]
-        with torch._C.DisableTorchFunctionSubclass():
-            before = [_version(v) for v in views]
+        with no_torch_function_subclass():
+            before = [version_counter(v) for v in views]
             out = func(*args, **kwargs)
             data_set = name == "__set__" and getattr(func, "__self__", None) is Tensor.data
             written = [v for v, n in zip(views, before)
-                       if data_set or _version(v) != n or (n is None and _writes(name, kwargs))]
+                       if data_set or version_counter(v) != n or (n is None and _writes(name, kwargs))]
             for v in written:  # the whole weight; for `.data = t`, the tensor whose data was replaced
                 layer = v._layer()
                 if layer is not None:
@@ -72,7 +72,7 @@ class WeightView(Tensor):
                 return WeightView.wrap(o, owner._layer(), None if data else root)
             return o
 
-        with torch._C.DisableTorchFunctionSubclass():
+        with no_torch_function_subclass():
             return tree_map(wrap, out)
 
 
@@ -82,13 +82,8 @@ _AS_PLAIN = {"__reduce_ex__", "__deepcopy__", "__repr__"}
 def _plain(a):
     if not isinstance(a, WeightView):
         return a
-    with torch._C.DisableTorchFunctionSubclass():
+    with no_torch_function_subclass():
         return a.as_subclass(Tensor)
-
-
-def _version(t: Tensor) -> int | None:
-    """``t._version``, or None for an inference tensor (made in inference mode), which has no counter."""
-    return None if t.is_inference() else t._version
 
 
 def _writes(name: str, kwargs) -> bool:

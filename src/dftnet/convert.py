@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .kernels.block import BlockShape
 from .layers import BlockDFTLinear, DFTLinear
+from .plan import BlockShape
 
 __all__ = ["convert", "ConversionReport", "nearest_block_weight", "nearest_dft_weight"]
 

@@ -7,7 +7,7 @@ FFTs in O(n log n) per example.
 Block-circulant layer (block size k, weight (R, C, k) with R = ceil(q/k), C = ceil(p/k)):
 ``W[i, j] = w[i // k, j // k, (i + j) % k]``, computed by batched FFTs of length k.
 
-Both run through one pipeline (:mod:`dftnet._pipeline`): validation here, then autocast and half types,
+Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`), then autocast and half types,
 the route choice from one cost model (:func:`dftnet.plan.use_dense`), and exact handling of inf, nan and
 extreme magnitudes.
 """
@@ -16,46 +16,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._pipeline import METHODS, structured_linear
-from ._routes import BlockCirculant, Circulant, dft_matrix
-from .kernels.block import BlockShape, block_matrix
-from .plan import make_plan
+from ._checks import check_bias_and_devices, check_positive_int, check_real_tensors
+from ._pipeline import structured_linear
+from ._routes import BlockCirculant, Circulant
+from .kernels.block import block_matrix
+from .kernels.circulant import dft_matrix
+from .plan import BlockShape, make_plan
 
 __all__ = ["dft_linear", "block_dft_linear", "dft_matrix", "block_matrix"]
-
-
-def check_real_input(fn: str, input) -> None:
-    """TypeError unless input is a real floating-point tensor (the layers check their input with it)."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{fn}: expected input to be a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():  # complex dtypes are not floating-point
-        raise TypeError(f"{fn}: expected a real floating-point input, got dtype {input.dtype}")
-
-
-def check_real_tensors(fn: str, input, weight, bias) -> None:
-    """TypeError unless input and weight are tensors and all three (bias may be None) real floating-point."""
-    check_real_input(fn, input)
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"{fn}: expected weight to be a torch.Tensor, got {type(weight).__name__}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and not t.is_floating_point():
-            raise TypeError(f"{fn}: expected a real floating-point {name}, got dtype {t.dtype}")
-
-
-def _check_common(fn: str, input: Tensor, bias: Tensor | None, q: int, weight: Tensor, method: str) -> None:
-    if bias is not None and tuple(bias.shape) != (q,):
-        raise ValueError(f"{fn}: expected bias of shape ({q},), got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.device != input.device:
-            raise ValueError(f"{fn}: expected {name} on the input's device {input.device}, got {t.device}")
-    if method not in METHODS:
-        raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
-
-
-def _check_out_features(fn: str, q) -> int:
-    if isinstance(q, bool) or not isinstance(q, int) or q < 1:
-        raise ValueError(f"{fn}: out_features must be a positive integer, got {q!r}")
-    return q
 
 
 def dft_linear(
@@ -98,13 +66,13 @@ def dft_linear(
     if input.dim() == 0:
         raise ValueError(f"{fn}: expected input of shape (*, in_features), got a 0-d tensor")
     p, n = input.shape[-1], weight.shape[0]
-    q = n if out_features is None else _check_out_features(fn, out_features)
+    q = n if out_features is None else check_positive_int(f"{fn}: out_features", out_features)
     if max(p, q) != n:
         raise ValueError(
             f"{fn}: weight of length {n} needs max(in_features, out_features) = {n}, "
             f"got in_features = {p} (input shape {tuple(input.shape)}) and out_features = {q}"
         )
-    _check_common(fn, input, bias, q, weight, method)
+    check_bias_and_devices(fn, input, bias, q, weight, method)
     if fft_size is not None:
         make_plan(p, q, fft_size)  # validates
     return structured_linear(Circulant(p, q, fft_size, recompute_spectrum), input, weight, bias, method,
@@ -145,7 +113,7 @@ def block_dft_linear(
         raise ValueError(f"{fn}: expected input of shape (*, in_features), got a 0-d tensor")
     R, C, k = weight.shape
     p = input.shape[-1]
-    q = R * k if out_features is None else _check_out_features(fn, out_features)
+    q = R * k if out_features is None else check_positive_int(f"{fn}: out_features", out_features)
     shape = BlockShape(p, q, k)
     if p < 1 or (R, C) != (shape.out_blocks, shape.in_blocks):
         raise ValueError(
@@ -155,5 +123,5 @@ def block_dft_linear(
         )
     if k > max(p, q):
         raise ValueError(f"{fn}: block_size must be at most max(in_features, out_features) = {max(p, q)}, got {k}")
-    _check_common(fn, input, bias, q, weight, method)
+    check_bias_and_devices(fn, input, bias, q, weight, method)
     return structured_linear(BlockCirculant(shape), input, weight, bias, method, exact_extremes)

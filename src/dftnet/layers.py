@@ -12,26 +12,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._compat import has_tangent, tracing
+from ._checks import check_block_size, check_method, check_positive_int, check_real_input
+from ._compat import grad_recorded, has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
-from ._pipeline import METHODS, structured_linear
+from ._pipeline import structured_linear
 from ._routes import BlockCirculant, Circulant
-from .functional import block_matrix, check_real_input, dft_matrix
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
-from .kernels.block import BlockShape
-from .plan import make_plan
+from .kernels.block import block_matrix
+from .kernels.circulant import dft_matrix
+from .plan import BlockShape, make_plan
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
 from ._weight import WeightView
 
 __all__ = ["DFTLinear", "BlockDFTLinear"]
 
 _MISSING = object()
-
-
-def _check_features(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class _StructuredLinear(nn.Module):
@@ -43,11 +38,9 @@ class _StructuredLinear(nn.Module):
 
     def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, diagonal, method, magnitude,
                exact_extremes, factory_kwargs):
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        if method not in METHODS:
-            raise ValueError(f"method must be 'auto', 'fft' or 'dense', got {method!r}")
-        self.method = method
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.method = check_method(method)
         self.exact_extremes = exact_extremes
         self.spectral_scale = SPECTRAL_GAIN * magnitude
         self.spectrum = nn.Parameter(torch.empty(weight_shape, **factory_kwargs))
@@ -74,7 +67,7 @@ class _StructuredLinear(nn.Module):
         spectrum = self.spectrum
         if tracing() or has_tangent(spectrum):
             return spectrum_to_weight(spectrum, self.spectral_scale)
-        if torch.is_grad_enabled() and spectrum.requires_grad:
+        if grad_recorded(spectrum):
             return WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self)
         # its own memo entry: "weight" is the routes' plain weight, which a write must not reach
         return self._get_structure().memo.get(
@@ -84,7 +77,7 @@ class _StructuredLinear(nn.Module):
         """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
         nothing differentiates the spectrum."""
         spectrum = self.spectrum
-        if (torch.is_grad_enabled() and spectrum.requires_grad) or tracing() or has_tangent(spectrum):
+        if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
             return spectrum_to_weight(spectrum, self.spectral_scale)
         return self._get_structure().memo.get("weight", spectrum,
                                               lambda: spectrum_to_weight(spectrum, self.spectral_scale))
@@ -243,8 +236,8 @@ class DFTLinear(_StructuredLinear):
                  fft_size: int | None = None, method: str = "auto", recompute_spectrum: bool | None = None,
                  sign_flip: bool = False, diagonal: bool = True, exact_extremes: bool = False) -> None:
         super().__init__()
-        p = _check_features("in_features", in_features)
-        q = _check_features("out_features", out_features)
+        p = check_positive_int("in_features", in_features)
+        q = check_positive_int("out_features", out_features)
         if fft_size is not None:
             make_plan(p, q, fft_size)  # validates
         self.fft_size = fft_size
@@ -276,17 +269,6 @@ class DFTLinear(_StructuredLinear):
         if self.recompute_spectrum is not None:
             s += f", recompute_spectrum={self.recompute_spectrum}"
         return s
-
-
-def _check_block_size(block_size, in_features: int, out_features: int) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if block_size > max(in_features, out_features):
-        raise ValueError(
-            f"block_size must be at most max(in_features, out_features) = "
-            f"{max(in_features, out_features)}, got {block_size}"
-        )
-    return block_size
 
 
 class BlockDFTLinear(_StructuredLinear):
@@ -323,9 +305,9 @@ class BlockDFTLinear(_StructuredLinear):
                  dtype=None, *, sign_flip: bool = False, diagonal: bool = False, method: str = "auto",
                  exact_extremes: bool = False) -> None:
         super().__init__()
-        p = _check_features("in_features", in_features)
-        q = _check_features("out_features", out_features)
-        self.block_size = _check_block_size(block_size, p, q)
+        p = check_positive_int("in_features", in_features)
+        q = check_positive_int("out_features", out_features)
+        self.block_size = check_block_size(block_size, p, q)
         shape = BlockShape(p, q, block_size)
         self._setup(p, q, (shape.out_blocks, shape.in_blocks, block_size), bias, sign_flip, diagonal, method,
                     block_magnitude(p, q, block_size), exact_extremes, {"device": device, "dtype": dtype})

@@ -1,4 +1,7 @@
-"""How a DFT layer of a given shape is computed: the FFT length, and FFT versus dense product.
+"""How a structured layer of a given shape is computed: the FFT length, and FFT versus dense product.
+
+:class:`Plan` is a DFT layer's shape and FFT length, :class:`BlockShape` a block-circulant layer's shape;
+:func:`use_dense` is the one cost model of both.
 
 A q x p DFT layer (n = max(p, q)) is a circular correlation of length n. The same outputs come from a
 *linear* correlation of the input with the weight extended periodically to p + q - 1 taps, computed by an
@@ -57,6 +60,25 @@ class Plan(NamedTuple):
     @property
     def circular(self) -> bool:
         return self.fft_size == self.n
+
+
+class BlockShape(NamedTuple):
+    """A q x p block-circulant layer with k x k blocks (k = ``block_size``)."""
+
+    in_features: int
+    out_features: int
+    block_size: int
+
+    @property
+    def in_blocks(self) -> int:
+        return -(-self.in_features // self.block_size)
+
+    @property
+    def out_blocks(self) -> int:
+        return -(-self.out_features // self.block_size)
+
+    def transpose(self) -> "BlockShape":
+        return BlockShape(self.out_features, self.in_features, self.block_size)
 
 
 def fft_cost(L: int) -> float:

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._compat import mem_tracker
+
 __all__ = ["peak_step_memory", "saved_tensor_bytes"]
 
 
@@ -40,15 +42,14 @@ def peak_step_memory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
 def _mem_tracker_peak(model, opt, step) -> float:
     """Peak tensor bytes of ``step()`` on the CPU, by PyTorch's ``MemTracker``.
 
-    This is the one use of a private torch API, ``torch.distributed._tools.mem_tracker`` (present in
-    torch 2.4 to 2.13): torch has no public peak counter for CPU tensor memory. If the module moves,
-    this returns NaN (the "peak memory" of ``dftnet train`` then reads nan) and nothing else breaks;
-    if its interface changes, the error shows here. Either way, update the import and the four calls
-    below to the new location/interface, or measure on CUDA, whose allocator counts peaks publicly.
+    ``MemTracker`` is private (``torch.distributed._tools.mem_tracker``, reached through
+    :func:`dftnet._compat.mem_tracker`): torch has no public peak counter for CPU tensor memory. If the
+    module moves, this returns NaN (the "peak memory" of ``dftnet train`` then reads nan) and nothing else
+    breaks; if its interface changes, the error shows here. Either way, update ``_compat`` and the four
+    calls below to the new location/interface, or measure on CUDA, whose allocator counts peaks publicly.
     """
-    try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-    except ImportError:  # pragma: no cover - the private module moved
+    MemTracker = mem_tracker()
+    if MemTracker is None:  # pragma: no cover - the private module moved
         return math.nan
     tracker = MemTracker()
     tracker.track_external(model, opt)

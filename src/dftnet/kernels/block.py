@@ -21,36 +21,16 @@ layer's stored spectrum; from the latter ``Wf`` and the parameter's gradient are
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from ..plan import BlockShape
 from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
-from .circulant import matrix_taps, param_weight
+from .taps import matrix_taps, param_weight
 
-__all__ = ["BlockShape", "block_matrix", "block_dense_forward", "block_forward", "weight_spectrum",
+__all__ = ["block_matrix", "block_dense_forward", "block_forward", "weight_spectrum",
            "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
-
-
-class BlockShape(NamedTuple):
-    """A q x p block-circulant layer with k x k blocks (k = ``block_size``)."""
-
-    in_features: int
-    out_features: int
-    block_size: int
-
-    @property
-    def in_blocks(self) -> int:
-        return -(-self.in_features // self.block_size)
-
-    @property
-    def out_blocks(self) -> int:
-        return -(-self.out_features // self.block_size)
-
-    def transpose(self) -> "BlockShape":
-        return BlockShape(self.out_features, self.in_features, self.block_size)
 
 
 def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -78,7 +58,7 @@ def _tile(taps: Tensor, in_features: int, out_features: int) -> Tensor:
 def block_dense_forward(x: Tensor, param: Tensor, bias: Tensor | None, shape: BlockShape,
                         scale: float | None) -> Tensor:
     """The dense route in training: ``x @ W^T + b`` with W tiled from each block's taps
-    (:func:`~dftnet.kernels.circulant.matrix_taps`, as :func:`~dftnet.kernels.circulant.dense_forward`
+    (:func:`~dftnet.kernels.taps.matrix_taps`, as :func:`~dftnet.kernels.circulant.dense_forward`
     does for one block), all differentiable torch ops."""
     k = shape.block_size
     W = _tile(matrix_taps(param, k, k, scale), shape.in_features, shape.out_features)

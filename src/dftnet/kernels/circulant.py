@@ -8,7 +8,8 @@ grad_input, a correlation:   gx[j]  = sum_i w[(i + j) % n] g[i]       = irfft(co
 grad_weight, a convolution:  gw[k]  = sum_batch sum_{(i+j)%n=k} g[i] x[j]
                                     = fold_n(irfft(sum_batch G * X, L))
 
-with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps (:func:`weight_taps`).
+with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps
+(:func:`~dftnet.kernels.taps.weight_taps`).
 ``W^T`` is the p x q layer with the same weight, so grad_input is the forward of the transposed layer.
 The batch sum of grad_weight happens in the frequency domain, then ONE inverse FFT.
 
@@ -27,69 +28,13 @@ from torch.autograd import Function
 
 from .._compat import batched_grad
 from ..plan import Plan
-from ..spectral import by_cas_matrix, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from ..spectral import spectrum_to_weight
+from .taps import fold_taps, inverts_gradient, matrix_taps, param_grad, param_spectrum, param_weight, weight_taps
 
 
 def transpose_plan(plan: Plan) -> Plan:
     """The plan of W^T: the p x q layer with the same weight and the same FFT length."""
     return Plan(plan.out_features, plan.in_features, plan.n, plan.fft_size)
-
-
-def weight_taps(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Taps whose length-L correlation with the zero-padded input gives the layer's outputs.
-
-    Circular route (L = n): the weight itself. Linear route (L >= p + q - 1): the weight extended
-    periodically to p + q - 1 taps, ``taps[m] = w[m % n]``.
-    """
-    if plan.circular:
-        return weight
-    n_taps = plan.in_features + plan.out_features - 1
-    reps = -(-n_taps // plan.n)
-    return weight.repeat(reps)[:n_taps]
-
-
-def fold_taps(taps_grad: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Adjoint of :func:`weight_taps`: sum the gradient of tap m into weight index m % n."""
-    if plan.circular:  # no full-range slice (an alias, which the autograd engine's vmap cannot batch)
-        return taps_grad if taps_grad.shape[-1] == plan.n else taps_grad[: plan.n]
-    n = plan.n
-    n_taps = plan.in_features + plan.out_features - 1
-    reps = -(-n_taps // n)
-    g = taps_grad[:n_taps]
-    if reps * n > n_taps:
-        g = torch.nn.functional.pad(g, (0, reps * n - n_taps))
-    return g.reshape(reps, n).sum(0)
-
-
-def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """``conj(rfft(taps, L))``: the conjugate spectrum is what the kernels multiply by."""
-    return torch.fft.rfft(weight_taps(weight, plan), plan.fft_size).conj().resolve_conj()
-
-
-def param_weight(param: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """The weight w of a parameter: itself (``scale`` None) or ``spectrum_to_weight(param, scale)``."""
-    return param if scale is None else spectrum_to_weight(param, scale)
-
-
-def param_spectrum(param: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
-    """``conj(rfft(taps, L))`` of a parameter; elementwise for a spectrum on the circular route."""
-    if scale is not None and plan.circular:
-        return conj_rfft_of_weight(param, scale)
-    return weight_spectrum(param_weight(param, scale), plan)
-
-
-def inverts_gradient(plan: Plan, scale: float | None) -> bool:
-    """Whether the parameter's gradient needs ``irfft(sum_batch G * X, L)`` (False: elementwise)."""
-    return scale is None or not plan.circular
-
-
-def param_grad(S: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
-    """The parameter's gradient from what :func:`_backward_rows` returns: ``S = sum_batch G * X`` where the
-    gradient is elementwise, else (:func:`inverts_gradient`) the taps' gradient ``irfft(S, L)``."""
-    if not inverts_gradient(plan, scale):
-        return spectrum_grad(S, plan.n, scale)
-    gw = fold_taps(S, plan)
-    return gw if scale is None else spectrum_to_weight(gw, scale)  # the map is its own adjoint
 
 
 # Row chunks: the fast kernels transform CHUNK_BYTES of spectrum at a time, so a chunk's spectra stay in the
@@ -378,7 +323,7 @@ def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
     L = plan.fft_size
     Wf = torch.fft.rfft(weight_taps(weight, plan), L)
     z = torch.fft.irfft(torch.fft.rfft(x, L).conj() * Wf, L)
-    z = z if L == plan.out_features else z[..., : plan.out_features]  # no alias: see fold_taps
+    z = z if L == plan.out_features else z[..., : plan.out_features]  # no alias: see taps.fold_taps
     return z if bias is None else z + bias
 
 
@@ -422,22 +367,25 @@ def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
     return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
 
 
-def matrix_taps(param: torch.Tensor, p: int, q: int, scale: float | None) -> torch.Tensor:
-    """The p + q - 1 taps ``taps[m] = w[m % n]`` of the q x p matrix (``W[i, j] = taps[i + j]``), from the
-    weight or the stored spectrum, along the last dimension (differentiable: plain torch ops, so autograd's
-    C++ nodes do the backward). For a spectrum with n <= ``MATRIX_MAX_N`` one product with a cached
-    (n, p + q - 1) cas matrix; otherwise the weight repeated."""
-    n, length = param.shape[-1], p + q - 1
-    if scale is not None and by_cas_matrix(param):
-        return param @ _cas_taps(n, length, float(scale), param.device, param.dtype)
-    w = param_weight(param, scale)
-    return w[..., :length] if length <= n else torch.cat([w, w[..., : length - n]], -1)  # length < 2n
-
-
 @lru_cache(maxsize=64)
-def _cas_taps(n: int, length: int, scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    index = torch.arange(length, device=device) % n
-    return cas_matrix(n, scale, device, dtype).index_select(1, index).contiguous()
+def _dense_index(in_features: int, out_features: int, n: int, device: torch.device) -> torch.Tensor:
+    i = torch.arange(out_features, device=device).unsqueeze(1)
+    j = torch.arange(in_features, device=device).unsqueeze(0)
+    return (i + j) % n
+
+
+def dft_matrix(weight: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """The explicit q x p matrix ``W[i, j] = weight[(i + j) % n]`` (differentiable in ``weight``)."""
+    n = weight.shape[-1]
+    if max(in_features, out_features) != n:
+        raise ValueError(
+            f"weight must have max(in_features, out_features) = {max(in_features, out_features)} "
+            f"elements, got {n}"
+        )
+    # uncached for large index tensors (not worth keeping) and under dynamo (which warns about lru_cache)
+    uncached = in_features * out_features > 2**22 or torch.compiler.is_compiling()
+    index = _dense_index.__wrapped__ if uncached else _dense_index
+    return weight[..., index(in_features, out_features, n, weight.device)]
 
 
 def dense_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, p: int, q: int,
