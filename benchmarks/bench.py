@@ -7,13 +7,8 @@
 """
 
 import sys
-from pathlib import Path
 
-try:
-    from dftnet.experiments import bench
-except ImportError:  # not installed: use the source tree next to this script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from dftnet.experiments import bench
+from dftnet.experiments import bench
 
 if __name__ == "__main__":
     sys.exit(bench.main(prog="benchmarks/bench.py"))

@@ -81,7 +81,7 @@ def cell(p: int, q: int, k: int, batch: int, mode: str, repeats: int, budget: fl
     with torch.set_grad_enabled(grad):
         stats = time_contenders(fns, repeats=repeats, budget=budget)
     row = dict(p=p, q=q, k=k, batch=batch, mode=mode, max_rel_err=max(errs),
-               route="dense" if layers["auto"]._get_structure().dense_cheaper(batch, "cpu", grad) else "fft")
+               route=layers["auto"].route(batch, training=grad))
     for name in CONTENDERS:
         s = stats[name]
         row[f"{name}_us"] = s["median"] * 1e6

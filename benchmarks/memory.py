@@ -6,27 +6,20 @@ Reports, for DFT layers in the default mode and in ``recompute_spectrum`` mode, 
   - what autograd saves for backward (``saved_tensors_hooks``: every saved tensor in full, and each
     storage once), and
   - the peak tensor memory of one AdamW step (``dftnet.experiments.memory.peak_step_memory``), and
-  - the median time of a training step (interleaved repeats).
+  - the median time of a training step (interleaved turns, ``dftnet.experiments.bench.timing``).
 
     python benchmarks/memory.py [--batch 128] [--widths 784,4096,1024,256,64,10] [--repeats 15]
 """
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-try:
-    import dftnet
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import dftnet
+import dftnet
+from dftnet.experiments.bench.timing import time_contenders
 from dftnet.experiments.memory import peak_step_memory, saved_tensor_bytes
 from dftnet.experiments.models import MLP
 
@@ -94,19 +87,14 @@ def main(argv=None):
         loss.backward()
         opts[name].step()
 
-    times = {k: [] for k in models}
-    for k in models:
-        step(k)
-    for _ in range(args.repeats):
-        for k in models:
-            t0 = time.perf_counter()
-            step(k)
-            times[k].append(time.perf_counter() - t0)
+    # interleaved turns; a budget this large gives every model --repeats turns
+    times = time_contenders({k: (lambda k=k: step(k)) for k in models}, repeats=args.repeats, budget=1e9,
+                            min_repeats=args.repeats)
     rows = []
     for k, m in models.items():
         saved_sum = saved_tensor_bytes(lambda: F.cross_entropy(m(x), y))
         saved_unique = saved_tensor_bytes(lambda: F.cross_entropy(m(x), y), unique=True)
-        rows.append((k, saved_sum, saved_unique, peak_step_memory(m, x, y), statistics.median(times[k])))
+        rows.append((k, saved_sum, saved_unique, peak_step_memory(m, x, y), times[k]["median"]))
     print(f"one training step, widths {'-'.join(map(str, widths))}, batch {args.batch}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':26} {'saved (sum)':>12} {'saved (unique)':>15} {'peak step':>10} {'step ms':>8}")

@@ -30,7 +30,7 @@ from torch import Tensor
 from ._compat import grad_recorded, has_tangent, in_dual_level, tracing
 from ._routes import Structure
 
-__all__ = ["structured_linear"]
+__all__ = ["structured_linear", "route"]
 
 TRACE_BATCH = 128
 
@@ -67,9 +67,7 @@ def structured_linear(structure: Structure, input: Tensor, weight: Tensor, bias:
     batch = input.numel() // max(input.shape[-1], 1)
     if not isinstance(batch, int):  # a symbolic batch (dynamic shapes): decide once, for every batch
         batch = TRACE_BATCH
-    elif batch == 0:
-        method = "dense"
-    fft = not (method == "dense" or (method == "auto" and structure.dense_cheaper(batch, device_type, training)))
+    fft = route(structure, method, batch, device_type, training) == "fft"
     if diagonal is not None and (reference or exact_extremes or not fft):
         input, diagonal = input * diagonal, None
     if not fft:
@@ -82,6 +80,15 @@ def structured_linear(structure: Structure, input: Tensor, weight: Tensor, bias:
         out = _fft_guarded(structure, input, weight)
         return out if bias is None else out + bias
     return structure.fft(input, weight, bias) if diagonal is None else structure.fft(input, weight, bias, diagonal)
+
+
+def route(structure: Structure, method: str, batch: int, device_type: str, training: bool) -> str:
+    """The route of a call on ``batch`` rows: "dense" for ``method="dense"``, an empty batch, or where
+    ``method="auto"`` and the structure's cost model says the dense product is cheaper; otherwise "fft".
+    ``training``: whether autograd records the call."""
+    if method == "dense" or batch == 0 or (method == "auto" and structure.dense_cheaper(batch, device_type, training)):
+        return "dense"
+    return "fft"
 
 
 def _in_float32(structure, input, weight, bias, method, exact_extremes, out_dtype, diagonal=None) -> Tensor:

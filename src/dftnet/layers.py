@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ._checks import check_block_size, check_method, check_positive_int, check_real_input
 from ._compat import grad_recorded, has_tangent, tracing
 from ._signs import apply_signs, register_sign_buffer, reset_signs
-from ._pipeline import structured_linear
+from ._pipeline import route, structured_linear
 from ._routes import BlockCirculant, Circulant
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import block_matrix
@@ -160,6 +160,16 @@ class _StructuredLinear(nn.Module):
         return structured_linear(self._get_structure(), apply_signs(input, self._buffers["sign"]),
                                  self._param("spectrum"), self._param("bias"), self.method, self.exact_extremes,
                                  diagonal)
+
+    def route(self, batch: int, training: bool | None = None) -> str:
+        """The route a call on ``batch`` rows (``input.numel() // in_features``) takes, "fft" or "dense": the
+        decision the forward itself makes (:func:`dftnet._pipeline.route`). ``training``: whether autograd
+        records the call; None, whether it would now for an input that needs no gradient (grad mode on and
+        a parameter requiring grad)."""
+        spectrum = self._param("spectrum")
+        if training is None:
+            training = grad_recorded(spectrum, self._param("diagonal"))
+        return route(self._get_structure(), self.method, batch, spectrum.device.type, training)
 
     def _param(self, name: str):
         """A parameter by name, read from ``_parameters`` (cheaper than ``nn.Module.__getattr__``), or as

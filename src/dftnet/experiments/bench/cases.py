@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dftnet import DFTLinear
-from dftnet.plan import make_plan, use_dense
+from dftnet.plan import make_plan
 
 from ..argtypes import ArgumentValueError, comma_list, nonneg_int, one_of, positive_float, positive_int
 from ..device import resolve_device
@@ -126,10 +126,10 @@ def _plain_layer(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int, q: i
     return torch.fft.irfft(torch.fft.rfft(x, n).conj() * torch.fft.rfft(w, n), n)[..., :q] + b
 
 
-def _route(p: int, q: int, batch: int, device: torch.device, mode: str = "fwd+bwd"):
-    plan = make_plan(p, q)
-    dense = bool(use_dense(p, q, batch, device, training=mode == "fwd+bwd"))
-    return plan, dense
+def _route(layer: DFTLinear, batch: int, mode: str = "fwd+bwd"):
+    """The layer's plan (its FFT length) and whether a call on ``batch`` rows takes the dense route."""
+    plan = make_plan(layer.in_features, layer.out_features, layer.fft_size)
+    return plan, layer.route(batch, training=mode == "fwd+bwd") == "dense"
 
 
 def _route_str(row: dict) -> str:
@@ -171,13 +171,13 @@ def bench_cell(
     device = torch.device(device)
     if mode not in MODES:
         raise ValueError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
-    plan, dense = _route(p, q, batch, device, mode)
-    row = _base_row(p, q, batch, mode, dtype, device, plan, dense)
-    n, L = plan.n, plan.fft_size
     layers = layers or {}
     layer = layers.get("dftnet")
     if layer is None:
         layer = DFTLinear(p, q, diagonal=False, device=device, dtype=dtype)
+    plan, dense = _route(layer, batch, mode)
+    row = _base_row(p, q, batch, mode, dtype, device, plan, dense)
+    n, L = plan.n, plan.fft_size
     if "linear" in layers:
         linear = layers["linear"]
     else:
@@ -348,7 +348,7 @@ def sweep(
     gc_was_enabled = gc.isenabled()
     try:
         for p, q in shapes:
-            plan, _ = _route(p, q, 1, device)
+            plan = make_plan(p, q)
             runnable = [bt for bt in batches
                         if _cell_mem_bytes(p, q, bt, plan.fft_size, itemsize) <= max_mem_gb * _GIB]
             layers = None
@@ -358,8 +358,9 @@ def sweep(
                           "linear": _make_linear(p, q, device, dtype, linear_max_gb)}
             for bt in batches:
                 for mode in modes:
-                    if bt not in runnable:
-                        plan_b, dense_b = _route(p, q, bt, device, mode)
+                    if bt not in runnable:  # no layer built for this shape: the route of one on the meta device
+                        route_layer = layers["dftnet"] if layers else DFTLinear(p, q, diagonal=False, device="meta")
+                        plan_b, dense_b = _route(route_layer, bt, mode)
                         row = _base_row(p, q, bt, mode, dtype, device, plan_b, dense_b)
                         need = _cell_mem_bytes(p, q, bt, plan.fft_size, itemsize) / _GIB
                         row["skipped"] = f"needs ~{need:.1f} GiB > --max-mem-gb {max_mem_gb:g}"

@@ -7,7 +7,7 @@ weight_decay=0.01)``. Four contenders, timed interleaved by :func:`time_contende
 
 * ``dft``: the step of ``MLP(layer="dft")``; ``dense``: the step of ``MLP(layer="dense")``;
 * ``floor``: what the DFT net's layers must pay at least, as one callable: for a layer on the FFT
-  route at this batch in training (``not use_dense(p, q, B, device, training=True)``), rfft + irfft
+  route at this batch in training (``layer.route(B, training=True)``), rfft + irfft
   of a (B, L) tensor twice (L = ``make_plan(p, q).fft_size``: the cells' fwd+bwd floor); for a layer
   on the dense route, ``nn.Linear(p, q)`` forward and the gradients of its input, weight and bias;
 * ``optimizer``: ``AdamW.step`` alone, on a copy of the DFT net whose gradients are set.
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dftnet import DFTLinear
-from dftnet.plan import make_plan, use_dense
+from dftnet.plan import make_plan
 
 from ..argtypes import positive_float, positive_int
 from ..device import resolve_device
@@ -78,7 +78,7 @@ def _floor(model: nn.Module, batch: int, device: torch.device, dtype: torch.dtyp
         p, q = m.in_features, m.out_features
         plan = make_plan(p, q)
         L = plan.fft_size
-        dense = bool(use_dense(p, q, batch, device, training=True))
+        dense = m.route(batch, training=True) == "dense"
         layers.append({"p": p, "q": q, "fft_size": L, "dense": dense,
                        "route": "dense" if dense else f"{'circ' if plan.circular else 'lin'}:{L}"})
         if dense:
