@@ -82,14 +82,15 @@ def test_grid_rows_ratios_against_hand_computed_values():
     assert study["best_lrs"] == {"dense": 1e-3, "v": 2e-3}
     rows = {(r["variant"], r["d_model"]): r for r in grid_rows(study)}
     r = rows[("v", 16)]
-    # dense at d16: 10 steps x 2 s = 20 s. v at d16 (1 s/step) falls 5.0 -> 0.5 over 10 steps: it reaches 1.0
-    # at step 10 * 4/4.5, i.e. 8.89 s.
-    assert r["reach_seconds_same"] == pytest.approx(10 * 4 / 4.5 / 20)
-    assert r["reach_flops_same"] == pytest.approx(10 * 4 / 4.5 * 20 / 400)
-    assert r["memory_vs_dense"] == pytest.approx(1.5) and r["bpb_vs_dense"] == pytest.approx(-0.5)
-    # v at d8 never reaches dense's 2.0 at its own size, but its envelope (d16) does: 10 * 3/4.5 s of 10 s
+    # v at d16 is judged at its best rate there (the transfer cell, 4e-3: 5.0 -> 0.4 over 10 steps).
+    # dense at d16: 10 steps x 2 s = 20 s; v (1 s/step) reaches dense's 1.0 at step 10 * 4/4.6.
+    assert r["lr"] == 4e-3
+    assert r["reach_seconds_same"] == pytest.approx(10 * 4 / 4.6 / 20)
+    assert r["reach_flops_same"] == pytest.approx(10 * 4 / 4.6 * 20 / 400)
+    assert r["memory_vs_dense"] == pytest.approx(1.5) and r["bpb_vs_dense"] == pytest.approx(-0.6)
+    # v at d8 never reaches dense's 2.0 at its own size, but its envelope (d16) does: 10 * 3/4.6 s of 10 s
     assert math.isinf(rows[("v", 8)]["reach_seconds_same"])
-    assert rows[("v", 8)]["reach_seconds_any"] == pytest.approx(10 * 3 / 4.5 / 10)
+    assert rows[("v", 8)]["reach_seconds_any"] == pytest.approx(10 * 3 / 4.6 / 10)
     assert rows[("dense", 16)]["reach_seconds_same"] == pytest.approx(1.0)
     (t,) = transfer_rows(study)
     assert t["large_best_lr"] == pytest.approx(4e-3) and t["within_2x"]

@@ -42,7 +42,7 @@ class StudyConfig:
     variants: tuple[str, ...] = ("dense", "block-4", "block-16", "block-64", "dft", "dft@16", "block-16@16",
                                  "lowrank-4", "monarch-4")
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # swept at the smallest size
-    transfer: tuple[str, ...] = ("dft", "block-16")  # re-swept (x1/2, x2) at the largest size
+    transfer: tuple[str, ...] = ("dense", "dft", "block-16")  # re-swept (x1/2, x2) at the largest size
     layers: int = 2
     context: int = 64
     batch_size: int = 16

@@ -17,12 +17,14 @@ __all__ = ["grid_rows", "transfer_rows", "report_text", "plot_study"]
 
 
 def _final_cells(study: dict) -> list[dict]:
-    """The cell each (variant, size) is judged by: the one at the variant's best small-size rate."""
-    best = study["best_lrs"]
+    """The cell each (variant, size) is judged by: its lowest final bpb over the rates tried at that size
+    (all of ``--lrs`` at the smallest size, the transfer rates at the largest, the small size's best
+    elsewhere), so every variant is compared at its own best measured rate."""
     keep = {}
     for c in study["cells"]:
-        if c["phase"] in ("lr", "grid") and math.isclose(c["lr"], best[c["variant"]]):
-            keep[(c["variant"], c["d_model"])] = c
+        key = (c["variant"], c["d_model"])
+        if key not in keep or c["final_bpb"] < keep[key]["final_bpb"]:
+            keep[key] = c
     return [keep[k] for k in sorted(keep, key=lambda k: (k[1], study["config"]["variants"].index(k[0])))]
 
 
