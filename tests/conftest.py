@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu,
+                                         pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 @pytest.fixture(params=DEVICES)

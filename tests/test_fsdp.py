@@ -86,6 +86,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.subprocess
 def test_fully_shard_on_two_processes_matches_one(tmp_path):
     out = tmp_path / "fsdp.pt"
     script = tmp_path / "worker.py"

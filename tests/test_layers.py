@@ -175,17 +175,3 @@ def test_sign_flip_is_in_state_dict_and_dense_matrix():
     b = DFTLinear(12, 9, sign_flip=True, dtype=torch.float64)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a(x), b(x))
-
-
-def test_route_choice_follows_size_batch_and_mode():
-    from dftnet.plan import use_dense
-
-    cpu = torch.device("cpu")
-    for training in (False, True):
-        assert use_dense(16, 16, 1024, cpu, training)  # tiny: always the matmul
-        assert not use_dense(4096, 4096, 1, cpu, training)  # wide: always the FFT
-    # more rows per call favour the FFT (its fixed cost is amortised)
-    assert use_dense(256, 256, 8, cpu, False) and not use_dense(256, 256, 1024, cpu, False)
-    # with gradients the dense route also builds W from the spectrum and saves it (measured: FFT faster
-    # from n = 128 up in training, from n = 256 and batch 32 up in inference)
-    assert use_dense(256, 256, 8, cpu, training=False) and not use_dense(256, 256, 8, cpu, training=True)

@@ -171,6 +171,7 @@ class no_host_reads_ctx:
             setattr(torch.Tensor, name, fn)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replays_a_training_step():
     torch.manual_seed(0)

@@ -200,6 +200,7 @@ def _assert_same(ref, out):
     assert [r["train_loss"] for r in got["history"]] == [r["train_loss"] for r in ref["history"]]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at_step", [4, 16, 20])  # mid-epoch 1, its end, mid-epoch 2
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_at_step):
@@ -215,6 +216,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_
     _assert_same(reference_run, out)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
     """A slow rename (os.replace patched in the child) stretches the window between writing the temp file and renaming it."""
@@ -234,6 +236,7 @@ def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
     assert not list((out / "dft").glob("*.tmp")), "stale temporary files are cleaned up"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, reference_run):
     TRIED["sigint"] += 1

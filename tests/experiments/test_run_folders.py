@@ -187,6 +187,7 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_train_processes_on_one_folder(tmp_path):
     out = tmp_path / "run"
@@ -221,6 +222,7 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_torchrun_rank0_locks_and_write_failures_stop_every_rank(tmp_path, held):
     """A refusal or a failed checkpoint on rank 0 ends every rank (none waits forever), one line."""

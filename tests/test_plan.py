@@ -1,0 +1,32 @@
+"""dftnet.plan: the FFT length and the dense-versus-FFT cost model."""
+
+import torch
+
+from dftnet.plan import BlockShape, fast_length, fft_cost, make_plan, use_dense
+
+
+def test_route_choice_follows_size_batch_and_mode():
+    cpu = torch.device("cpu")
+    for training in (False, True):
+        assert use_dense(16, 16, 1024, cpu, training)  # tiny: always the matmul
+        assert not use_dense(4096, 4096, 1, cpu, training)  # wide: always the FFT
+    # more rows per call favour the FFT (its fixed cost is amortised)
+    assert use_dense(256, 256, 8, cpu, False) and not use_dense(256, 256, 1024, cpu, False)
+    # with gradients the dense route also builds W from the spectrum and saves it (measured: FFT faster
+    # from n = 128 up in training, from n = 256 and batch 32 up in inference)
+    assert use_dense(256, 256, 8, cpu, training=False) and not use_dense(256, 256, 8, cpu, training=True)
+
+
+def test_plan_picks_the_cheaper_fft_length():
+    for p, q in [(784, 300), (300, 785), (64, 64), (1000, 10)]:
+        plan = make_plan(p, q)
+        n = max(p, q)
+        assert plan.n == n and plan.fft_size in (n, fast_length(p + q - 1))
+        assert fft_cost(plan.fft_size) == min(fft_cost(n), fft_cost(fast_length(p + q - 1)))
+        assert plan.circular == (plan.fft_size == n)
+
+
+def test_block_shape_counts_blocks():
+    shape = BlockShape(100, 33, 16)
+    assert (shape.in_blocks, shape.out_blocks) == (7, 3)
+    assert shape.transpose() == BlockShape(33, 100, 16)
