@@ -1,7 +1,7 @@
 """Before the first step: will the run fit in memory? Refuse with one line when it cannot.
 
 :func:`estimate` runs one training step of the run's model, at its batch size, on *fake* tensors
-(``torch._subclasses.FakeTensorMode``: shapes, dtypes and devices, no storage), and counts it with the
+(``FakeTensorMode``, through :func:`dftnet._compat.fake_tensor_mode`: shapes, dtypes and devices, no storage), and counts it with the
 accounting of the memory report (:mod:`.memory`: PyTorch's ``MemTracker``, the same training step). The
 model is built inside the fake mode, so nothing of its size is allocated; the same code path runs as in
 training (the layers' route choice included), and it takes a fraction of a second.
@@ -14,7 +14,7 @@ device has (:func:`available`): free RAM (the least of ``MemAvailable``, the cgr
 and the address-space limit of ``ulimit -v`` less the process's size; times the processes of this host
 under ``torchrun``), or free GPU memory (the driver's free memory plus what PyTorch's cache holds unused).
 
-``torch._subclasses`` is private (torch 2.4 to 2.13 have it unchanged). If it moves or a model's step
+``FakeTensorMode`` is private (torch 2.4 to 2.13 have it unchanged; :mod:`dftnet._compat`). If it moves or a model's step
 cannot run on fake tensors, the estimate is skipped (None) and training goes on as before.
 """
 
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from dftnet._compat import fake_tensor_mode
 
 from .memory import _mem_tracker_peak, _one_step
 from .writes import format_size
@@ -66,9 +68,8 @@ def _clear_caches() -> None:
 def estimate(build, make_batch, batch: int, eval_batch: int) -> Estimate | None:
     """Peak memory of a step of ``build()`` (a model) on ``make_batch(batch)`` = (x, y), and of a no-grad
     forward at ``eval_batch``, on fake tensors; None when it cannot be estimated."""
-    try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-    except ImportError:  # pragma: no cover - the private module moved
+    FakeTensorMode = fake_tensor_mode()
+    if FakeTensorMode is None:  # pragma: no cover - the private module moved
         return None
     _clear_caches()
     try:
