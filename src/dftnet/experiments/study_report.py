@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from .frontier import compute_to_reach, lower_envelope, to_compute
-from .reports import format_bytes, new_figure, text_table
+from .reports import format_bytes, new_figure
 from .study_cost import config_key
 
 __all__ = ["grid_rows", "transfer_rows", "report_text", "plot_study"]
