@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Memory of one training step of the seed network (784-4096-1024-256-64-10, batch 128), per layer mode.
 
-Reports, for DFT layers in the default mode and in ``recompute_spectrum`` mode, for a plain
+Reports, for DFT layers in the default mode (``recompute_spectrum=None``: auto), with the input's spectrum
+kept (False) and recomputed (True), for a plain
 ``torch.fft`` autograd implementation and for dense ``nn.Linear``:
   - what autograd saves for backward (``saved_tensors_hooks``: every saved tensor in full, and each
     storage once), and
@@ -73,7 +74,8 @@ def main(argv=None):
     x = torch.randn(args.batch, widths[0])
     y = torch.randint(0, widths[-1], (args.batch,))
     models = {
-        "dft (default)": MLP(widths, "dft"),
+        "dft (default: auto)": MLP(widths, "dft"),
+        "dft (keep spectrum)": MLP(widths, "dft", recompute_spectrum=False),
         "dft (recompute_spectrum)": MLP(widths, "dft", recompute_spectrum=True),
         "dft + utils.checkpoint": Checkpointed(MLP(widths, "dft")),
         "plain torch.fft": plain_mlp(widths),
@@ -101,9 +103,9 @@ def main(argv=None):
     mib = 2**20
     for k, s, u, peak, t in rows:
         print(f"{k:26} {s / mib:9.1f} MiB {u / mib:12.1f} MiB {peak / mib:6.1f} MiB {t * 1e3:8.2f}")
-    base = rows[3]
-    print(f"\nsaved (sum) relative to plain: default {rows[0][1] / base[1]:.2f}, recompute {rows[1][1] / base[1]:.2f}; "
-          f"recompute/default step time {rows[1][4] / rows[0][4]:.2f}")
+    base, dense = rows[4], rows[5]
+    print(f"\nsaved (sum) relative to plain: default {rows[0][1] / base[1]:.2f}, keep spectrum {rows[1][1] / base[1]:.2f}; "
+          f"default/keep-spectrum step time {rows[0][4] / rows[1][4]:.2f}; default/dense peak {rows[0][3] / dense[3]:.3f}")
 
 
 if __name__ == "__main__":
