@@ -44,16 +44,17 @@ def _add_train(sub) -> None:
                    help="which net(s): both = dft then dense (default); also dft-sign, block-32, ...")
     p.add_argument("--widths", type=mlp_widths, default=None, metavar="784,4096,...",
                    help="layer widths, input first (default 784,4096,1024,256,64,10)")
-    p.add_argument("--epochs", type=positive_int, default=7, help="(default 7: both nets in under 6 min on 2 cores)")
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="(default 10: both nets in under 6 min on 2 cores)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate of the one-cycle schedule (default: 3e-3 DFT, 1e-3 dense)")
+                   help="peak learning rate of the one-cycle schedule (default: 6e-3 DFT, 1e-3 dense)")
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-2,
                    help="AdamW weight decay (default 0.01, torch.optim.AdamW's own)")
     p.add_argument("--label-smoothing", type=nonneg_float, default=0.1, help="(default 0.1)")
-    p.add_argument("--shift", type=nonneg_int, default=0, metavar="PIXELS",
+    p.add_argument("--shift", type=nonneg_int, default=1, metavar="PIXELS",
                    help="shift each training image by a random 0..PIXELS pixels per axis, anew each epoch "
-                        "(default 0: no augmentation)")
+                        "(default 1; 0: no augmentation)")
     p.add_argument("--dropout", type=nonneg_float, default=0.0, metavar="P",
                    help="dropout on each hidden layer's output, in [0, 1) (default 0)")
     _add_run_flags(p, "runs/<timestamp>-<dataset>")
