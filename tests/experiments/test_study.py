@@ -105,7 +105,8 @@ def test_plan_cells_lr_then_grid_and_transfer():
     assert {c["d_model"] for c in lr_cells} == {16} and len(lr_cells) == 4 * 2
     grid = plan_cells(cfg, {v: 1e-3 for v in cfg.variants})
     assert sorted((c["variant"], c["lr"]) for c in grid if c["phase"] == "transfer") == [
-        ("dense", 5e-4), ("dft", 2.5e-4), ("dft", 5e-4), ("dft", 2e-3), ("lowrank-4", 5e-4), ("monarch-4", 5e-4)]
+        ("dense", 5e-4), ("dft", 1.25e-4), ("dft", 2.5e-4), ("dft", 5e-4), ("dft", 2e-3), ("lowrank-4", 5e-4),
+        ("monarch-4", 5e-4)]
     assert {c["d_model"] for c in grid} == {32}
 
 
@@ -196,7 +197,7 @@ def test_quick_study_end_to_end(use_small, tmp_path, capsys):
             "--out", str(out)]
     assert main(args) == 0
     study = json.loads((out / "study.json").read_text())
-    assert len(study["cells"]) == 3 * 2 + 3 + 3 + 2 and set(study["costs"]) == {
+    assert len(study["cells"]) == 3 * 2 + 3 + 3 + 3 and set(study["costs"]) == {
         f"{v}@d{d}" for v in ("dense", "dft", "monarch-4") for d in (16, 32)}
     assert all(c["seconds"] > 0 and c["flops"] > 0 for c in study["costs"].values())
     for name in ("study.md", "frontier.png", "costs.json"):

@@ -5,7 +5,7 @@ Read top to bottom:
 1. **Learning rates** (:func:`plan_cells`): every variant at the smallest size, at every ``--lrs`` rate.
    Each variant's best rate there (lowest final validation bpb) is its rate from then on.
 2. **The grid:** every size x variant at the variant's own rate, and at every larger size also at half
-   that rate; at the largest size the ``--transfer`` variants at a quarter and twice it too: is the
+   that rate; at the largest size the ``--transfer`` variants at 1/8, 1/4 and twice it too: is the
    small size's best still best? A variant is then judged, at each size, at its best measured rate.
 3. **Cells** (:func:`train_cell`) run side by side in ``--jobs`` processes of one thread each. A cell's
    curve (validation bpb every ``--eval-every`` steps) depends on its step alone: the batches come from
@@ -43,7 +43,7 @@ class StudyConfig:
     variants: tuple[str, ...] = ("dense", "block-4", "block-16", "block-64", "dft", "dft@16", "block-16@16",
                                  "lowrank-4", "monarch-4")
     lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3)  # swept at the smallest size
-    transfer: tuple[str, ...] = ("dense", "dft", "block-16")  # also x1/4 and x2 at the largest size
+    transfer: tuple[str, ...] = ("dense", "dft", "block-16")  # also x1/8, x1/4, x2 at the largest size
     layers: int = 2
     context: int = 64
     batch_size: int = 16
@@ -111,7 +111,7 @@ def plan_cells(cfg: StudyConfig, best: dict[str, float] | None = None) -> list[d
     for d in cfg.sizes[1:]:
         cells += [{"phase": "transfer", "variant": v, "d_model": d, "heads": heads[d], "lr": best[v] * f}
                   for v in cfg.variants
-                  for f in ((0.25, 0.5, 2.0) if v in cfg.transfer and d == large else (0.5,))]
+                  for f in ((0.125, 0.25, 0.5, 2.0) if v in cfg.transfer and d == large else (0.5,))]
     return cells
 
 
@@ -212,7 +212,7 @@ def configure_parser(p) -> None:
     p.add_argument("--lrs", type=comma_list(positive_float, "learning rate"), metavar="1e-3,2e-3,...",
                    help=f"rates swept at the smallest size (default {','.join(f'{x:g}' for x in d.lrs)})")
     p.add_argument("--transfer", type=comma_list(mlp_variant, "variant"), metavar="dense,dft",
-                   help=f"variants also tried at x1/4 and x2 their rate at the largest size (default {','.join(d.transfer)})")
+                   help=f"variants also tried at x1/8, x1/4 and x2 their rate at the largest size (default {','.join(d.transfer)})")
     p.add_argument("--steps", type=positive_int, help=f"training steps per cell (default {d.steps})")
     p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="cells trained side by side, one thread each (default: the CPU count)")
