@@ -221,3 +221,17 @@ def test_resume_refuses_a_changed_recipe(use_small, tmp_path, capsys):
     assert main(args) == 0
     assert main(args[:7] + ["3"] + args[8:] + ["--resume"]) == 2
     assert "steps" in capsys.readouterr().err
+
+
+def test_descend_cells_go_lower_only_while_the_lowest_rate_wins():
+    from dftnet.experiments.study import descend_cells
+
+    cfg = StudyConfig(**TINY)
+    best = {"dense": 1e-3, "dft": 1e-3}
+    row = lambda v, lr, bpb: {"variant": v, "d_model": 32, "lr": lr, "final_bpb": bpb}
+    edge = [row("dft", 1e-3, 3.0), row("dft", 5e-4, 2.5)]  # the lowest rate wins: go lower
+    assert [(c["variant"], c["lr"]) for c in descend_cells(cfg, best, edge)] == [("dft", 2.5e-4)]
+    inside = [row("dft", 1e-3, 3.0), row("dft", 5e-4, 2.5), row("dft", 2.5e-4, 2.7)]
+    assert descend_cells(cfg, best, inside) == []
+    floor = [row("dft", 1e-3 / 64, 1.0), row("dft", 1e-3, 3.0)]
+    assert descend_cells(cfg, best, floor) == []

@@ -5,8 +5,9 @@ Read top to bottom:
 1. **Learning rates** (:func:`plan_cells`): every variant at the smallest size, at every ``--lrs`` rate.
    Each variant's best rate there (lowest final validation bpb) is its rate from then on.
 2. **The grid:** every size x variant at the variant's own rate, and at every larger size also at half
-   that rate; at the largest size the ``--transfer`` variants at 1/8, 1/4 and twice it too: is the
-   small size's best still best? A variant is then judged, at each size, at its best measured rate.
+   that rate; at the largest size the ``--transfer`` variants at 1/8, 1/4 and twice it too, and then
+   lower (:func:`descend_cells`) until their best rate there is not the lowest tried: is the small
+   size's best still best? A variant is then judged, at each size, at its best measured rate.
 3. **Cells** (:func:`train_cell`) run side by side in ``--jobs`` processes of one thread each. A cell's
    curve (validation bpb every ``--eval-every`` steps) depends on its step alone: the batches come from
    (seed, step), the model from the seed. Each finished cell is written to ``cells/<name>.json``, so
@@ -33,7 +34,7 @@ import torch
 
 from .writes import write_text_atomic
 
-__all__ = ["StudyConfig", "QUICK", "plan_cells", "train_cell", "run_cells", "best_lrs", "cell_name"]
+__all__ = ["StudyConfig", "QUICK", "plan_cells", "descend_cells", "train_cell", "run_cells", "best_lrs", "cell_name"]
 
 
 @dataclass
@@ -112,6 +113,24 @@ def plan_cells(cfg: StudyConfig, best: dict[str, float] | None = None) -> list[d
         cells += [{"phase": "transfer", "variant": v, "d_model": d, "heads": heads[d], "lr": best[v] * f}
                   for v in cfg.variants
                   for f in ((0.125, 0.25, 0.5, 2.0) if v in cfg.transfer and d == large else (0.5,))]
+    return cells
+
+
+def descend_cells(cfg: StudyConfig, best: dict[str, float], results: list[dict], floor: float = 1 / 64) -> list[dict]:
+    """At the largest size, a cell at half the lowest rate tried for each ``--transfer`` variant whose
+    best final bpb there is at that lowest rate (down to ``floor`` x its small-size rate): so that the
+    rate each is judged at is a measured optimum, not the edge of the grid."""
+    large = cfg.sizes[-1]
+    heads = dict(zip(cfg.sizes, cfg.heads))
+    cells = []
+    for v in cfg.transfer:
+        tried = {r["lr"]: r["final_bpb"] for r in results if r["variant"] == v and r["d_model"] == large}
+        if not tried or large == cfg.sizes[0]:
+            continue
+        lowest = min(tried)
+        if min(tried, key=tried.get) == lowest and lowest / 2 >= best[v] * floor * (1 - 1e-9):
+            cells.append({"phase": "transfer", "variant": v, "d_model": large, "heads": heads[large],
+                          "lr": lowest / 2})
     return cells
 
 
@@ -264,6 +283,9 @@ def run_study(cfg: StudyConfig, out: Path, remeasure: bool = False, log=print) -
     best = best_lrs(results)
     log("best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()) + "\nthe grid")
     results += run_cells(cfg, plan_cells(cfg, best), out / "cells", log)
+    while lower := descend_cells(cfg, best, results):
+        log("lower rates at the largest size: " + ", ".join(f"{c['variant']} {c['lr']:g}" for c in lower))
+        results += run_cells(cfg, lower, out / "cells", log)
     cost_file = out / "costs.json"
     if cost_file.exists() and not remeasure:
         costs = json.loads(cost_file.read_text())
