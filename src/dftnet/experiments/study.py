@@ -268,7 +268,7 @@ def run(args) -> int:
         if args.resume:  # finished cells are kept by name (size, variant, rate): the rest must match
             refuse_changed_config(out, {"command": "study", **config_dict(cfg)}, CELL_KEYS)
         study = run_study(cfg, out, remeasure=args.remeasure)
-    print("\n" + _write_report(study, out))
+    print("\n" + _write_report(study, out) + " (and study.json, cells/)")
     return 0
 
 
@@ -307,7 +307,7 @@ def _write_report(study: dict, out: Path) -> str:
     write_text_atomic(out / "study.md", text)
     with atomic_path(out / "frontier.png") as tmp:
         plot_study(study, tmp)
-    return text + f"\nwrote {out}/: study.json study.md frontier.png cells/"
+    return text + f"\nwrote {out}/: study.md frontier.png"
 
 
 def _redraw(path: Path, out: Path | None) -> int:

@@ -99,9 +99,10 @@ def report_text(study: dict) -> str:
               + ", ".join(f"{v} {lr:g}" for v, lr in study["best_lrs"].items()), ""]
     tr = transfer_rows(study)
     if tr:
-        lines += ["| variant | best lr, smallest size | bpb at ×1/2, ×1, ×2 (largest size) | best lr, largest size | within 2× |",
+        lines += ["| variant | best lr, smallest size | bpb at the largest size, by rate (× that best) | best lr, largest size | within 2× |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['small_best_lr']:g} | " + ", ".join(f"{b:.3f}" for b in r["bpb_by_factor"].values())
+        lines += [f"| {r['variant']} | {r['small_best_lr']:g} | "
+                  + ", ".join(f"×{float(f):g}: {b:.3f}" for f, b in r["bpb_by_factor"].items())
                   + f" | {r['large_best_lr']:g} | {'yes' if r['within_2x'] else 'no'} |" for r in tr]
     return "\n".join(lines) + "\n"
 
