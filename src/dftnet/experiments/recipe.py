@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_LR", "default_lr", "param_groups"]
 
 # Peak one-cycle lr per layer kind, with AdamW (weight decay 0.01), label smoothing 0.1 and random shifts of
 # 1 pixel (docs/training.md, "Training recipe"); DFT and block layers store their spectra (dftnet.spectral),
-# so these hold at any width. DFT: 6e-3 since issue 24 (3e-3 before: 0.4 points less on the seed net).
+# so these hold at any width. DFT: 6e-3 (with 1-pixel shifts and 10 epochs; docs/training.md has the lever table).
 DEFAULT_LR = {"dft": 6e-3, "dense": 1e-3, "block": 1e-3}
 
 
