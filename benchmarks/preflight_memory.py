@@ -88,16 +88,9 @@ steps(tiny(), *tiny_batch, 2)  # load the kernels' code and thread pools on a ti
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 before = status("VmRSS")
 model = build()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-for _ in range(3):
-    loss = loss_of(model, x, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+steps(model, x, y, 3)
 rss = status("VmHWM") - before
-del model, opt, loss  # the estimate and the report after the RSS (glibc keeps freed pages)
+del model  # the estimate and the report after the RSS (glibc keeps freed pages)
 est = est_of()
 report = peak_step_memory(build(), x, y)
 print(json.dumps({"estimate": est.step, "run_estimate": est.run(), "report": report, "rss": rss}))

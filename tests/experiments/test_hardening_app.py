@@ -17,6 +17,8 @@ import torch
 
 from dftnet.experiments.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from dftnet.experiments.cli import main
+
+from child_scripts import slow_checkpoint_cli
 from dftnet.experiments.evaluate import load_model
 
 TRIED = Counter()
@@ -149,17 +151,7 @@ RUN = ["-m", "dftnet", "train", "--layer", "dft", "--widths", "784,32,10", "--li
 
 # The command line with os.replace patched in the child: sleep between writing (and fsync-ing) a
 # checkpoint's temporary file and renaming it over the checkpoint, widening the window a SIGKILL can hit.
-SLOW_SAVE = """import sys, time
-import os
-real_replace = os.replace
-def slow_replace(src, dst, *args, **kwargs):
-    if str(dst).endswith(".pt"):  # a checkpoint's temporary file is written and fsync-ed: sleep before the rename
-        time.sleep(0.5)
-    return real_replace(src, dst, *args, **kwargs)
-os.replace = slow_replace
-from dftnet.experiments.cli import main
-raise SystemExit(main(sys.argv[1:]))
-"""
+SLOW_SAVE = slow_checkpoint_cli(0.5)
 
 
 def _start(out, slow_save=False):

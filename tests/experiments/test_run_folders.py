@@ -14,6 +14,8 @@ import pytest
 
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.cli import main
+
+from child_scripts import slow_checkpoint_cli
 from dftnet.experiments.runfolder import LOCK_NAME, RunFolderError, RunLock
 
 TINY = ["--layer", "dft", "--widths", "784,16,10", "--limit", "64", "--batch-size", "32", "--epochs", "1",
@@ -174,17 +176,7 @@ def test_lock_records_pid_host_start_and_is_exclusive_in_process(tmp_path):
     RunLock(tmp_path).acquire().release()
 
 
-SLOW_TRAIN = """import sys, time
-import os
-real_replace = os.replace
-def slow_replace(src, dst, *args, **kwargs):
-    if str(dst).endswith(".pt"):  # a checkpoint's temporary file is written and fsync-ed: sleep before the rename
-        time.sleep(0.3)
-    return real_replace(src, dst, *args, **kwargs)
-os.replace = slow_replace
-from dftnet.experiments.cli import main
-raise SystemExit(main(sys.argv[1:]))
-"""
+SLOW_TRAIN = slow_checkpoint_cli(0.3)
 
 
 @pytest.mark.subprocess
