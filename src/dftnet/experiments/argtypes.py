@@ -56,6 +56,22 @@ positive_float = number(float, positive=True)
 nonneg_float = number(float, positive=False)
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"10m"`` or ``"1.5h"``: a positive, finite duration."""
+    raw = str(text).strip().lower()
+    scale = _UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1.0)
+    except ValueError:
+        raise ArgumentValueError(f"expected a duration such as 90s, 10m or 1.5h, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ArgumentValueError(f"expected a positive duration such as 90s, 10m or 1.5h, got {text!r}")
+    return value
+
+
 def comma_list(item: Callable[[str], object], what: str = "value") -> Callable[[str | Iterable], list]:
     """``"a,b,c"`` -> ``[item("a"), item("b"), item("c")]``; a sequence (Python callers) item by item."""
 

@@ -15,7 +15,7 @@ import errno
 import os
 import sys
 
-from .argtypes import (Parser, UsageError, comma_list, mlp_variant, mlp_widths, nonneg_float, nonneg_int,
+from .argtypes import (Parser, UsageError, comma_list, duration, mlp_variant, mlp_widths, nonneg_float, nonneg_int,
                        positive_float, positive_int, train_layer)
 from .interrupt import exit_status, stopped_line
 
@@ -150,6 +150,13 @@ def _add_lm(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per step, global (default 32)")
     p.add_argument("--max-steps", type=positive_int, default=400,
                    help="steps per variant (default 400: three variants in under 10 min on 2 cores)")
+    p.add_argument("--budget", type=duration, default=None, metavar="TIME",
+                   help="train each variant for this much time instead of --max-steps (90s, 10m, 1.5h): its step "
+                        "count is TIME / its step time, measured first on a few steps, and its schedule is set for "
+                        "that count (recorded in config.json as steps_by_variant)")
+    p.add_argument("--structure", choices=["mlp", "mlp+attn"], default="mlp",
+                   help="the layers a variant replaces: the MLP's, or attention's q, k, v and output projections "
+                        "too (default mlp)")
     p.add_argument("--lr", type=positive_float, default=2e-3,
                    help="peak AdamW learning rate, warmup then cosine, the same for every variant (default 2e-3)")
     p.add_argument("--eval-every", type=positive_int, default=40, metavar="STEPS",
@@ -166,6 +173,7 @@ def _run_lm(args) -> int:
     cfg = LMConfig(variants=tuple(args.variants), d_model=args.d_model, mlp_ratio=args.mlp_ratio,
                    layers=args.layers, heads=args.heads,
                    context=args.context, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+                   budget=args.budget, structure=args.structure,
                    seed=args.seed, device=args.device, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, quiet=args.quiet, eval_every=args.eval_every, limit=args.limit,
                    memory_check=args.memory_check)

@@ -7,7 +7,8 @@ Read top to bottom, like nanoGPT's ``model.py``:
   MLP d -> R·d -> d with GELU (R = ``mlp_ratio``, 4 by default), each added to the residual stream;
 * a final LayerNorm and a head tied to the byte embeddings.
 
-Only the MLP's two linear layers change between variants (:func:`mlp_linear`): ``dense``
+Only the MLP's two linear layers change between variants (:func:`mlp_linear`), and with
+``structure="mlp+attn"`` attention's q, k, v and output projections too: ``dense``
 (``nn.Linear``), ``block-K`` (:class:`~dftnet.BlockDFTLinear`, K x K circulant blocks) or ``dft``
 (:class:`~dftnet.DFTLinear`), the ``-sign`` forms of :func:`.models.parse_layer_spec`, and the peers of
 :mod:`.peers`: ``lowrank-K`` (rank = the layer's smaller side / K) and ``monarch-B`` (B blocks). A variant
@@ -33,9 +34,10 @@ from dftnet.variants import parse_variant
 from .models import parse_layer_spec
 from .peers import LowRankLinear, MonarchLinear
 
-__all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB"]
+__all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB", "STRUCTURES"]
 
 VOCAB = 256  # bytes
+STRUCTURES = ("mlp", "mlp+attn")  # which linear layers take the variant: the MLP's, or attention's too
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,11 @@ class GPTConfig:
     heads: int = 4
     mlp: str = "dense"  # dense | dft | block-K (see parse_layer_spec) | lowrank-K | monarch-B
     mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d
+    structure: str = "mlp"  # one of STRUCTURES
 
     def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"--structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
         for name in ("context", "d_model", "layers", "heads", "mlp_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -101,8 +106,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        spec = cfg.mlp if cfg.structure == "mlp+attn" else "dense"
+        self.qkv = mlp_linear(spec, cfg.d_model, 3 * cfg.d_model)
+        self.proj = mlp_linear(spec, cfg.d_model, cfg.d_model)
         self.proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +168,9 @@ class GPT(nn.Module):
             emb.weight.copy_(torch.randn(emb.weight.shape, generator=g) * std)
         for block in self.blocks:
             for lin in (block.attn.qkv, block.attn.proj):
+                if not isinstance(lin, nn.Linear):  # a structured projection keeps its own init
+                    mlp_modules.add(id(lin))
+                    continue
                 s = std / math.sqrt(2 * self.cfg.layers) if getattr(lin, "residual", False) else std
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * s)
                 lin.bias.zero_()
@@ -193,6 +202,11 @@ class GPT(nn.Module):
 
     def mlp_parameters(self) -> int:
         return sum(p.numel() for b in self.blocks for p in b.mlp.parameters())
+
+    def structured_layers(self) -> dict[str, nn.Module]:
+        """The linear layers the variant chose, by name: the MLPs' (and attention's with ``mlp+attn``)."""
+        names = ("mlp.fc", "mlp.proj") + (("attn.qkv", "attn.proj") if self.cfg.structure == "mlp+attn" else ())
+        return {f"blocks.{i}.{n}": b.get_submodule(n) for i, b in enumerate(self.blocks) for n in names}
 
     @torch.no_grad()
     def generate(self, prompt: bytes, new_bytes: int, temperature: float = 0.8, top_k: int = 40,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -56,9 +56,11 @@ class LMConfig:
     context: int = 128
     batch_size: int = 32  # global: sequences per step (4,096 bytes at context 128)
     max_steps: int = 400  # the default run (three variants) fits in 10 minutes on 2 CPU cores
+    budget: float | None = None  # seconds of training per variant: each variant's steps = budget / its step time
     lr: float = 2e-3  # peak, the same for every variant
     weight_decay: float = 1e-2  # torch.optim.AdamW's default, as in dftnet train
     warmup_steps: int | None = None  # None: a tenth of max_steps, at most 100
+    structure: str = "mlp"  # which layers take the variant: "mlp" or "mlp+attn" (attention's projections too)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -81,13 +83,16 @@ class LMConfig:
             raise ValueError(f"--variants: a variant is listed twice in {','.join(self.variants)}")
         for v in self.variants:
             self.gpt(v)  # ValueError for unknown variants and bad shapes
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.max_steps // 10)
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps: ``warmup_steps``, or a tenth of ``max_steps`` (at most 100)."""
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)
 
     def gpt(self, variant: str) -> GPTConfig:
         """The model of a variant; ``name@R`` gives that variant an MLP ratio of its own."""
         mlp, ratio = split_variant(variant, self.mlp_ratio)
-        return GPTConfig(self.context, self.d_model, self.layers, self.heads, mlp, ratio)
+        return GPTConfig(self.context, self.d_model, self.layers, self.heads, mlp, ratio, self.structure)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -128,7 +133,7 @@ def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> Variant
     model = GPT(cfg.gpt(variant), seed=cfg.seed).to(ctx.device)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr), lr=cfg.lr, betas=(0.9, 0.95),
                             weight_decay=cfg.weight_decay)
-    warmup, total = cfg.warmup_steps, cfg.max_steps
+    warmup, total = cfg.warmup, cfg.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return VariantRun(variant, model, opt, sched, cfg.batch_size // ctx.world_size)
 
@@ -256,11 +261,39 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
     return finish_variant(r, cfg, corpus, ctx, PROMPT, log)
 
 
+# ------------------------------------------------------------------------- a time budget
+
+
+def step_seconds(variant: str, cfg: LMConfig, corpus, ctx: dist_mod.Context, steps: int = 5) -> float:
+    """The median time of one training step of ``variant`` on this machine, from a throwaway model
+    (2 warm-up steps, then ``steps`` timed ones), averaged over the processes so every rank agrees."""
+    r = build_variant(variant, cfg, ctx)
+    starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, 0)
+    x, y = corpus_mod.get_batch(corpus.train, starts[:r.local_batch], cfg.context, ctx.device)
+    times = []
+    for i in range(2 + steps):
+        t0 = time.perf_counter()
+        train_step(r.model, r, x, y)
+        times.append(time.perf_counter() - t0)
+    median = sorted(times[2:])[steps // 2]
+    return dist_mod.all_reduce_sum(ctx, [median])[0] / ctx.world_size
+
+
+def budget_steps(cfg: LMConfig, corpus, ctx: dist_mod.Context, log) -> dict[str, int]:
+    """Each variant's step count for ``cfg.budget`` seconds of training: budget / its measured step time."""
+    steps = {}
+    for variant in cfg.variants:
+        seconds = step_seconds(variant, cfg, corpus, ctx)
+        steps[variant] = max(1, int(cfg.budget / seconds))
+        log(f"{variant}: {1e3 * seconds:.1f} ms a step -> {steps[variant]} steps in {cfg.budget:g} s")
+    return steps
+
+
 # ------------------------------------------------------------------------- the job
 
 
 RESUME_KEYS = ("variants", "d_model", "layers", "heads", "mlp_ratio", "context", "batch_size", "max_steps", "lr",
-               "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256")
+               "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256", "structure", "budget")
 
 
 def run(cfg: LMConfig, log=print) -> dict:
@@ -282,6 +315,12 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
         dist_mod.on_main(ctx, lambda: preflight.check_lm(variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+    steps = {v: cfg.max_steps for v in cfg.variants}
+    if cfg.budget is not None:  # measured once; a resumed run keeps the step counts it started with
+        recorded = json.loads((out_dir / "config.json").read_text()).get("steps_by_variant") if cfg.resume and \
+            (out_dir / "config.json").is_file() else None
+        steps = recorded or budget_steps(cfg, corpus, ctx, log)
+    config["steps_by_variant"] = steps
     dist_mod.on_main(ctx, lambda: write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n"))
     windows = corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows)
     log(f"corpus: {info['files']} files of {info['root']} ({info['bytes'] / 1e6:.1f} MB, sha256 "
@@ -290,7 +329,8 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
 
     results, history = [], []
     for variant in cfg.variants:
-        results.append(train_variant(variant, cfg, corpus, windows, out_dir, ctx, log))
+        results.append(train_variant(variant, replace(cfg, max_steps=steps[variant]), corpus, windows, out_dir,
+                                     ctx, log))
         history += load_checkpoint(out_dir / variant / "last.pt")["history"] if ctx.is_main else []
 
     equal_s = min(r["seconds"] for r in results)  # the fastest variant's training time
