@@ -191,12 +191,12 @@ def _run_lm(args) -> int:
 
 
 def _add_study(sub) -> None:
-    from . import study
+    from . import study, study_cli
 
-    p = sub.add_parser("study", help="compute-matched GPT study: MLP variants x sizes, frontier against dense",
+    p = sub.add_parser("study", help="equal-compute GPT study: MLP variants x sizes x budgets, frontier against dense",
                        description=study.__doc__.splitlines()[0])
-    study.configure_parser(p)
-    p.set_defaults(func=study.run)
+    study_cli.configure_parser(p)
+    p.set_defaults(func=study_cli.run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,17 +9,28 @@ machine lands on every configuration alike, so the ratios hold even when the abs
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils import benchmark
 
-from .flops import step_flops
+from .flops import layer_routes, step_flops
 from .memory import peak_step_memory
 
-__all__ = ["measure_costs", "config_key"]
+__all__ = ["measure_costs", "cpu_name"]
 
 
-def config_key(variant: str, d_model: int) -> str:
-    return f"{variant}@d{d_model}"
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
@@ -38,9 +49,12 @@ class _Flat(torch.nn.Module):
         return self.gpt(x).flatten(0, 1)
 
 
-def measure_costs(study, configs: list[tuple[str, int, int]], log=print) -> dict[str, dict]:
-    """For each ``(variant, d_model, heads)``: seconds per step (median, quartiles), peak step memory in
-    bytes and FLOPs per step. ``study`` is the :class:`.study.StudyConfig`."""
+def measure_costs(study, configs: list[tuple], log=print) -> dict[str, dict]:
+    """For each ``(arm, d_model, heads)`` (:class:`.study.Arm`): seconds per step (median, quartiles),
+    peak step memory in bytes, the route of each structured layer and FLOPs per step for those routes;
+    and ``"machine"``: the CPU, threads and torch version. ``study`` is the :class:`.study.StudyConfig`."""
+    from .study import cost_key
+
     from . import corpus as corpus_mod
     from .distributed import Context
     from .lm import build_variant, train_step
@@ -49,17 +63,19 @@ def measure_costs(study, configs: list[tuple[str, int, int]], log=print) -> dict
     torch.set_num_threads(1)
     try:
         corpus = corpus_mod.load_corpus(limit=study.limit)
-        starts = corpus_mod.batch_indices(len(corpus.train), study.context, study.batch_size, study.seed, 0)
+        starts = corpus_mod.batch_indices(len(corpus.train), study.context, study.batch_size, 0, 0)
         x, y = corpus_mod.get_batch(corpus.train, starts, study.context, torch.device("cpu"))
         runs, out = {}, {}
-        for variant, d, heads in configs:
-            lm = study.lm(variant, d, heads, 1e-3)
-            r = build_variant(variant, lm, Context())
+        for arm, d, heads in configs:
+            lm = study.lm(arm, d, heads, 1e-3, 0, 1000)
+            r = build_variant(arm.variant, lm, Context())
             train_step(r.model, r, x, y)  # warm-up: plans, caches, optimizer state
-            key = config_key(variant, d)
+            key = cost_key(arm, d)
             runs[key] = (r, benchmark.Timer("train_step(m, r, x, y)", globals={
                 "train_step": train_step, "m": r.model, "r": r, "x": x, "y": y}, num_threads=1))
-            out[key] = {"variant": variant, "d_model": d, "flops": step_flops(lm.gpt(variant), study.batch_size),
+            routes = layer_routes(r.model, study.batch_size * study.context)
+            out[key] = {"arm": arm.key, "variant": arm.variant, "structure": arm.structure, "d_model": d,
+                        "routes": routes, "flops": step_flops(lm.gpt(arm.variant), study.batch_size, routes),
                         "peak_memory_bytes": peak_step_memory(_Flat(r.model), x, y.flatten())}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for i in range(study.timing_rounds):
@@ -69,6 +85,6 @@ def measure_costs(study, configs: list[tuple[str, int, int]], log=print) -> dict
         for key, ts in times.items():
             q1, med, q3 = _quantiles(ts)
             out[key].update(seconds=med, seconds_q1=q1, seconds_q3=q3, rounds=len(ts))
-        return out
+        return {"machine": {"cpu": cpu_name(), "threads": 1, "torch": torch.__version__}, **out}
     finally:
         torch.set_num_threads(threads)
