@@ -345,16 +345,3 @@ def test_lm_budget_sets_each_variants_steps_and_resume_keeps_them(use_small, tmp
     assert {r["variant"]: r["steps"] for r in summary["results"]} == steps
     assert main(args + ["--resume"]) == 0  # the recorded counts, not a new measurement
     assert json.loads((out / "config.json").read_text())["steps_by_variant"] == steps
-
-
-COMMITTED = ROOT / "docs" / "results" / "lm_study"
-
-
-@pytest.mark.skipif(not (COMMITTED / "cells").is_dir(), reason="no committed study results")
-def test_docs_show_the_committed_study():
-    from dftnet.experiments.study import load_folder
-    from dftnet.experiments.study_cli import update_docs
-
-    study = load_folder(COMMITTED)
-    assert update_docs(study, ROOT, check=True) == [], "run: dftnet study --report docs/results/lm_study --write-docs"
-    assert json.loads((COMMITTED / "study.json").read_text()) == study

@@ -1,19 +1,16 @@
-"""``dftnet study``'s flags and job: the study (:mod:`.study`), its resume, and its report and docs blocks."""
+"""``dftnet study``'s flags and job: the study (:mod:`.study`), its resume, and its report. The README's and
+docs/lm.md's study tables are redrawn from the committed folder by :mod:`.docblocks`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 from pathlib import Path
 
 from .study import QUICK, CELL_KEYS, StudyConfig, config_dict, load_folder, run_study
 from .writes import atomic_path, write_text_atomic
 
-__all__ = ["configure_parser", "run", "write_report", "docs_blocks", "update_docs"]
-
-DOCS = ("README.md", "docs/lm.md")  # the files whose study blocks --write-docs redraws
+__all__ = ["configure_parser", "run", "write_report"]
 
 
 def _budgets(text: str) -> list[list[int]]:
@@ -59,8 +56,6 @@ def configure_parser(p) -> None:
     p.add_argument("--report", metavar="PATH",
                    help="only redraw study.json, study.md and frontier.png from a study folder (finished or not) "
                         "or a study.json, into --out (default: its folder)")
-    p.add_argument("--write-docs", action="store_true",
-                   help=f"with --report: also redraw the study's blocks in {' and '.join(DOCS)}")
     p.add_argument("--limit", type=positive_int, default=None, help=argparse.SUPPRESS)
 
 
@@ -70,7 +65,7 @@ def run(args) -> int:
     from .runfolder import claim, refuse_changed_config
 
     if args.report:
-        return _redraw(Path(args.report), Path(args.out) if args.out else None, args.write_docs)
+        return _redraw(Path(args.report), Path(args.out) if args.out else None)
     names = ("sizes", "heads", "budgets", "variants", "attn_variants", "lr_center", "rates", "seeds", "jobs", "limit")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.sizes is not None and args.heads is None:
@@ -96,32 +91,7 @@ def write_report(study: dict, out: Path) -> str:
     return text + f"\nwrote {out}/: study.json study.md frontier.png"
 
 
-def docs_blocks(study: dict) -> dict[str, str]:
-    """The text of each marked block (``<!-- study:NAME -->`` ... ``<!-- /study:NAME -->``) in the docs."""
-    from .study_report import headline_text, report_text
-
-    return {"headline": headline_text(study), "full": report_text(study)}
-
-
-def update_docs(study: dict, root: Path, check: bool = False) -> list[str]:
-    """Redraw the study's blocks in :data:`DOCS` under ``root``; with ``check``, change nothing and return
-    the blocks that differ (``file: block``)."""
-    blocks, stale = docs_blocks(study), []
-    for rel in DOCS:
-        path = root / rel
-        text = path.read_text()
-        new = text
-        for name, body in blocks.items():
-            pattern = re.compile(rf"(<!-- study:{name} -->\n)(.*?)(<!-- /study:{name} -->)", re.S)
-            new = pattern.sub(lambda m: m.group(1) + body + m.group(3), new)
-        if new != text:
-            stale.append(rel)
-            if not check:
-                write_text_atomic(path, new)
-    return stale
-
-
-def _redraw(path: Path, out: Path | None, write_docs: bool) -> int:
+def _redraw(path: Path, out: Path | None) -> int:
     if path.is_dir():
         study = load_folder(path) if (path / "cells").is_dir() else json.loads((path / "study.json").read_text())
     elif path.is_file():
@@ -130,7 +100,4 @@ def _redraw(path: Path, out: Path | None, write_docs: bool) -> int:
         raise FileNotFoundError(f"--report: no study folder or study.json at {path}")
     folder = out or (path if path.is_dir() else path.parent)
     print(write_report(study, folder))
-    if write_docs:
-        changed = update_docs(study, Path(os.getcwd()))
-        print("redrew the study blocks in " + (", ".join(changed) if changed else "nothing (already current)"))
     return 0
