@@ -261,12 +261,16 @@ def _from_variant(layer, block_size, sign_flip) -> tuple:
         return layer, block_size, sign_flip  # refused below with the full list
     if isinstance(variant, Dense):
         raise ValueError("convert: the dense variant is the model as it is; give dft or block-K")
+    if not isinstance(variant, (DFT, BlockDFT)):
+        raise ValueError(f"convert: {variant.name!r} has no projection from a dense weight; give dft or block-K")
+    if variant.ratio is not None:
+        raise ValueError(f"convert: {variant.name!r} names an MLP ratio, which converting a layer cannot change; "
+                         "give the variant without @R")
     if block_size is not None:
         raise ValueError(f"convert: block_size={block_size!r} given beside the variant {variant.name!r}; "
                          "give one of them")
     if isinstance(variant, BlockDFT):
         return "block", variant.block_size, sign_flip or variant.sign_flip
-    assert isinstance(variant, DFT)
     return "dft", None, sign_flip or variant.sign_flip
 
 

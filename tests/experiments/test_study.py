@@ -18,7 +18,7 @@ from dftnet.experiments.frontier import budget_to_reach
 from dftnet.experiments.gpt import GPT, GPTConfig, split_variant
 from dftnet.experiments.lm import build_variant, lr_factor
 from dftnet.experiments.distributed import Context
-from dftnet.experiments.peers import LowRankLinear, MonarchLinear
+from dftnet.peers import LowRankLinear, MonarchLinear
 from dftnet.experiments.study import QUICK, Arm, StudyConfig, plan_cells, search_ks, steps_for
 from dftnet.experiments.study_cells import train_cell
 from dftnet.experiments.study_report import arm_rows

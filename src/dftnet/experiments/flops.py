@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 
-from .gpt import VOCAB, GPTConfig, _peer_spec
-from .models import parse_layer_spec
+from dftnet.variants import DFT, BlockDFT, Dense, LowRank, Monarch, parse_variant
+
+from .gpt import VOCAB, GPTConfig
 
 __all__ = ["layer_flops", "step_flops", "layer_routes"]
 
@@ -38,19 +39,19 @@ def layer_flops(spec: str, p: int, q: int, route: str = "fft") -> float:
     layer on its ``"dense"`` route counts as dense."""
     if route == "dense":
         return 2.0 * p * q
-    peer, k = _peer_spec(spec)
-    if peer == "lowrank":
-        return 2.0 * max(1, min(p, q) // k) * (p + q)
-    if peer == "monarch":
-        s = min(p, q) // k
-        return 2.0 * k * s * (p // k + q // k)
-    kind, kwargs = parse_layer_spec(spec)
-    if kind == "dense":
+    v = parse_variant(spec)
+    if isinstance(v, LowRank):
+        return 2.0 * max(1, min(p, q) // v.k) * (p + q)
+    if isinstance(v, Monarch):
+        s = min(p, q) // v.nblocks
+        return 2.0 * v.nblocks * s * (p // v.nblocks + q // v.nblocks)
+    if isinstance(v, Dense):
         return 2.0 * p * q
-    if kind == "dft":
+    if isinstance(v, DFT):
         n = max(p, q)
         return 2 * _fft(n) + 3.0 * n + p
-    b = kwargs["block_size"]
+    assert isinstance(v, BlockDFT)
+    b = v.block_size
     blocks_in, blocks_out = math.ceil(p / b), math.ceil(q / b)
     return (blocks_in + blocks_out) * _fft(b) + 8.0 * blocks_in * blocks_out * (b // 2 + 1)
 

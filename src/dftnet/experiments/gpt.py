@@ -10,9 +10,10 @@ Read top to bottom, like nanoGPT's ``model.py``:
 Only the MLP's two linear layers change between variants (:func:`mlp_linear`), and with
 ``structure="mlp+attn"`` attention's q, k, v and output projections too: ``dense``
 (``nn.Linear``), ``block-K`` (:class:`~dftnet.BlockDFTLinear`, K x K circulant blocks) or ``dft``
-(:class:`~dftnet.DFTLinear`), the ``-sign`` forms of :func:`.models.parse_layer_spec`, and the peers of
-:mod:`.peers`: ``lowrank-K`` (rank = the layer's smaller side / K) and ``monarch-B`` (B blocks). A variant
-name may end in ``@R`` for its own MLP ratio: ``dft@16`` is a d -> 16d -> d circulant MLP.
+(:class:`~dftnet.DFTLinear`), their ``-sign`` forms, and the peers of :mod:`dftnet.peers`: ``lowrank-K``
+(rank = the layer's smaller side / K) and ``monarch-B`` (B blocks): every name of
+:func:`dftnet.variants.parse_variant`. A variant name may end in ``@R`` for its own MLP ratio: ``dft@16`` is a
+d -> 16d -> d circulant MLP.
 Embeddings, attention and dense MLP layers get nanoGPT's init (normal, std 0.02; the residual
 projections 0.02 / sqrt(2 * layers)); the structured layers keep their own init, which their
 spectral parametrisation (and so their learning-rate rule) is built on. The shared parts are
@@ -29,10 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
-from dftnet.variants import parse_variant
-
-from .models import parse_layer_spec
-from .peers import LowRankLinear, MonarchLinear
+from dftnet.peers import LowRankLinear, MonarchLinear
+from dftnet.variants import BlockDFT, LowRank, Monarch, parse_variant
 
 __all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB", "STRUCTURES"]
 
@@ -46,7 +45,7 @@ class GPTConfig:
     d_model: int = 192
     layers: int = 4
     heads: int = 4
-    mlp: str = "dense"  # dense | dft | block-K (see parse_layer_spec) | lowrank-K | monarch-B
+    mlp: str = "dense"  # a dftnet.variants name without @R: dense | dft | block-K | lowrank-K | monarch-B
     mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d
     structure: str = "mlp"  # one of STRUCTURES
 
@@ -60,45 +59,24 @@ class GPTConfig:
         if self.d_model % self.heads:
             raise ValueError(f"--d-model {self.d_model} must be a multiple of --heads {self.heads}")
         hidden = self.mlp_ratio * self.d_model
-        kind, k = _peer_spec(self.mlp)
-        if kind == "lowrank" and self.d_model // k < 1:
-            raise ValueError(f"MLP variant {self.mlp}: the rank d / {k} must be at least 1 (d = {self.d_model})")
-        if kind == "monarch" and self.d_model % k:
-            raise ValueError(f"MLP variant {self.mlp}: {k} blocks must divide --d-model {self.d_model}")
-        if kind is None:
-            kind, kwargs = parse_layer_spec(self.mlp)
-            if kind == "block" and kwargs["block_size"] > hidden:
-                raise ValueError(f"MLP variant {self.mlp}: the block size must be at most the MLP's width "
-                                 f"{hidden}")
+        variant = parse_variant(self.mlp)
+        if isinstance(variant, LowRank) and self.d_model // variant.k < 1:
+            raise ValueError(f"MLP variant {self.mlp}: the rank d / {variant.k} must be at least 1 (d = {self.d_model})")
+        if isinstance(variant, Monarch) and self.d_model % variant.nblocks:
+            raise ValueError(f"MLP variant {self.mlp}: {variant.nblocks} blocks must divide --d-model {self.d_model}")
+        if isinstance(variant, BlockDFT) and variant.block_size > hidden:
+            raise ValueError(f"MLP variant {self.mlp}: the block size must be at most the MLP's width {hidden}")
 
 
 def split_variant(variant: str, default_ratio: int = 4) -> tuple[str, int]:
     """``"dft@16"`` -> ``("dft", 16)``; ``"dense"`` -> ``("dense", default_ratio)``."""
-    name, sep, ratio = str(variant).lower().partition("@")
-    if not sep:
-        return name, default_ratio
-    if not ratio.isdigit() or int(ratio) < 1:
-        raise ValueError(f"variant {variant!r}: the MLP ratio after @ must be a positive integer")
-    return name, int(ratio)
-
-
-def _peer_spec(spec: str) -> tuple[str | None, int]:
-    """``lowrank-K`` / ``monarch-B`` -> (kind, K); anything else -> (None, 0)."""
-    kind, _, k = str(spec).lower().partition("-")
-    if kind in ("lowrank", "monarch"):
-        if not k.isdigit() or int(k) < 1:
-            raise ValueError(f"unknown MLP variant {spec!r}: expected {kind}-K with K a positive integer")
-        return kind, int(k)
-    return None, 0
+    v = parse_variant(variant)
+    name = v.name.partition("@")[0]
+    return name, v.ratio if v.ratio is not None else default_ratio
 
 
 def mlp_linear(spec: str, in_features: int, out_features: int) -> nn.Module:
-    """One linear layer of the MLP for a variant name: nn.Linear, BlockDFTLinear, DFTLinear or a peer."""
-    peer, k = _peer_spec(spec)
-    if peer == "lowrank":
-        return LowRankLinear(in_features, out_features, rank=max(1, min(in_features, out_features) // k))
-    if peer == "monarch":
-        return MonarchLinear(in_features, out_features, nblocks=k)
+    """One linear layer for a variant name: nn.Linear, BlockDFTLinear, DFTLinear or a peer."""
     return parse_variant(spec).build(in_features, out_features)
 
 
