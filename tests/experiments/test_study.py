@@ -72,6 +72,16 @@ def test_the_schedule_is_set_for_the_cells_step_count(steps):
     assert lr_factor(steps, warmup, steps) == pytest.approx(0.1)  # the decay ends at the cell's step count
 
 
+def test_later_timings_are_rescaled_to_the_recorded_dense():
+    from dftnet.experiments.study_cost import rescale_to
+
+    anchor = {"dense@d8": {**_cost(1.0), "arm": "dense", "d_model": 8}}
+    new = {"machine": {}, "dense@d8": {**_cost(2.0), "arm": "dense", "d_model": 8},
+           "dft@d8": {**_cost(0.5), "arm": "dft", "d_model": 8}}
+    got = rescale_to(anchor, new)
+    assert set(got) == {"dft@d8"} and got["dft@d8"]["seconds"] == 0.25 and got["dft@d8"]["rescaled_by"] == 0.5
+
+
 def test_rate_search_widens_until_the_best_is_interior():
     assert search_ks(0, 3, 4, {}) == ([-1, 0, 1], None)
     assert search_ks(0, 3, 4, {-1: 3.0, 0: 2.0}) == ([-1, 0, 1], None)  # waits for every rate
@@ -345,3 +355,15 @@ def test_lm_budget_sets_each_variants_steps_and_resume_keeps_them(use_small, tmp
     assert {r["variant"]: r["steps"] for r in summary["results"]} == steps
     assert main(args + ["--resume"]) == 0  # the recorded counts, not a new measurement
     assert json.loads((out / "config.json").read_text())["steps_by_variant"] == steps
+
+
+def test_resume_times_an_added_variant_beside_dense(use_small, tmp_path):
+    out = tmp_path / "s"
+    base = ["study", "--quick", "--sizes", "16", "--heads", "2", "--budgets", "4", "--jobs", "1", "--rates", "1",
+            "--seeds", "1", "--attn-variants", "none", "--limit", "40000", "--out", str(out)]
+    assert main(base + ["--variants", "dense"]) == 0
+    dense = json.loads((out / "costs.json").read_text())["dense@d16"]
+    assert main(base + ["--variants", "dense,dft", "--resume"]) == 0
+    costs = json.loads((out / "costs.json").read_text())
+    assert costs["dense@d16"] == dense and costs["dft@d16"]["rescaled_by"] > 0  # dense stays the anchor
+    assert {c["arm"] for c in json.loads((out / "study.json").read_text())["cells"]} == {"dense", "dft"}

@@ -203,21 +203,28 @@ def config_dict(cfg: StudyConfig) -> dict:
         "torch": torch.__version__, "cpu_count": os.cpu_count()}
 
 
-def run_study(cfg: StudyConfig, out: Path, remeasure: bool = False, log=print) -> dict:
-    """Measure step costs (or reuse ``costs.json``), train every cell the plan asks for (skipping finished
-    ones), write ``study.json``; return it."""
+def run_study(cfg: StudyConfig, out: Path, remeasure: tuple[str, ...] = (), log=print) -> dict:
+    """Measure step costs (or reuse ``costs.json``; time the configurations it lacks, or the ``remeasure``
+    variants, again beside dense), train every cell the plan asks for (skipping finished ones), write
+    ``study.json``; return it."""
     from .study_cells import run_plan
-    from .study_cost import measure_costs
+    from .study_cost import measure_costs, rescale_to
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.json", json.dumps({"command": "study", **config_dict(cfg)}, indent=2) + "\n")
     cost_file = out / "costs.json"
-    if cost_file.exists() and not remeasure:
-        costs = json.loads(cost_file.read_text())
-    else:
+    configs = [(arm, d, cfg.heads[cfg.sizes.index(d)]) for arm in cfg.arms() for d in cfg.sizes_of(arm)]
+    costs = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+    todo = [c for c in configs
+            if cost_key(c[0], c[1]) not in costs or c[0].key in remeasure or c[0].variant in remeasure]
+    if todo and not costs:
         log("step costs (one thread, interleaved)")
-        configs = [(arm, d, cfg.heads[cfg.sizes.index(d)]) for arm in cfg.arms() for d in cfg.sizes_of(arm)]
         costs = measure_costs(cfg, configs, log)
+        write_text_atomic(cost_file, json.dumps(costs, indent=1) + "\n")
+    elif todo:  # timed beside dense again, in the recorded dense's scale
+        log("step costs of " + ", ".join(sorted({c[0].key for c in todo})) + " (one thread, beside dense)")
+        anchors = [(Arm("dense"), d, h) for d, h in sorted({(c[1], c[2]) for c in todo})]
+        costs.update(rescale_to(costs, measure_costs(cfg, anchors + [c for c in todo if c[0].key != "dense"], log)))
         write_text_atomic(cost_file, json.dumps(costs, indent=1) + "\n")
     results = run_plan(cfg, lambda done: plan_cells(cfg, costs, done), out / "cells", log)
     study = assemble(cfg, costs, results)

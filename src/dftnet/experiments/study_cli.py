@@ -50,8 +50,10 @@ def configure_parser(p) -> None:
     p.add_argument("--jobs", type=positive_int, help=f"cells trained side by side, one thread each (default {d.jobs})")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-study)")
     p.add_argument("--resume", action="store_true", help="keep the finished cells in --out and train the rest")
-    p.add_argument("--remeasure", action="store_true", help="with --resume: time the steps again (cells whose "
-                   "step count changes are trained again)")
+    p.add_argument("--remeasure", type=comma_list(mlp_variant, "variant"), default=[], metavar="VARIANT,...",
+                   help="with --resume: time these variants' steps again, beside dense, whose recorded time stays "
+                        "the anchor of every budget (after a change to their layers; their cells whose step count "
+                        "changes are trained again)")
     p.add_argument("--overwrite", action="store_true", help="replace the study that --out holds")
     p.add_argument("--report", metavar="PATH",
                    help="only redraw study.json, study.md and frontier.png from a study folder (finished or not) "
@@ -75,7 +77,7 @@ def run(args) -> int:
     with claim(out, "study", resume=args.resume, overwrite=args.overwrite, command="dftnet study", log=print):
         if args.resume:  # finished cells are kept by name (size, arm, budget, steps, rate, seed): the rest must match
             refuse_changed_config(out, {"command": "study", **config_dict(cfg)}, CELL_KEYS)
-        study = run_study(cfg, out, remeasure=args.remeasure)
+        study = run_study(cfg, out, remeasure=tuple(args.remeasure))
     print("\n" + write_report(study, out) + " (and study.json, costs.json, cells/)")
     return 0
 
