@@ -187,16 +187,6 @@ def test_bad_flags_exit_2_with_one_line(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_defaults_are_the_config_defaults():
-    from dftnet.experiments.cli import build_parser
-
-    args = build_parser().parse_args(["lm"])
-    cfg = LMConfig()
-    assert tuple(args.variants) == cfg.variants == ("dense", "block-16", "dft")
-    for key in ("d_model", "layers", "heads", "context", "batch_size", "max_steps", "lr", "eval_every", "seed"):
-        assert getattr(args, key) == getattr(cfg, key), key
-
-
 def test_cli_run_folder_rules(capsys, tmp_path, use_small):
     out = str(tmp_path / "run")
     code = main(["lm", *TINY_ARGS, "--variants", "dense,dft", "--out", out])

@@ -31,7 +31,9 @@ from . import corpus as corpus_mod
 from . import distributed as dist_mod
 from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
 from .device import resolve_device
-from .gpt import GPT, VOCAB, GPTConfig, split_variant
+from .argtypes import comma_list, duration, mlp_variant, positive_float, positive_int
+from .configflags import HIDDEN, option, run_option
+from .gpt import GPT, STRUCTURES, VOCAB, GPTConfig, split_variant
 from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
@@ -48,32 +50,43 @@ PROMPT = b"def read_config(path):\n    "
 
 @dataclass
 class LMConfig:
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    d_model: int = 128
-    layers: int = 4
-    heads: int = 4
-    mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d (a variant's @R overrides it)
-    context: int = 128
-    batch_size: int = 32  # global: sequences per step (4,096 bytes at context 128)
-    max_steps: int = 400  # the default run (three variants) fits in 10 minutes on 2 CPU cores
-    budget: float | None = None  # seconds of training per variant: each variant's steps = budget / its step time
-    lr: float = 2e-3  # peak, the same for every variant
+    """Every field made with :func:`.configflags.option` is also a flag of ``dftnet lm``."""
+
+    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "MLP layers, comma-separated: dense, dft, block-K (and "
+                                       "dft-sign, block-K-sign), lowrank-K (rank d/K), monarch-B (B blocks); NAME@R "
+                                       "gives a variant its own MLP ratio R", type=comma_list(mlp_variant, "variant"),
+                                       metavar="dense,block-16,dft")
+    d_model: int = option(128, "width d; the MLP is d -> R*d -> d", type=positive_int)
+    layers: int = option(4, type=positive_int)
+    heads: int = option(4, type=positive_int)
+    mlp_ratio: int = option(4, "the MLP's width as a multiple of d, for variants without @R", type=positive_int,
+                            metavar="R")
+    context: int = option(128, "bytes per sequence", type=positive_int)
+    batch_size: int = option(32, "sequences per step, global", type=positive_int)
+    max_steps: int = option(400, "steps per variant", type=positive_int)
+    budget: float | None = option(None, "train each variant for this much time instead of --max-steps (90s, 10m, "
+                                  "1.5h): its step count is TIME / its step time, measured first on a few steps, and "
+                                  "its schedule is set for that count (recorded in config.json as steps_by_variant)",
+                                  type=duration, metavar="TIME")
+    structure: str = option("mlp", "the layers a variant replaces: the MLP's, or attention's q, k, v and output "
+                            "projections too", choices=STRUCTURES)
+    lr: float = option(2e-3, "peak AdamW learning rate, warmup then cosine, the same for every variant",
+                       type=positive_float)
     weight_decay: float = 1e-2  # torch.optim.AdamW's default, as in dftnet train
     warmup_steps: int | None = None  # None: a tenth of max_steps, at most 100
-    structure: str = "mlp"  # which layers take the variant: "mlp" or "mlp+attn" (attention's projections too)
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    eval_every: int = 40
+    seed: int = run_option("seed")
+    device: str = run_option("device")
+    out: str | None = run_option("out")
+    resume: bool = run_option("resume")
+    overwrite: bool = run_option("overwrite")
+    quiet: bool = run_option("quiet")
+    eval_every: int = option(40, "validation bits per byte every STEPS steps", type=positive_int, metavar="STEPS")
     eval_windows: int = 64  # validation windows at each --eval-every (the same for every variant)
     final_eval_windows: int = 512  # for the table (65,536 predicted bytes at context 128)
-    limit: int | None = None  # keep the first LIMIT bytes of each stream (tests, demos)
+    limit: int | None = option(None, HIDDEN, type=positive_int)  # keep the first LIMIT bytes of each stream (tests)
     sample_bytes: int = 240
     timing_repeats: int = 3
-    memory_check: bool = True  # refuse a run whose estimated peak memory exceeds the device's (preflight)
+    memory_check: bool = run_option("memory_check")
 
     def __post_init__(self):
         self.variants = tuple(str(v).lower() for v in self.variants)
