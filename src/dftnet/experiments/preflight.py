@@ -1,7 +1,7 @@
 """Before the first step: will the run fit in memory? Refuse with one line when it cannot.
 
 :func:`estimate` runs one training step of the run's model, at its batch size, on *fake* tensors
-(``FakeTensorMode``, through :func:`dftnet._compat.fake_tensor_mode`: shapes, dtypes and devices, no storage), and counts it with the
+(``FakeTensorMode``, through :func:`dftnet.experiments._compat.fake_tensor_mode`: shapes, dtypes and devices, no storage), and counts it with the
 accounting of the memory report (:mod:`.memory`: PyTorch's ``MemTracker``, the same training step). The
 model is built inside the fake mode, so nothing of its size is allocated; the same code path runs as in
 training (the layers' route choice included), and it takes a fraction of a second.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dftnet._compat import fake_tensor_mode
+from ._compat import fake_tensor_mode
 
 from .memory import _mem_tracker_peak, _one_step
 from .writes import format_size
