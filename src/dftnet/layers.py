@@ -141,6 +141,19 @@ class _StructuredLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def __getstate__(self):
+        """Pickling and ``copy.deepcopy`` leave out the structure and its inference memo (cached matrices):
+        the copy rebuilds them on first use."""
+        state = self.__dict__.copy()
+        state.pop("_structure", None)
+        return state
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.cuda()``, ``.half()`` and the like drop the structure and its inference memo, so no
+        copy on the old device or in the old dtype stays alive."""
+        self.__dict__.pop("_structure", None)
+        return super()._apply(fn, recurse)
+
     def _get_structure(self):
         """The layer's structure (plan, routes, inference memo; :mod:`dftnet._routes`), rebuilt when a
         setting it depends on (``_structure_settings``) changed."""
