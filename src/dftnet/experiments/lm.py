@@ -36,6 +36,7 @@ from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
+from .reproduce import environment
 from .reports import lm_table, plot_lm, write_csv
 from .runfolder import refuse_changed_config
 from .writes import WriteError, atomic_path, write_text_atomic
@@ -276,8 +277,8 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     info = corpus.info
     config = {"command": "lm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
               "corpus_sha256": info["sha256"], "corpus": info, "out": str(out_dir),
-              "resolved_device": str(ctx.device), "processes": ctx.world_size, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "prompt": PROMPT.decode()}
+              "resolved_device": str(ctx.device), "processes": ctx.world_size, **environment(ctx.device),
+              "prompt": PROMPT.decode()}
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written

@@ -38,6 +38,7 @@ from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
+from .reproduce import environment
 from .reports import plot_curves, train_table, write_csv
 from .runfolder import refuse_changed_config
 from .train_config import TrainConfig
@@ -333,7 +334,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
 def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
-                  torch=torch.__version__, threads=torch.get_num_threads())
+                  **environment(ctx.device))  # what reproducing the run needs: threads, MKL's mode, torch, CPU
 
     splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                                   limit=cfg.limit)
