@@ -246,6 +246,8 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
                     save(r, cfg, ctx, last)
                 if stopping and r.step < cfg.max_steps:
                     raise stop.interrupted(last)
+            if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint write
+                raise stop.interrupted(last)
     except WriteError as e:  # stop at this step; the previous checkpoint is intact
         raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
                          f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e

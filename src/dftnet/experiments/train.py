@@ -302,7 +302,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
         if ctx.distributed else r.model
     r.model.train()
     with StopFlag() as stop:
-        while r.epoch < cfg.epochs and r.step < r.total_steps:
+        # r.batch > 0 at the last step: an epoch whose steps are done, stopped before its validation
+        while r.epoch < cfg.epochs and (r.step < r.total_steps or r.batch > 0):
             try:
                 n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
                 end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
@@ -312,6 +313,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
             except (RuntimeError, MemoryError) as e:
                 guard.raise_if_out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir)
                 raise
+        if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint: last.pt is whole
+            raise stop.interrupted(net_dir / "last.pt")
     return test_best(r, cfg, splits, ctx, net_dir)
 
 
