@@ -65,7 +65,9 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     n = spectrum.shape[-1]
     if by_cas_matrix(spectrum):
         return spectrum @ cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
-    return hartley(spectrum) * (scale / n)
+    # scaled first: the spectrum's gradient is then the scaling's fresh, contiguous product, not the real
+    # part of the FFT's complex gradient (a view with stride 2)
+    return hartley(spectrum * (scale / n))
 
 
 def by_cas_matrix(spectrum: Tensor) -> bool:

@@ -145,6 +145,7 @@ def main(argv=None) -> int:
         print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
         return 2
     from .allocator import keep_freed_memory
+    from .reproduce import pin_numerics
     from .checkpoint import CheckpointError
     from .data import DataError
     from .guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
@@ -163,6 +164,7 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        pin_numerics()  # before the first MKL call: same command, same bits (docs/runs.md, "Reproducibility")
         keep_freed_memory()
         with terminate_on_sigterm():
             return int(args.func(args) or 0)

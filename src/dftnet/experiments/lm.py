@@ -38,6 +38,7 @@ from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
+from .reproduce import environment
 from .reports import lm_table, plot_lm, write_csv
 from .runfolder import refuse_changed_config
 from .writes import WriteError, atomic_path, write_text_atomic
@@ -263,6 +264,8 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
                     save(r, cfg, ctx, last)
                 if stopping and r.step < cfg.max_steps:
                     raise stop.interrupted(last)
+            if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint write
+                raise stop.interrupted(last)
     except WriteError as e:  # stop at this step; the previous checkpoint is intact
         raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
                          f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
@@ -322,8 +325,8 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     info = corpus.info
     config = {"command": "lm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
               "corpus_sha256": info["sha256"], "corpus": info, "out": str(out_dir),
-              "resolved_device": str(ctx.device), "processes": ctx.world_size, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "prompt": PROMPT.decode()}
+              "resolved_device": str(ctx.device), "processes": ctx.world_size, **environment(ctx.device),
+              "prompt": PROMPT.decode()}
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written

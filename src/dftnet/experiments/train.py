@@ -38,6 +38,7 @@ from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
+from .reproduce import environment
 from .reports import plot_curves, train_table, write_csv
 from .runfolder import refuse_changed_config
 from .train_config import TrainConfig
@@ -301,7 +302,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
         if ctx.distributed else r.model
     r.model.train()
     with StopFlag() as stop:
-        while r.epoch < cfg.epochs and r.step < r.total_steps:
+        # r.batch > 0 at the last step: an epoch whose steps are done, stopped before its validation
+        while r.epoch < cfg.epochs and (r.step < r.total_steps or r.batch > 0):
             try:
                 n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
                 end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
@@ -311,6 +313,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
             except (RuntimeError, MemoryError) as e:
                 guard.raise_if_out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir)
                 raise
+        if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint: last.pt is whole
+            raise stop.interrupted(net_dir / "last.pt")
     return test_best(r, cfg, splits, ctx, net_dir)
 
 
@@ -333,7 +337,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
 def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
-                  torch=torch.__version__, threads=torch.get_num_threads())
+                  **environment(ctx.device))  # what reproducing the run needs: threads, MKL's mode, torch, CPU
 
     splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                                   limit=cfg.limit)

@@ -144,11 +144,11 @@ def _backward_rows(
         if need_x and need_w and invert and M <= SMALL_BATCH_ROWS:  # one inverse FFT for both gradients
             both = torch.cat([G.mul_(cWf).conj_physical_(), S.unsqueeze(0)])
             z = torch.fft.irfft(both, L)
-            return z[:M, :p], z[M]
+            return z[:M, :p].contiguous(), z[M]
         gx = None
-        if need_x:
+        if need_x:  # contiguous, as nn.Linear's: not a view into the (M, L) inverse FFT
             z = torch.fft.irfft(G.mul_(cWf).conj_physical_(), L)
-            gx = z if p == L else z[:, :p]
+            gx = z if p == L else z[:, :p].contiguous()
         return gx, (torch.fft.irfft(S, L) if invert and S is not None else S)
     gx = g2.new_empty(M, p) if need_x else None
     S = cWf.new_zeros(L // 2 + 1) if need_w else None
@@ -197,6 +197,7 @@ def _backward(ctx, grad_out):
     need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
         ctx.needs_input_grad[6]
     grad_x = grad_w = grad_b = gxd = None
+    grad_out = grad_out.contiguous()  # one layout into the FFTs and the bias's sum, as for the input
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if torch.is_grad_enabled():
@@ -263,7 +264,7 @@ def _backward_batched(ctx, grad_out, x, param, X, diag):
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if need_x or need_d:
-        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan))
+        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan)).contiguous()
     if need_w:
         xd = None if x is None else (x if diag is None else x * diag)
         grad_w = _weight_grad(grad_out, X if xd is None else torch.fft.rfft(_rows(xd), plan.fft_size), plan)
@@ -296,6 +297,9 @@ class DFTLinearFunction(Function):
 
     @staticmethod
     def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
+        # one layout into the FFTs (a copy for a strided input): a strided input gives what its contiguous
+        # copy gives, to the bit (MKL's FFTs and the batch sums round differently on other layouts)
+        x = x.contiguous()
         z, X, cWf = _forward(x if diag is None else x * diag, param, bias, plan, save_spectrum, scale)
         ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
         # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double
