@@ -262,6 +262,7 @@ def test_quick_settings(tmp_path):
     assert "--no-end-to-end" in text and "end_to_end.csv" in text
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_script_reports_bad_value_with_exit_2(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"

@@ -209,6 +209,7 @@ def test_cli_run_folder_rules(capsys, tmp_path, use_small):
     assert "already holds a language-model run" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo), same global batch: the same weights and metrics as 1 (within

@@ -310,6 +310,7 @@ def test_a_cell_is_a_function_of_its_settings(use_small):
     assert train_cell(cfg, {**cell, "seed": 1})["test_bpb"] != a["test_bpb"]
 
 
+@pytest.mark.subprocess
 def test_quick_study_end_to_end(use_small, tmp_path, capsys):
     out = tmp_path / "s"
     args = ["study", "--quick", "--sizes", "16,32", "--heads", "2,2", "--budgets", "4,16/4", "--jobs", "2",
@@ -357,6 +358,7 @@ def test_lm_budget_sets_each_variants_steps_and_resume_keeps_them(use_small, tmp
     assert json.loads((out / "config.json").read_text())["steps_by_variant"] == steps
 
 
+@pytest.mark.subprocess
 def test_resume_times_an_added_variant_beside_dense(use_small, tmp_path):
     out = tmp_path / "s"
     base = ["study", "--quick", "--sizes", "16", "--heads", "2", "--budgets", "4", "--jobs", "1", "--rates", "1",
