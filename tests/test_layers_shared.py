@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from layer_checks import check_dtype_against_dense, check_leading_shapes, check_trains
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
-from layer_checks import check_dtype_against_dense, check_leading_shapes, check_trains
 
 F64 = torch.float64
 

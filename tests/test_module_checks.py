@@ -7,12 +7,11 @@ import pickle
 
 import pytest
 import torch
-from torch import nn
+from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
 from dftnet import BlockDFTLinear, DFTLinear
-from layer_checks import assert_matches_reference
 
 P, Q = 20, 12
 # name -> (constructor, its positional arguments, keyword arguments): both layers with every optional part

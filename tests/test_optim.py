@@ -26,8 +26,9 @@ def test_spectra_and_block_weights_are_decayed_alike():
     ids = lambda ps: {id(p) for p in ps}
     assert ids(decay["params"]) == ids([m.emb.weight, m.dense.weight, m.dft.spectrum, m.block.spectrum])
     assert m.dft.spectrum.dim() == 1  # the case the dim >= 2 rule gets wrong
+    block_diagonal = [m.block.diagonal] if m.block.diagonal is not None else []
     assert ids(no_decay["params"]) == ids([m.dense.bias, m.dft.bias, m.dft.diagonal, m.block.bias,
-                                           m.norm.weight, m.norm.bias] + ([m.block.diagonal] if m.block.diagonal is not None else []))
+                                           m.norm.weight, m.norm.bias] + block_diagonal)
     total = len(decay["params"]) + len(no_decay["params"])
     assert total == len(list(m.parameters()))  # every parameter once, the tied one too
 

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from dftnet import DFT, BlockDFT, BlockDFTLinear, Dense, DFTLinear, convert, parse_variant
-from dftnet.peers import LowRankLinear, MonarchLinear
-from dftnet.variants import LowRank, Monarch
 from dftnet.experiments.gpt import mlp_linear
 from dftnet.experiments.models import parse_layer_spec
+from dftnet.peers import LowRankLinear, MonarchLinear
+from dftnet.variants import LowRank, Monarch
 
 
 @pytest.mark.parametrize("name,variant,cls", [

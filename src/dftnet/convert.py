@@ -16,7 +16,7 @@ count varies with m and is 0 for m > q' + p' - 2: such a parameter does not affe
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -251,7 +251,7 @@ def _from_variant(layer, block_size, sign_flip) -> tuple:
     """``convert(model, BlockDFT(16, sign_flip=True))`` or ``convert(model, "block-16-sign")``: the config's
     fields as (layer, block_size, sign_flip); the plain form ``("dft" | "block", block_size, sign_flip)``
     passes through."""
-    from .variants import BlockDFT, Dense, DFT, parse_variant
+    from .variants import DFT, BlockDFT, Dense, parse_variant
 
     if isinstance(layer, str) and layer in _LAYERS:
         return layer, block_size, sign_flip

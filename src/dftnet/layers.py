@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 from ._checks import check_block_size, check_method, check_positive_int, check_real_input
 from ._compat import grad_recorded, has_tangent, tracing
-from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._pipeline import route, structured_linear
 from ._routes import BlockCirculant, Circulant
+from ._signs import apply_signs, register_sign_buffer, reset_signs
+from ._weight import WeightView
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import block_matrix
 from .kernels.circulant import dft_matrix
 from .plan import BlockShape, make_plan
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
-from ._weight import WeightView
 
 __all__ = ["DFTLinear", "BlockDFTLinear"]
 
@@ -101,7 +101,7 @@ class _StructuredLinear(nn.Module):
             super().__setattr__(name, value)
 
     @torch.no_grad()
-    def set_weight_(self, weight: Tensor) -> "_StructuredLinear":
+    def set_weight_(self, weight: Tensor) -> _StructuredLinear:
         """Make the layer's weight equal ``weight`` (same shape as ``spectrum``), in place."""
         if tuple(weight.shape) != tuple(self.spectrum.shape):
             raise ValueError(f"expected a weight of shape {tuple(self.spectrum.shape)}, got {tuple(weight.shape)}")

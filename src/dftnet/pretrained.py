@@ -63,7 +63,7 @@ def load_converted(model_class, directory, **config_kwargs) -> nn.Module:
         groups.setdefault(key, []).append(name)
     for (layer, block_size, sign_flip, diagonal), names in groups.items():
         wanted = set(names)
-        done = convert(model, layer, block_size, min_features=1, filter_fn=lambda m, n: n in wanted,
+        done = convert(model, layer, block_size, min_features=1, filter_fn=lambda m, n, wanted=wanted: n in wanted,
                        sign_flip=sign_flip, convert_head=True)
         if {r["name"] for r in done} != wanted:
             missing = sorted(wanted - {r["name"] for r in done})

@@ -175,7 +175,8 @@ def test_read_only_folder(capsys, tmp_path, monkeypatch):
 
 def test_out_is_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
-    for argv in (["train", "--out", str(tmp_path / "file")], ["bench", "--quick", "--out", str(tmp_path / "file" / "b")]):
+    for argv in (["train", "--out", str(tmp_path / "file")],
+                 ["bench", "--quick", "--out", str(tmp_path / "file" / "b")]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         _one_line(err)

@@ -145,12 +145,12 @@ def main(argv=None) -> int:
         print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
         return 2
     from .allocator import keep_freed_memory
-    from .reproduce import pin_numerics
     from .checkpoint import CheckpointError
     from .data import DataError
     from .guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
     from .interrupt import Terminated, terminate_on_sigterm
     from .preflight import MemoryRefused
+    from .reproduce import pin_numerics
     from .runfolder import RunFolderError
     from .writes import WriteError, write_error
 

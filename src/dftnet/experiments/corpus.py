@@ -5,10 +5,11 @@ It is on every machine with Python, so nothing is downloaded. The ``*.py`` files
 ``idlelib/test``) and ``site-packages``: about 800 files and 12.6 MB on CPython 3.11. Bytes are the
 tokens (a vocabulary of 256, no tokenizer).
 
-Each file goes to training, validation or test by a stable hash (SHA-256) of its relative path, so the
-split is the same on every machine with the same Python: 5% of the files validate (the curves, and every
-choice a study makes, such as learning rates), another 5% are the held-out test split that only reports. :attr:`Corpus.info` records the file counts, sizes
-and a content hash (SHA-256 over every file's relative path and bytes), which go into the run's config.
+Each file goes to training, validation or test by a stable hash (SHA-256) of its relative path, so the split
+is the same on every machine with the same Python: 5% of the files validate (the curves, and every choice a
+study makes, such as learning rates), another 5% are the held-out test split that only reports.
+:attr:`Corpus.info` records the file counts, sizes and a content hash (SHA-256 over every file's relative path
+and bytes), which go into the run's config.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from .data import DataError
 
 __all__ = ["Corpus", "STDLIB_ROOT", "EXCLUDED_DIRS", "VAL_PERMILLE", "TEST_PERMILLE", "stdlib_root",
-           "corpus_files", "split_of", "is_validation", "split_files", "load_corpus", "batch_indices", "get_batch", "eval_windows"]
+           "corpus_files", "split_of", "is_validation", "split_files", "load_corpus", "batch_indices", "get_batch",
+           "eval_windows"]
 
 # Test hook: read this folder instead of the interpreter's standard library when set.
 STDLIB_ROOT: Path | None = None

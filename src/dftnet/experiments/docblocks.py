@@ -46,7 +46,8 @@ def mnist_table(root: Path) -> str:
         medians[net] = statistics.median(accs)
         params = _params(net)
         shown = f"{params:,}" + (f" ({dense_params / _params('dft'):.0f}×)" if net == "dense" else "")
-        out.append(f"| {net} | {shown} | " + " / ".join(f"{100 * a:.2f}" for a in accs) + f"% | {100 * medians[net]:.2f}% |")
+        by_seed = " / ".join(f"{100 * a:.2f}" for a in accs)
+        out.append(f"| {net} | {shown} | {by_seed}% | {100 * medians[net]:.2f}% |")
     out.append("")
     out.append(f"Gap between the medians: {100 * (medians['dense'] - medians['dft']):.2f} points.")
     return "\n".join(out) + "\n"
@@ -119,7 +120,7 @@ def update(root: Path = ROOT, check: bool = False, only: tuple[str, ...] | None 
             pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n)(.*?)(<!-- /{re.escape(name)} -->)", re.S)
             if not pattern.search(new):
                 raise ValueError(f"{rel}: no block <!-- {name} --> ... <!-- /{name} -->")
-            updated = pattern.sub(lambda m: m.group(1) + bodies[name] + m.group(3), new)
+            updated = pattern.sub(lambda m, body=bodies[name]: m.group(1) + body + m.group(3), new)
             if updated != new:
                 stale.append(f"{rel}: {name}")
             new = updated

@@ -61,7 +61,8 @@ class GPTConfig:
         hidden = self.mlp_ratio * self.d_model
         variant = parse_variant(self.mlp)
         if isinstance(variant, LowRank) and self.d_model // variant.k < 1:
-            raise ValueError(f"MLP variant {self.mlp}: the rank d / {variant.k} must be at least 1 (d = {self.d_model})")
+            raise ValueError(f"MLP variant {self.mlp}: the rank d / {variant.k} must be at least 1 "
+                             f"(d = {self.d_model})")
         if isinstance(variant, Monarch) and self.d_model % variant.nblocks:
             raise ValueError(f"MLP variant {self.mlp}: {variant.nblocks} blocks must divide --d-model {self.d_model}")
         if isinstance(variant, BlockDFT) and variant.block_size > hidden:

@@ -21,6 +21,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,17 +30,17 @@ from tqdm import tqdm
 
 from . import corpus as corpus_mod
 from . import distributed as dist_mod
-from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
-from .device import resolve_device
-from .argtypes import comma_list, duration, mlp_variant, positive_float, positive_int
-from .configflags import HIDDEN, option, run_option
-from .gpt import GPT, STRUCTURES, VOCAB, GPTConfig, split_variant
 from . import guard, preflight
+from .argtypes import comma_list, duration, mlp_variant, positive_float, positive_int
+from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
+from .configflags import HIDDEN, option, run_option
+from .device import resolve_device
+from .gpt import GPT, STRUCTURES, VOCAB, GPTConfig, split_variant
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
-from .reproduce import environment
 from .reports import lm_table, plot_lm, write_csv
+from .reproduce import environment
 from .runfolder import refuse_changed_config
 from .writes import WriteError, atomic_path, write_text_atomic
 
@@ -287,7 +288,7 @@ def step_seconds(variant: str, cfg: LMConfig, corpus, ctx: dist_mod.Context, ste
     starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, 0)
     x, y = corpus_mod.get_batch(corpus.train, starts[:r.local_batch], cfg.context, ctx.device)
     times = []
-    for i in range(2 + steps):
+    for _ in range(2 + steps):
         t0 = time.perf_counter()
         train_step(r.model, r, x, y)
         times.append(time.perf_counter() - t0)
@@ -330,7 +331,7 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
-        dist_mod.on_main(ctx, lambda: preflight.check_lm(variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+        dist_mod.on_main(ctx, partial(preflight.check_lm, variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
     steps = {v: cfg.max_steps for v in cfg.variants}
     if cfg.budget is not None:  # measured once; a resumed run keeps the step counts it started with
         recorded = json.loads((out_dir / "config.json").read_text()).get("steps_by_variant") if cfg.resume and \

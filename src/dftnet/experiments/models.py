@@ -89,7 +89,7 @@ class MLP(nn.Sequential):
         self.spec = layer
 
     @classmethod
-    def from_spec(cls, spec: str, widths: Sequence[int] = SEED_WIDTHS, device=None, **layer_kwargs) -> "MLP":
+    def from_spec(cls, spec: str, widths: Sequence[int] = SEED_WIDTHS, device=None, **layer_kwargs) -> MLP:
         """``MLP.from_spec("block-32", widths)``; see :func:`parse_layer_spec`."""
         kind, kwargs = parse_layer_spec(spec)
         model = cls(widths, layer=kind, device=device, **kwargs, **layer_kwargs)

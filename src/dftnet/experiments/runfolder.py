@@ -129,7 +129,7 @@ class RunLock:
         self.command = command
         self.fd: int | None = None
 
-    def acquire(self, note=None) -> "RunLock":
+    def acquire(self, note=None) -> RunLock:
         """Take the lock, or raise :class:`RunFolderError` naming the live holder; ``note(message)``
         (default: a line on stderr) hears of a lock taken over from a run that is gone."""
         note = note or (lambda message: print(message, file=sys.stderr))
@@ -247,7 +247,8 @@ def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, c
         if found:
             if not overwrite:
                 held = ", ".join(f"{WHAT[k]} ({_list(files, folder)})" for k, files in found.items())
-                hint = "use --resume to continue it, a new --out" if kind in ("train", "lm", "sweep", "study") and kind in found \
+                resumable = kind in ("train", "lm", "sweep", "study") and kind in found
+                hint = "use --resume to continue it, a new --out" if resumable \
                     else "use a new --out"
                 raise RunFolderError(f"{folder} already holds {held}: {hint}, or --overwrite to replace it")
             try:

@@ -81,15 +81,15 @@ class StudyConfig:
             for d, h in zip(self.sizes, self.heads):
                 self.lm(arm, d, h, self.lr_center, 0, 1)  # ValueError for unknown variants and bad shapes
 
-    def arms(self) -> list["Arm"]:
+    def arms(self) -> list[Arm]:
         """Every (variant, structure) compared: each variant with structured MLPs, and the
         ``attn_variants`` with attention's projections structured too (at the largest size only)."""
         return [Arm(v, "mlp") for v in self.variants] + [Arm(v, "mlp+attn") for v in self.attn_variants]
 
-    def sizes_of(self, arm: "Arm") -> tuple[int, ...]:
+    def sizes_of(self, arm: Arm) -> tuple[int, ...]:
         return self.sizes if arm.structure == "mlp" else self.sizes[-1:]
 
-    def lm(self, arm: "Arm", d_model: int, heads: int, lr: float, seed: int, steps: int):
+    def lm(self, arm: Arm, d_model: int, heads: int, lr: float, seed: int, steps: int):
         """The ``dftnet lm`` configuration of one cell (its schedule set for ``steps``)."""
         from .lm import LMConfig
 
@@ -173,7 +173,8 @@ def plan_cells(cfg: StudyConfig, costs: dict, results: list[dict]) -> list[dict]
                 if i > 0:
                     center = best.get((arm.key, d, cfg.budgets[cfg.sizes.index(d)][i - 1]))
                 elif d != sizes[0]:
-                    center = best.get((arm.key, sizes[sizes.index(d) - 1], cfg.budgets[cfg.sizes.index(sizes[sizes.index(d) - 1])][0]))
+                    smaller = sizes[sizes.index(d) - 1]
+                    center = best.get((arm.key, smaller, cfg.budgets[cfg.sizes.index(smaller)][0]))
                 elif arm.structure != "mlp":
                     center = best.get((arm.variant, d, budget))
                 else:

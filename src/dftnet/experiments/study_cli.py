@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .study import QUICK, CELL_KEYS, StudyConfig, config_dict, load_folder, run_study
+from .study import CELL_KEYS, QUICK, StudyConfig, config_dict, load_folder, run_study
 from .writes import atomic_path, write_text_atomic
 
 __all__ = ["configure_parser", "run", "write_report"]

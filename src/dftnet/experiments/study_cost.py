@@ -60,11 +60,10 @@ def measure_costs(study, configs: list[tuple], log=print) -> dict[str, dict]:
     """For each ``(arm, d_model, heads)`` (:class:`.study.Arm`): seconds per step (median, quartiles),
     peak step memory in bytes, the route of each structured layer and FLOPs per step for those routes;
     and ``"machine"``: the CPU, threads and torch version. ``study`` is the :class:`.study.StudyConfig`."""
-    from .study import cost_key
-
     from . import corpus as corpus_mod
     from .distributed import Context
     from .lm import build_variant, train_step
+    from .study import cost_key
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -77,8 +77,9 @@ def _against_dense(rows: list[dict]) -> None:
         r["reach_seconds"] = r["reach_flops"] = None
         if ref is not None and r["arm"] != "dense":
             own = by_arm[(r["arm"], r["d_model"])]
-            r["reach_seconds"] = _ratio(budget_to_reach([(o["seconds"], o["mean"]) for o in own], ref["mean"]), ref["seconds"])
-            r["reach_flops"] = _ratio(budget_to_reach([(o["flops"], o["mean"]) for o in own], ref["mean"]), ref["flops"])
+            for axis in ("seconds", "flops"):
+                reach = budget_to_reach([(o[axis], o["mean"]) for o in own], ref["mean"])
+                r[f"reach_{axis}"] = _ratio(reach, ref[axis])
 
 
 def _ratio(reach: tuple[str, float], reference: float) -> list:
@@ -106,7 +107,8 @@ def _table(rows: list[dict], full: bool) -> list[str]:
     head += ["FLOPs vs dense", "peak mem vs dense", "route", "MLP params", "rates tried"] if full else []
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s)", _label(r["arm"]),
+        seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
+        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({seconds})", _label(r["arm"]),
                 f"{r['steps']:,}", f"{r['lr']:.3g}", f"{_fmt_bpb(r)} ({r['seeds']})",
                 "–" if r["arm"] == "dense" else f"{100 * r['vs_dense']:+.1f}%", r["verdict"],
                 _fmt_reach(r["reach_seconds"]), _fmt_reach(r["reach_flops"])]
@@ -153,7 +155,8 @@ def plot_study(study: dict, path: Path) -> None:
     colors = {a: f"C{i % 10}" for i, a in enumerate(_arms(study))}
     for ax, d in zip(axes, sizes):
         for arm in _arms(study):
-            pts = sorted((r["budget_s"], r["mean"], r["lo"], r["hi"]) for r in rows if (r["arm"], r["d_model"]) == (arm, d))
+            pts = sorted((r["budget_s"], r["mean"], r["lo"], r["hi"]) for r in rows
+                         if (r["arm"], r["d_model"]) == (arm, d))
             if pts:
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
                 ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], color=colors[arm],

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,20 +27,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from . import augment
+from . import augment, guard, preflight
 from . import data as data_mod
 from . import distributed as dist_mod
-from .checkpoint import (FORMAT, load_checkpoint, restore_for_resume, save_atomic,
-                         save_safetensors)
+from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic, save_safetensors
 from .device import resolve_device
 from .evaluate import evaluate
-from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
-from .reproduce import environment
 from .reports import plot_curves, train_table, write_csv
+from .reproduce import environment
 from .runfolder import refuse_changed_config
 from .train_config import TrainConfig
 from .writes import WriteError, atomic_path, write_text_atomic
@@ -346,7 +345,8 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
         raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
     for kind in cfg.kinds if cfg.memory_check else ():  # before anything is allocated or written
-        dist_mod.on_main(ctx, lambda: preflight.check_train(kind, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+        local_batch = max(1, cfg.batch_size // ctx.world_size)
+        dist_mod.on_main(ctx, partial(preflight.check_train, kind, cfg, ctx, local_batch))
     if ctx.is_main:
         write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "

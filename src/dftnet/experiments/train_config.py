@@ -45,7 +45,8 @@ class TrainConfig:
     quiet: bool = run_option("quiet")
     limit: int | None = option(None, "use at most this many training images", type=positive_int)
     val_size: int = 5000
-    recompute_spectrum: bool = option(False, "DFT layers keep only their input for backward (less memory, one more FFT)")
+    recompute_spectrum: bool = option(False, "DFT layers keep only their input for backward (less memory, one "
+                                             "more FFT)")
     eval_batch_size: int = 0  # 0: 1000, fewer for very wide nets (2^27 activations per batch at most)
     checkpoint_every: int = option(0, "also checkpoint every STEPS steps (0: at epoch ends)", type=nonneg_int,
                                    metavar="STEPS")

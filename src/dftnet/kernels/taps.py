@@ -68,8 +68,9 @@ def inverts_gradient(plan: Plan, scale: float | None) -> bool:
 
 
 def param_grad(S: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
-    """The parameter's gradient from what :func:`dftnet.kernels.circulant._backward_rows` returns: ``S = sum_batch G * X`` where the
-    gradient is elementwise, else (:func:`inverts_gradient`) the taps' gradient ``irfft(S, L)``."""
+    """The parameter's gradient from what :func:`dftnet.kernels.circulant._backward_rows` returns:
+    ``S = sum_batch G * X`` where the gradient is elementwise, else (:func:`inverts_gradient`) the taps'
+    gradient ``irfft(S, L)``."""
     if not inverts_gradient(plan, scale):
         return spectrum_grad(S, plan.n, scale)
     gw = fold_taps(S, plan)
