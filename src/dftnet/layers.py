@@ -35,6 +35,23 @@ class _StructuredLinear(nn.Module):
 
     # version 2: the parameter is ``spectrum`` (version 1 stored ``weight`` directly)
     _version = 2
+    spectrum: nn.Parameter
+    bias: nn.Parameter | None
+    diagonal: nn.Parameter | None
+    sign: Tensor | None
+
+    # what each layer defines: its explicit matrix from a weight, its init, its structure and what it depends on
+    def _matrix(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _init_weight(self, weight: Tensor) -> None:
+        raise NotImplementedError
+
+    def _make_structure(self):
+        raise NotImplementedError
+
+    def _structure_settings(self) -> tuple:
+        raise NotImplementedError
 
     def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, diagonal, method, magnitude,
                exact_extremes, factory_kwargs):
@@ -73,15 +90,6 @@ class _StructuredLinear(nn.Module):
         return self._get_structure().memo.get(
             "weight_view", spectrum, lambda: WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self))
 
-    def _plain_weight(self) -> Tensor:
-        """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
-        nothing differentiates the spectrum."""
-        spectrum = self.spectrum
-        if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
-            return spectrum_to_weight(spectrum, self.spectral_scale)
-        return self._get_structure().memo.get("weight", spectrum,
-                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
-
     @weight.setter
     def weight(self, value: Tensor) -> None:
         """``layer.weight = w`` loads ``w`` (as :meth:`set_weight_` does, and as ``torch.nn.utils.parametrize``
@@ -94,9 +102,18 @@ class _StructuredLinear(nn.Module):
             )
         self.set_weight_(value)
 
+    def _plain_weight(self) -> Tensor:
+        """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
+        nothing differentiates the spectrum."""
+        spectrum = self.spectrum
+        if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
+            return spectrum_to_weight(spectrum, self.spectral_scale)
+        return self._get_structure().memo.get("weight", spectrum,
+                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
+
     def __setattr__(self, name: str, value) -> None:
         if name == "weight":  # before nn.Module's Parameter branch, which would raise a bare KeyError
-            type(self).weight.fset(self, value)
+            _StructuredLinear.weight.fset(self, value)  # type: ignore[attr-defined]  # the property's setter
         else:
             super().__setattr__(name, value)
 

@@ -25,7 +25,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
     Only parameters that require gradients are included; a shared (tied) parameter appears once.
     """
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for module in model.modules():
         structured = isinstance(module, (DFTLinear, BlockDFTLinear))
         for name, p in module.named_parameters(recurse=False):
