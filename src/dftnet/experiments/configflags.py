@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import MISSING, Field, field, fields
+from dataclasses import MISSING, Field, asdict, field, fields
 
-__all__ = ["option", "run_option", "add_flags", "config_from", "HIDDEN"]
+__all__ = ["option", "run_option", "add_flags", "config_from", "config_dict", "json_value", "HIDDEN"]
 
 HIDDEN = argparse.SUPPRESS  # an option's help for a flag the --help text leaves out (tests, demos)
 
@@ -80,3 +80,13 @@ def config_from(cls, args: argparse.Namespace, **extra):
     values = {f.name: getattr(args, f.name) for f in fields(cls) if "flag" in f.metadata and hasattr(args, f.name)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**{**values, **extra})
+
+
+def json_value(value):
+    return [json_value(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def config_dict(cfg) -> dict:
+    """A config dataclass as plain JSON values (tuples as lists, nested too): what ``config.json`` and the
+    checkpoints record."""
+    return {k: json_value(v) for k, v in asdict(cfg).items()}

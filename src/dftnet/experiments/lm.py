@@ -33,7 +33,7 @@ from . import distributed as dist_mod
 from . import guard, preflight
 from .argtypes import comma_list, duration, mlp_variant, positive_float, positive_int
 from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
-from .configflags import HIDDEN, option, run_option
+from .configflags import HIDDEN, config_dict, option, run_option
 from .device import resolve_device
 from .gpt import GPT, STRUCTURES, VOCAB, GPTConfig, split_variant
 from .interrupt import StopFlag, TrainingInterrupted
@@ -177,7 +177,7 @@ def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> Non
         "model": {"variant": r.variant, **asdict(cfg.gpt(r.variant))},
         "state_dict": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
         "step": r.step, "seconds": r.seconds, "history": r.history, "accum": r.accum,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
     }
     def write():  # weights or optimizer state that are not finite are never written
         guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path, what))
@@ -324,7 +324,7 @@ def run(cfg: LMConfig, log=print) -> dict:
 def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     corpus = corpus_mod.load_corpus(limit=cfg.limit)
     info = corpus.info
-    config = {"command": "lm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    config = {"command": "lm", **config_dict(cfg),
               "corpus_sha256": info["sha256"], "corpus": info, "out": str(out_dir),
               "resolved_device": str(ctx.device), "processes": ctx.world_size, **environment(ctx.device),
               "prompt": PROMPT.decode()}

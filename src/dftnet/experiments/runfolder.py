@@ -218,7 +218,7 @@ def refuse_changed_config(folder, config: dict, keys) -> None:
         was = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return  # no config yet: the checkpoints' own check still applies
-    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    from .configflags import json_value as norm
     changed = [f"--{k.replace('_', '-')} {_flag(was[k])} (now {_flag(config[k])})" for k in keys
                if k in was and k in config and norm(was[k]) != norm(config[k])]
     if changed:

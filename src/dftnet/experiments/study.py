@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import configflags
 from .writes import write_text_atomic
 
 __all__ = ["StudyConfig", "QUICK", "Arm", "plan_cells", "search_ks", "steps_for", "cell_name", "run_study"]
@@ -200,7 +201,7 @@ def plan_cells(cfg: StudyConfig, costs: dict, results: list[dict]) -> list[dict]
 
 
 def config_dict(cfg: StudyConfig) -> dict:
-    return {k: (json.loads(json.dumps(v)) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | {
+    return configflags.config_dict(cfg) | {
         "torch": torch.__version__, "cpu_count": os.cpu_count()}
 
 

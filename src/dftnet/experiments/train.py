@@ -31,6 +31,7 @@ from . import augment, guard, preflight
 from . import data as data_mod
 from . import distributed as dist_mod
 from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic, save_safetensors
+from .configflags import config_dict
 from .device import resolve_device
 from .evaluate import evaluate
 from .interrupt import StopFlag, TrainingInterrupted
@@ -135,7 +136,7 @@ def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
         "accum": r.accum,  # running train metrics of the current epoch
         "history": r.history,
         "best": r.best,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
     }
 
 
@@ -334,7 +335,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
 
 
 def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    config = config_dict(cfg)
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
                   **environment(ctx.device))  # what reproducing the run needs: threads, MKL's mode, torch, CPU
 

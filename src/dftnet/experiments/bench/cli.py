@@ -10,8 +10,8 @@ import datetime as _dt
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
