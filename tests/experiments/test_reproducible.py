@@ -104,3 +104,17 @@ def test_the_environment_names_what_reproduction_needs():
     assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__
     assert env["cpu"] and env["mkl_cbwr"] in ("n/a", "OFF") or env["mkl_cbwr"].split(",")[0] in (
         "AUTO", "COMPATIBLE", "SSE2", "SSSE3", "SSE4_1", "SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_E1")
+
+
+def test_resume_notes_a_changed_environment(tmp_path):
+    import json
+
+    from dftnet.experiments.reproduce import changed_environment, environment
+
+    now = environment()
+    (tmp_path / "config.json").write_text(json.dumps({**now, "threads": now["threads"] + 1}))
+    note = changed_environment(tmp_path, now)
+    assert note and f"threads {now['threads'] + 1} -> {now['threads']}" in note and "rounding" in note
+    (tmp_path / "config.json").write_text(json.dumps(now))
+    assert changed_environment(tmp_path, now) is None
+    assert changed_environment(tmp_path / "missing", now) is None

@@ -40,7 +40,7 @@ from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
 from .reports import lm_table, plot_lm, write_csv
-from .reproduce import environment
+from .reproduce import changed_environment, environment
 from .runfolder import refuse_changed_config
 from .writes import WriteError, atomic_path, write_text_atomic
 
@@ -330,6 +330,9 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
               "prompt": PROMPT.decode()}
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
+        note = changed_environment(out_dir, config) if ctx.is_main else None
+        if note:
+            log(note)
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
         dist_mod.on_main(ctx, partial(preflight.check_lm, variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
     steps = {v: cfg.max_steps for v in cfg.variants}

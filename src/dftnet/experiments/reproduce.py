@@ -18,7 +18,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["MKL_MODE", "pin_numerics", "mkl_mode", "cpu_model", "environment"]
+__all__ = ["MKL_MODE", "pin_numerics", "mkl_mode", "cpu_model", "environment", "changed_environment"]
 
 # CNR with MKL's automatic code branch (the fastest this CPU has, chosen the same way in every process),
 # strict: the matrix products' results independent of the buffers' alignment too. Measured against CNR off
@@ -84,3 +84,20 @@ def environment(device=None) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def changed_environment(folder, now: dict) -> str | None:
+    """For ``--resume``: a line naming what differs between the run's recorded environment (its
+    ``config.json``) and ``now`` in what bit-exact resumption needs, or None when nothing does."""
+    import json
+
+    try:
+        was = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("threads", "mkl_cbwr", "cpu", "torch", "gpu")
+    changed = [f"{k} {was[k]} -> {now.get(k)}" for k in keys if k in was and was[k] != now.get(k)]
+    if not changed:
+        return None
+    return ("note: resuming with another " + ", ".join(changed) + " than the run started with; the resumed run "
+            "differs from an uninterrupted one by rounding (docs/runs.md, Reproducibility)")

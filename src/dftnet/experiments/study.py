@@ -201,8 +201,9 @@ def plan_cells(cfg: StudyConfig, costs: dict, results: list[dict]) -> list[dict]
 
 
 def config_dict(cfg: StudyConfig) -> dict:
-    return configflags.config_dict(cfg) | {
-        "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    from .reproduce import environment
+
+    return configflags.config_dict(cfg) | {"cpu_count": os.cpu_count(), **environment()}
 
 
 def run_study(cfg: StudyConfig, out: Path, remeasure: tuple[str, ...] = (), log=print) -> dict:

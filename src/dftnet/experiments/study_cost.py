@@ -16,28 +16,15 @@ later pass (:func:`rescale_to`) are timed beside dense again and scaled by the r
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
 from .flops import layer_routes, step_flops
 from .memory import peak_step_memory
+from .reproduce import cpu_model
 
-__all__ = ["measure_costs", "rescale_to", "cpu_name"]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["measure_costs", "rescale_to"]
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
@@ -91,7 +78,7 @@ def measure_costs(study, configs: list[tuple], log=print) -> dict[str, dict]:
         for key, ts in times.items():
             q1, med, q3 = _quantiles(ts)
             out[key].update(seconds=med, seconds_q1=q1, seconds_q3=q3, rounds=len(ts))
-        return {"machine": {"cpu": cpu_name(), "threads": 1, "torch": torch.__version__, "clock": "thread CPU time"},
+        return {"machine": {"cpu": cpu_model(), "threads": 1, "torch": torch.__version__, "clock": "thread CPU time"},
                 **out}
     finally:
         torch.set_num_threads(threads)

@@ -39,7 +39,7 @@ from .memory import peak_step_memory
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
 from .reports import plot_curves, train_table, write_csv
-from .reproduce import environment
+from .reproduce import changed_environment, environment
 from .runfolder import refuse_changed_config
 from .train_config import TrainConfig
 from .writes import WriteError, atomic_path, write_text_atomic
@@ -338,6 +338,9 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     config = config_dict(cfg)
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
                   **environment(ctx.device))  # what reproducing the run needs: threads, MKL's mode, torch, CPU
+    note = changed_environment(out_dir, config) if cfg.resume and ctx.is_main else None
+    if note:
+        log(note)
 
     splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                                   limit=cfg.limit)
