@@ -144,6 +144,36 @@ _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-uni
 # 784x300 k = 32, 1024x1024 k = 64, 4096x4096 k = 256; batches 1, 32, 128): fixed, per unit of fft_cost,
 # per complex multiply-add (its rfft and irfft of k-blocks, and the per-frequency C x R products).
 _BLOCK_FFT_US = {False: (56.9, 4.06e-4, 3.56e-4), True: (403.0, 7.77e-4, 1.03e-3)}
+# The block GEMM kernels (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
+# ((C + R) k^2 a row) and per multiply-add of the real per-frequency products (2 k C R a row).
+_BLOCK_GEMM_US = {False: (40.0, 2.5e-5, 3.0e-5), True: (250.0, 6.0e-5, 8.0e-5)}
+
+
+def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
+    fixed, per_entry, per_row_entry = _DENSE_US[training]
+    return fixed + per_entry * p * q + per_row_entry * batch * p * q
+
+
+def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
+                training: bool = True) -> dict[str, float]:
+    """The cost model's estimates (microseconds, CPU) of a block layer's three ways: "dense" (the
+    materialised matrix), "gemm" (:mod:`dftnet.kernels.block_gemm`: transforms and products as real GEMMs)
+    and "fft" (:mod:`dftnet.kernels.block`: torch.fft and complex products)."""
+    p, q, k = in_features, out_features, block_size
+    C, R = -(-p // k), -(-q // k)
+    fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
+    fft = fixed + batch * (per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1))
+    fixed, per_tmac, per_pmac = _BLOCK_GEMM_US[training]
+    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R)
+    return {"dense": _dense_us(p, q, batch, training), "gemm": gemm, "fft": fft}
+
+
+def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
+                 training: bool = True) -> str:
+    """The block layer's kernel on its FFT route: "gemm" or "fft", whichever :func:`block_costs` says is
+    cheaper (the same rule on CUDA, not measured there)."""
+    costs = block_costs(in_features, out_features, block_size, batch, training)
+    return "gemm" if costs["gemm"] <= costs["fft"] else "fft"
 
 
 def use_dense(
@@ -155,22 +185,15 @@ def use_dense(
     One model for both structures. The dense route costs a fixed amount per call, a cost per matrix
     entry (building W, and in training folding its gradient) and B p q multiply-adds. The FFT route
     costs a larger fixed amount (more kernels, the weight's spectrum) and per row: for a DFT layer two
-    FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of length k plus the
-    per-frequency complex products, C R (k/2 + 1) complex multiply-adds, with constants of their own.
-    Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster one in training and
-    1.04x in inference over the fit's grid (its last run); for block layers see ``_BLOCK_FFT_US``. On
-    CUDA the same rule is used (not measured here).
+    FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks the cheaper of its two kernels
+    (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster
+    one in training and 1.04x in inference over the fit's grid (its last run); for block layers see
+    ``_BLOCK_GEMM_US``. On CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
-    pq = p * q
-    fixed, per_entry, per_row_entry = _DENSE_US[training]
-    dense = fixed + per_entry * pq + per_row_entry * batch * pq
     if block_size is None or block_size >= max(p, q):
         fixed, per_row_unit = _FFT_US[training]
         row = per_row_unit * fft_cost(make_plan(p, q).fft_size)
-    else:
-        k = block_size
-        C, R = -(-p // k), -(-q // k)
-        fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
-        row = per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1)
-    return dense <= fixed + batch * row
+        return _dense_us(p, q, batch, training) <= fixed + batch * row
+    costs = block_costs(p, q, block_size, batch, training)
+    return costs["dense"] <= min(costs["gemm"], costs["fft"])
