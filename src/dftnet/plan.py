@@ -140,13 +140,17 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
 # from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
 _DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (149.0, 2.19e-3, 3.56e-5)}  # fixed, per entry, per row-entry
 _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-unit of fft_cost
-# The block FFT route, fitted the same way to `benchmarks/block_routes.py` (1 thread; 256x256 k = 16, 64,
-# 784x300 k = 32, 1024x1024 k = 64, 4096x4096 k = 256; batches 1, 32, 128): fixed, per unit of fft_cost,
-# per complex multiply-add (its rfft and irfft of k-blocks, and the per-frequency C x R products).
-_BLOCK_FFT_US = {False: (56.9, 4.06e-4, 3.56e-4), True: (403.0, 7.77e-4, 1.03e-3)}
-# The block GEMM kernels (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
-# ((C + R) k^2 a row) and per multiply-add of the real per-frequency products (2 k C R a row).
-_BLOCK_GEMM_US = {False: (40.0, 2.5e-5, 3.0e-5), True: (250.0, 6.0e-5, 8.0e-5)}
+# Block layers, fitted by `benchmarks/fit_routes.py --block` (1 thread, float32; 256x256 ... 4096x4096 at
+# batches 1 ... 128 and the MLP shapes d -> 4d, 4d -> d of transformers, d = 512 ... 4096, k = 4 ... 64, 1,024
+# and 8,192 rows; the rows are docs/results/fit_block_routes.json). Each way has its own constants:
+# - the torch.fft kernel (:mod:`dftnet.kernels.block`): fixed, per unit of fft_cost (its rfft and irfft of
+#   k-blocks), per complex multiply-add of the per-frequency C x R products;
+# - the GEMM kernel (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
+#   ((C + R) k^2 a row) and of the real per-frequency products (2 k C R a row);
+# - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
+_BLOCK_FFT_US = {False: (243.0, 0.00171, 0.000444), True: (1900.0, 0.00418, 0.00115)}
+_BLOCK_GEMM_US = {False: (115.0, 9.82e-05, 5.92e-05), True: (673.0, 0.000197, 0.000191)}
+_BLOCK_DENSE_US = {False: (5.12, 0.000201, 4.18e-05), True: (0.0, 0.00719, 0.000131)}
 
 
 def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
@@ -161,11 +165,13 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     and "fft" (:mod:`dftnet.kernels.block`: torch.fft and complex products)."""
     p, q, k = in_features, out_features, block_size
     C, R = -(-p // k), -(-q // k)
+    fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
+    dense = fixed + per_entry * p * q + per_row_entry * batch * p * q
     fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
     fft = fixed + batch * (per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1))
     fixed, per_tmac, per_pmac = _BLOCK_GEMM_US[training]
     gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R)
-    return {"dense": _dense_us(p, q, batch, training), "gemm": gemm, "fft": fft}
+    return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
 def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
@@ -188,7 +194,7 @@ def use_dense(
     FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks the cheaper of its two kernels
     (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster
     one in training and 1.04x in inference over the fit's grid (its last run); for block layers see
-    ``_BLOCK_GEMM_US``. On CUDA the same rule is used (not measured here).
+    docs/performance.md (block-circulant layers). On CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
     if block_size is None or block_size >= max(p, q):

@@ -41,6 +41,7 @@ from torch.autograd import Function
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
 from ..spectral import spectrum_to_weight
+from .block import BlockWeightGradFunction
 from .taps import param_weight
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
@@ -195,7 +196,6 @@ class BlockGemmFunction(Function):
         if need_b:
             grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():
-            from .block import BlockWeightGradFunction  # noqa: PLC0415 (block imports this module)
             weight = param_weight(param, scale)
             if need_x:
                 grad_x = BlockGemmFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
