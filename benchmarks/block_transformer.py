@@ -95,3 +95,30 @@ def run_transformer(rows: int, repeats: int, budget: float) -> list[dict]:
                           f"[{row['block_q1_ms']:.2f}, {row['block_q3_ms']:.2f}]  {row['speedup']:5.2f}x  "
                           f"{route}/{kernel}{extra}", flush=True)
     return out
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of docs/performance.md from the rows of one or more runs."""
+    lines = ["| p→q | k | threads | fwd: nn.Linear | block | speed-up | fwd+bwd: nn.Linear | block | speed-up "
+             "| kernel (fwd+bwd) | transforms / products, share of fwd+bwd | products GMAC/s (nn.Linear) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cell = {(r["p"], r["q"], r["k"], r["threads"], r["mode"]): r for r in rows}
+    ms = lambda r, who: f"{r[who + '_ms']:.1f} [{r[who + '_q1_ms']:.1f}–{r[who + '_q3_ms']:.1f}]"  # noqa: E731
+    for (p, q, k, t, mode), f in sorted(cell.items(), key=lambda kv: (kv[0][3], kv[0][0] * kv[0][1], kv[0][:3])):
+        if mode != "fwd":
+            continue
+        b = cell[(p, q, k, t, "fwd+bwd")]
+        shares = (f"{b['transform_share']:.0%} / {b['product_share']:.0%}" if "transform_share" in b else "–")
+        speed = f"{b['product_gmacs']:.1f} ({b['linear_gmacs']:.1f})" if "product_gmacs" in b else "–"
+        kernel = b["kernel"] if b["route"] == "fft" else "dense"
+        lines.append(f"| {p}→{q} | {k} | {t} | {ms(f, 'linear')} | {ms(f, 'block')} | **{f['speedup']:.2f}×** "
+                     f"| {ms(b, 'linear')} | {ms(b, 'block')} | **{b['speedup']:.2f}×** | {kernel} | {shares} "
+                     f"| {speed} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(table([r for path in sys.argv[1:] for r in json.load(open(path))]))
