@@ -35,9 +35,11 @@ def _call(layer, x, g, training):
     return lambda: layer(x)
 
 
-def measure_block(rows_max: int) -> list[dict]:
+def measure_block(rows_max: int, cells: list[tuple[int, int, int, int]] | None = None, repeats: int = 5,
+                  budget: float = 0.6) -> list[dict]:
+    """Time the three ways over the grid, or over ``cells`` (p, q, k, rows) where given."""
     rows = []
-    for p, q, k, B in SMALL + transformer_grid(rows_max):
+    for p, q, k, B in cells or SMALL + transformer_grid(rows_max):
         torch.manual_seed(0)
         layers = {name: BlockDFTLinear(p, q, k, diagonal=False, method="dense" if name == "dense" else "fft")
                   for name in ("dense", "gemm", "fft")}
@@ -50,7 +52,8 @@ def measure_block(rows_max: int) -> list[dict]:
             names = ["gemm", "fft"] + (["dense"] if model["dense"] <= DENSE_SKIP * min(model["gemm"], model["fft"])
                                        else [])
             with torch.set_grad_enabled(training):
-                r = time_contenders({n: _call(layers[n], x, g, training) for n in names}, repeats=5, budget=0.6)
+                r = time_contenders({n: _call(layers[n], x, g, training) for n in names}, repeats=repeats,
+                                    budget=budget)
             row = dict(p=p, q=q, k=k, B=B, training=training)
             for n in ("dense", "gemm", "fft"):
                 row[n] = r[n]["median"] * 1e6 if n in r else None
@@ -74,7 +77,7 @@ def features(r: dict) -> tuple[list[float], list[float], list[float]]:
     p, q, k, B = r["p"], r["q"], r["k"], r["B"]
     C, R = -(-p // k), -(-q // k)
     dense = [1.0, p * q, B * p * q]
-    gemm = [1.0, B * (C + R) * k * k, B * 2 * k * C * R]
+    gemm = [1.0, B * (C + R) * k * k, B * 2 * k * C * R, B * (C + R) * k]
     fft = [1.0, B * (C + R) * fft_cost(k) / 2, B * C * R * (k // 2 + 1)]
     return dense, gemm, fft
 
@@ -104,3 +107,15 @@ def fit_block(rows: list[dict]) -> None:
                 if ratio > worst[name][0]:
                     worst[name] = (ratio, (r["p"], r["q"], r["k"], r["B"], pick))
         print(f"  chosen over the fastest, worst cell: current {worst['current']}, refitted {worst['refitted']}")
+
+
+def report_choice(rows: list[dict]) -> None:
+    """Per cell: the times of the three ways, the way the current model picks, and its time over the fastest."""
+    for r in rows:
+        model = block_costs(r["p"], r["q"], r["k"], r["B"], r["training"])
+        timed = {n: r[n] for n in model if r[n] is not None}
+        pick = min(model, key=model.get)
+        ratio = timed.get(pick, float("inf")) / min(timed.values())
+        times = ", ".join(f"{n} {t / 1e3:.1f} ms" for n, t in timed.items())
+        print(f"{r['p']}->{r['q']} k={r['k']} rows={r['B']} {'fwd+bwd' if r['training'] else 'fwd'}: {times}; "
+              f"picked {pick}, {ratio:.2f}x the fastest")

@@ -146,11 +146,13 @@ _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-uni
 # - the torch.fft kernel (:mod:`dftnet.kernels.block`): fixed, per unit of fft_cost (its rfft and irfft of
 #   k-blocks), per complex multiply-add of the per-frequency C x R products;
 # - the GEMM kernel (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
-#   ((C + R) k^2 a row) and of the real per-frequency products (2 k C R a row);
+#   ((C + R) k^2 a row) and of the real per-frequency products (2 k C R a row), and per entry of the
+#   spectra those products read and write ((C + R) k a row: small per-frequency GEMMs, at k = 64 and
+#   d = 512 C or R is 8, are bound by it);
 # - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
-_BLOCK_FFT_US = {False: (243.0, 0.00171, 0.000444), True: (1900.0, 0.00418, 0.00115)}
-_BLOCK_GEMM_US = {False: (115.0, 9.82e-05, 5.92e-05), True: (673.0, 0.000197, 0.000191)}
-_BLOCK_DENSE_US = {False: (5.12, 0.000201, 4.18e-05), True: (0.0, 0.00719, 0.000131)}
+_BLOCK_FFT_US = {False: (237.0, 0.00182, 0.00044), True: (1890.0, 0.00438, 0.00115)}
+_BLOCK_GEMM_US = {False: (93.0, 5.71e-05, 3.63e-05, 0.00346), True: (534.0, 0.000126, 0.00014, 0.00707)}
+_BLOCK_DENSE_US = {False: (4.83, 0.000201, 4.25e-05), True: (0.0, 0.00717, 0.000131)}
 
 
 def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
@@ -169,8 +171,8 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     dense = fixed + per_entry * p * q + per_row_entry * batch * p * q
     fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
     fft = fixed + batch * (per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1))
-    fixed, per_tmac, per_pmac = _BLOCK_GEMM_US[training]
-    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R)
+    fixed, per_tmac, per_pmac, per_entry = _BLOCK_GEMM_US[training]
+    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R + per_entry * (C + R) * k)
     return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
