@@ -94,13 +94,24 @@ def test_layer_matches_its_matrix(kernel, p, q, k):
     layer = BlockDFTLinear(p, q, k, method="fft", sign_flip=True, diagonal=True, dtype=F64)
     with torch.no_grad():
         layer.diagonal.uniform_(0.5, 1.5)
-    x = torch.randn(4, 3, p, dtype=F64, requires_grad=True)
+    x = torch.randn(4, 10, p, dtype=F64, requires_grad=True)  # 40 rows: the transposed products (NARROW) too
     assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias,
                                                                               layer.diagonal))
     for _ in range(2):  # inference follows in-place updates of the spectrum
         with torch.no_grad():
             torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
             layer.spectrum.mul_(1.5)
+
+
+@pytest.mark.parametrize("rows", [3, 20])
+def test_functional_gradgradcheck_both_product_orientations(kernel, rows):
+    """20 rows and at most NARROW output blocks: the products computed transposed; 3 rows: as they are."""
+    p, q, k = 9, 13, 4
+    x = torch.randn(rows, p, dtype=F64, requires_grad=True)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: block_dft_linear(x, w, b, q, method="fft"), (x, w, b))
+    assert gradgradcheck(lambda x, w, b: block_dft_linear(x, w, b, q, method="fft"), (x, w, b))
 
 
 def test_layer_gradgradcheck_and_batched_grads(kernel):
