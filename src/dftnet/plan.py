@@ -150,9 +150,9 @@ _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-uni
 #   spectra those products read and write ((C + R) k a row: small per-frequency GEMMs, at k = 64 and
 #   d = 512 C or R is 8, are bound by it);
 # - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
-_BLOCK_FFT_US = {False: (237.0, 0.00182, 0.00044), True: (1890.0, 0.00438, 0.00115)}
-_BLOCK_GEMM_US = {False: (93.0, 5.71e-05, 3.63e-05, 0.00346), True: (534.0, 0.000126, 0.00014, 0.00707)}
-_BLOCK_DENSE_US = {False: (4.83, 0.000201, 4.25e-05), True: (0.0, 0.00717, 0.000131)}
+_BLOCK_FFT_US = {False: (124.0, 0.00118, 0.000295), True: (867.0, 0.00321, 0.000839)}
+_BLOCK_GEMM_US = {False: (134.0, 5.46e-05, 3.66e-05, 0.00137), True: (745.0, 0.000135, 0.000127, 0.00189)}
+_BLOCK_DENSE_US = {False: (26.2, 6.54e-05, 3.32e-05), True: (201.0, 0.0058, 9.6e-05)}
 
 
 def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
