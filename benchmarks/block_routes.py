@@ -1,6 +1,7 @@
 """Time BlockDFTLinear's routes against nn.Linear and textbook implementations of the same layer.
 
     python benchmarks/block_routes.py [--threads N] [--batches 1,32,128] [--out block_routes.json]
+    python benchmarks/block_routes.py --preset transformer [--threads N] [--rows 1024] [--out rows.json]
 
 For each block layer shape (p -> q, block size k), batch and mode ("fwd" under no_grad; "fwd+bwd": the
 forward and the gradients of input, weight and bias), interleaved by ``time_contenders`` (medians of
@@ -16,6 +17,11 @@ repeated turns, with the q1..q3 spread):
 
 Prints one row per cell with the times in microseconds and the ratios linear/auto, gather/dense and
 plain/fft (above 1: DFTnet's form is faster); ``--out`` also writes the rows as JSON.
+
+``--preset transformer`` (:mod:`block_transformer`): the MLP shapes 512 -> 2048, 2048 -> 512 and
+2048 -> 8192, ``nn.Linear`` against ``BlockDFTLinear`` with k = 4, 16, 64 (method auto), interleaved,
+fwd and fwd+bwd, with each block layer's route and kernel, and a profile of its fwd+bwd: the share of
+the transforms and the speed of the per-frequency product GEMMs against nn.Linear's GEMM.
 """
 
 from __future__ import annotations
@@ -99,10 +105,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=positive_int, default=9)
     ap.add_argument("--budget", type=float, default=1.0, help="seconds per cell (shared by the contenders)")
     ap.add_argument("--out", default=None, help="write the rows to this JSON file")
+    ap.add_argument("--preset", choices=["layers", "transformer"], default="layers")
+    ap.add_argument("--rows", type=positive_int, default=1024, help="--preset transformer: rows per call")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
+    if args.preset == "transformer":
+        from block_transformer import run_transformer  # noqa: PLC0415
+
+        rows = run_transformer(args.rows, args.repeats, args.budget)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times in us (median of turns); "
           "ratios above 1: DFTnet's form is faster")
     head = (f"{'p x q':>11} {'k':>4} {'B':>4} {'mode':>7} {'route':>5} " + " ".join(f"{c:>8}" for c in CONTENDERS)

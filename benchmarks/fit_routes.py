@@ -3,8 +3,15 @@ against each other over a grid of shapes and batches, fit the model's constants 
 and report how far the current and the refitted rule are from the faster route.
 
     python benchmarks/fit_routes.py [--out fit_routes.json] [--threads N]
+    python benchmarks/fit_routes.py --block [--out fit_block_routes.json] [--threads N] [--rows-max 8192]
+    python benchmarks/fit_routes.py --block --cells "512,2048,64,1024;2048,512,64,1024" --repeats 9 --out check.json
 
-Prints the fitted ``_DENSE_US`` / ``_FFT_US`` constants to paste into ``src/dftnet/plan.py``.
+Prints the fitted ``_DENSE_US`` / ``_FFT_US`` constants to paste into ``src/dftnet/plan.py``. With
+``--block``, BlockDFTLinear's three ways (dense, the GEMM kernel, the torch.fft kernel; see
+``dftnet.plan.block_costs``) over small layers and the MLP shapes of transformers (d -> 4d and 4d -> d,
+d = 512 ... 4096, 1,024 and 8,192 rows), and the ``_BLOCK_GEMM_US`` / ``_BLOCK_FFT_US`` constants. The
+dense route is not timed where the current model puts it above 4x the faster kernel (transformer shapes
+at d >= 2048: seconds per call on one core); those cells count only for the kernel choice.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dftnet import DFTLinear
 from dftnet.experiments.allocator import keep_freed_memory
 from dftnet.experiments.bench.timing import time_contenders
 from dftnet.plan import fft_cost, make_plan, use_dense
+
+from fit_block_routes import fit_block, measure_block, report_choice
 
 SHAPES = [(n, n) for n in (16, 32, 64, 128, 256, 512, 1024)] + [(256, 64), (64, 10), (1024, 256), (785, 300),
                                                                 (300, 785)]
@@ -77,14 +86,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="fit_routes.json")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--block", action="store_true", help="BlockDFTLinear's routes and kernels")
+    parser.add_argument("--rows-max", type=int, default=8192, help="--block: the largest row count timed")
+    parser.add_argument("--fit-only", action="store_true", help="refit from the rows in --out, no timing")
+    parser.add_argument("--cells", default=None, help="--block: time only these cells, P,Q,K,ROWS;... (no fit: "
+                        "each cell's times and the current model's pick)")
+    parser.add_argument("--repeats", type=int, default=5, help="--block: turns per cell")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
-    rows = measure()
-    with open(args.out, "w") as f:
-        json.dump(rows, f)
-    fit(rows)
+    if args.fit_only:
+        with open(args.out) as f:
+            rows = json.load(f)
+    else:
+        cells = [tuple(map(int, c.split(","))) for c in args.cells.split(";")] if args.cells else None
+        rows = measure_block(args.rows_max, cells, args.repeats, 6.0 if cells else 0.6) if args.block else measure()
+        with open(args.out, "w") as f:
+            json.dump(rows, f)
+    if args.cells:
+        report_choice(rows)
+    else:
+        (fit_block if args.block else fit)(rows)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from torch import Tensor
 from ._compat import grad_recorded, version_counter
 from .kernels.block import (BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference,
                             weight_spectrum as block_weight_spectrum)
+from .kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
 from .kernels.circulant import circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_matrix, dft_reference
 from .kernels.taps import param_spectrum, param_weight
-from .plan import BlockShape, make_plan, use_dense
+from .plan import BlockShape, block_kernel, make_plan, use_dense
 
 __all__ = ["Structure", "Circulant", "BlockCirculant"]
 
@@ -169,7 +170,8 @@ class Circulant(_Structure):
 class BlockCirculant(_Structure):
     """The q x p block-circulant layer ``W[i, j] = w[i // k, j // k, (i + j) % k]`` (see
     :mod:`dftnet.kernels.block`); the parameter is the weight or a stored spectrum, as for
-    :class:`Circulant`."""
+    :class:`Circulant`. Its FFT route has two kernels, chosen per call by the cost model
+    (:func:`dftnet.plan.block_kernel`): real GEMMs (:mod:`dftnet.kernels.block_gemm`) or torch.fft."""
 
     name = "block_dft_linear"
 
@@ -177,10 +179,23 @@ class BlockCirculant(_Structure):
         super().__init__(scale, memo)
         self.shape = shape
         self.in_features, self.out_features = shape.in_features, shape.out_features
+        self._kernels: dict = {}
 
     def _dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
         s = self.shape
         return use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
+
+    def kernel(self, batch: int, device_type: str, training: bool) -> str:
+        """The FFT route's kernel for this call: "gemm" or "fft" (kept per batch, device type, training)."""
+        key = (batch, device_type, training)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            s = self.shape
+            kernel = block_kernel(s.in_features, s.out_features, s.block_size, batch, torch.device(device_type),
+                                  training)
+            if len(self._kernels) < 256:
+                self._kernels[key] = kernel
+        return kernel
 
     def matrix(self, param: Tensor) -> Tensor:
         return block_matrix(self.weight(param), self.in_features, self.out_features)
@@ -192,9 +207,14 @@ class BlockCirculant(_Structure):
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
-        if grad_recorded(input, param, bias):
-            out = BlockDFTFunction.apply(x2, param, bias, self.shape, self.scale)
-        else:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
+        training = grad_recorded(input, param, bias)
+        gemm = self.kernel(x2.shape[0], x2.device.type, training) == "gemm"
+        if training:
+            out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.scale)
+        elif gemm:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
+            Wp = self._derived("packed", param, lambda w: packed_weight(w, self.scale))
+            out = gemm_forward(x2, Wp, bias, self.shape)
+        else:
             Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))
             out = block_forward(x2, Wf, bias, self.shape)
         return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)

@@ -140,10 +140,48 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
 # from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
 _DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (149.0, 2.19e-3, 3.56e-5)}  # fixed, per entry, per row-entry
 _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-unit of fft_cost
-# The block FFT route, fitted the same way to `benchmarks/block_routes.py` (1 thread; 256x256 k = 16, 64,
-# 784x300 k = 32, 1024x1024 k = 64, 4096x4096 k = 256; batches 1, 32, 128): fixed, per unit of fft_cost,
-# per complex multiply-add (its rfft and irfft of k-blocks, and the per-frequency C x R products).
-_BLOCK_FFT_US = {False: (56.9, 4.06e-4, 3.56e-4), True: (403.0, 7.77e-4, 1.03e-3)}
+# Block layers, fitted by `benchmarks/fit_routes.py --block` (1 thread, float32; 256x256 ... 4096x4096 at
+# batches 1 ... 128 and the MLP shapes d -> 4d, 4d -> d of transformers, d = 512 ... 4096, k = 4 ... 64, 1,024
+# and 8,192 rows; the rows are docs/results/fit_block_routes.json). Each way has its own constants:
+# - the torch.fft kernel (:mod:`dftnet.kernels.block`): fixed, per unit of fft_cost (its rfft and irfft of
+#   k-blocks), per complex multiply-add of the per-frequency C x R products;
+# - the GEMM kernel (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
+#   ((C + R) k^2 a row) and of the real per-frequency products (2 k C R a row), and per entry of the
+#   spectra those products read and write ((C + R) k a row: small per-frequency GEMMs, at k = 64 and
+#   d = 512 C or R is 8, are bound by it);
+# - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
+_BLOCK_FFT_US = {False: (124.0, 0.00118, 0.000295), True: (867.0, 0.00321, 0.000839)}
+_BLOCK_GEMM_US = {False: (134.0, 5.46e-05, 3.66e-05, 0.00137), True: (745.0, 0.000135, 0.000127, 0.00189)}
+_BLOCK_DENSE_US = {False: (26.2, 6.54e-05, 3.32e-05), True: (201.0, 0.0058, 9.6e-05)}
+
+
+def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
+    fixed, per_entry, per_row_entry = _DENSE_US[training]
+    return fixed + per_entry * p * q + per_row_entry * batch * p * q
+
+
+def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
+                training: bool = True) -> dict[str, float]:
+    """The cost model's estimates (microseconds, CPU) of a block layer's three ways: "dense" (the
+    materialised matrix), "gemm" (:mod:`dftnet.kernels.block_gemm`: transforms and products as real GEMMs)
+    and "fft" (:mod:`dftnet.kernels.block`: torch.fft and complex products)."""
+    p, q, k = in_features, out_features, block_size
+    C, R = -(-p // k), -(-q // k)
+    fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
+    dense = fixed + per_entry * p * q + per_row_entry * batch * p * q
+    fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
+    fft = fixed + batch * (per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1))
+    fixed, per_tmac, per_pmac, per_entry = _BLOCK_GEMM_US[training]
+    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R + per_entry * (C + R) * k)
+    return {"dense": dense, "gemm": gemm, "fft": fft}
+
+
+def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
+                 training: bool = True) -> str:
+    """The block layer's kernel on its FFT route: "gemm" or "fft", whichever :func:`block_costs` says is
+    cheaper (the same rule on CUDA, not measured there)."""
+    costs = block_costs(in_features, out_features, block_size, batch, training)
+    return "gemm" if costs["gemm"] <= costs["fft"] else "fft"
 
 
 def use_dense(
@@ -155,22 +193,15 @@ def use_dense(
     One model for both structures. The dense route costs a fixed amount per call, a cost per matrix
     entry (building W, and in training folding its gradient) and B p q multiply-adds. The FFT route
     costs a larger fixed amount (more kernels, the weight's spectrum) and per row: for a DFT layer two
-    FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks, C + R FFTs of length k plus the
-    per-frequency complex products, C R (k/2 + 1) complex multiply-adds, with constants of their own.
-    Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster one in training and
-    1.04x in inference over the fit's grid (its last run); for block layers see ``_BLOCK_FFT_US``. On
-    CUDA the same rule is used (not measured here).
+    FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks the cheaper of its two kernels
+    (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster
+    one in training and 1.04x in inference over the fit's grid (its last run); for block layers see
+    docs/performance.md (block-circulant layers). On CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
-    pq = p * q
-    fixed, per_entry, per_row_entry = _DENSE_US[training]
-    dense = fixed + per_entry * pq + per_row_entry * batch * pq
     if block_size is None or block_size >= max(p, q):
         fixed, per_row_unit = _FFT_US[training]
         row = per_row_unit * fft_cost(make_plan(p, q).fft_size)
-    else:
-        k = block_size
-        C, R = -(-p // k), -(-q // k)
-        fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
-        row = per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1)
-    return dense <= fixed + batch * row
+        return _dense_us(p, q, batch, training) <= fixed + batch * row
+    costs = block_costs(p, q, block_size, batch, training)
+    return costs["dense"] <= min(costs["gemm"], costs["fft"])

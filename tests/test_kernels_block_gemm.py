@@ -1,0 +1,157 @@
+"""The block FFT route's two kernels, each forced (real GEMMs, dftnet.kernels.block_gemm; torch.fft,
+dftnet.kernels.block): both equal the explicit block-circulant matrix in float64, forward, both
+gradients, double backward and batched gradients, as the functional form (the weight) and as the layer
+(its stored spectrum); and the cost model's choice between them."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.autograd import gradcheck, gradgradcheck
+from torch.func import functional_call
+
+import dftnet._routes as routes
+from dftnet import BlockDFTLinear
+from dftnet.functional import block_dft_linear, block_matrix
+from dftnet.kernels.block_gemm import dft_matrices, packed_weight
+from dftnet.plan import block_costs, block_kernel, use_dense
+
+from layer_checks import assert_matches_reference
+
+F64 = torch.float64
+KERNELS = ["gemm", "fft"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """Every call of the block FFT route takes this kernel."""
+    monkeypatch.setattr(routes, "block_kernel", lambda *args, **kwargs: request.param)
+    return request.param
+
+
+def nblocks(m, k):
+    return -(-m // k)
+
+
+def test_dft_matrices_are_the_packed_rfft_and_irfft():
+    for k in (1, 2, 3, 4, 7, 16, 33):
+        A, E, d = dft_matrices(k, torch.device("cpu"), F64)
+        x = torch.randn(5, k, dtype=F64)
+        X = torch.fft.rfft(x)
+        F, Fi = k // 2 + 1, (k - 1) // 2
+        packed = torch.cat([X.real, X.imag[:, 1:1 + Fi]], 1)
+        torch.testing.assert_close(x @ A, packed, rtol=0, atol=1e-12)
+        torch.testing.assert_close(packed @ E, x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(E, d[:, None] * A.T, rtol=0, atol=0)
+        assert F + Fi == k
+
+
+def test_packed_weight_from_the_spectrum_is_the_weights():
+    layer = BlockDFTLinear(40, 24, 8, dtype=F64)
+    Wp = packed_weight(layer.spectrum.detach(), layer.spectral_scale)
+    torch.testing.assert_close(Wp, packed_weight(layer.weight.detach(), None), rtol=0, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=st.integers(1, 70), q=st.integers(1, 70), lead=st.sampled_from([(), (0,), (2, 3)]), data=st.data())
+def test_hypothesis_both_kernels_match_dense(p, q, lead, data):
+    k = data.draw(st.integers(1, min(40, max(p, q))), label="k")
+    x = torch.randn(*lead, p, dtype=F64, requires_grad=True)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for kernel in KERNELS:
+            mp.setattr(routes, "block_kernel", lambda *args, kernel=kernel, **kwargs: kernel)
+            y_ref = x @ block_matrix(w, p, q).T + b
+            assert_matches_reference(block_dft_linear(x, w, b, q, method="fft"), y_ref, (x, w, b))
+
+
+@pytest.mark.parametrize("p,q,k", [(5, 8, 3), (8, 5, 3), (6, 6, 2), (7, 4, 7), (12, 12, 4), (9, 13, 5), (5, 3, 1)])
+def test_gradcheck_and_gradgradcheck(kernel, p, q, k):
+    x = torch.randn(2, 3, p, dtype=F64, requires_grad=True)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+
+    def f(x, w, b):
+        return block_dft_linear(x, w, b, q, method="fft")
+
+    assert gradcheck(f, (x, w, b), check_batched_grad=True)
+    assert gradgradcheck(f, (x, w, b), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("p,q,k", [(20, 30, 8), (30, 20, 6), (17, 17, 4)])
+def test_layer_matches_its_matrix(kernel, p, q, k):
+    """The layer (stored spectrum: the spectral maps of the parameter and its gradient) in training and
+    in inference, where the packed weight is kept while the spectrum is unchanged."""
+    layer = BlockDFTLinear(p, q, k, method="fft", sign_flip=True, diagonal=True, dtype=F64)
+    with torch.no_grad():
+        layer.diagonal.uniform_(0.5, 1.5)
+    x = torch.randn(4, 10, p, dtype=F64, requires_grad=True)  # 40 rows: the transposed products (NARROW) too
+    assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias,
+                                                                              layer.diagonal))
+    for _ in range(2):  # inference follows in-place updates of the spectrum
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+            layer.spectrum.mul_(1.5)
+
+
+@pytest.mark.parametrize("rows", [3, 20])
+def test_functional_gradgradcheck_both_product_orientations(kernel, rows):
+    """20 rows and at most NARROW output blocks: the products computed transposed; 3 rows: as they are."""
+    p, q, k = 9, 13, 4
+    x = torch.randn(rows, p, dtype=F64, requires_grad=True)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: block_dft_linear(x, w, b, q, method="fft"), (x, w, b))
+    assert gradgradcheck(lambda x, w, b: block_dft_linear(x, w, b, q, method="fft"), (x, w, b))
+
+
+def test_layer_gradgradcheck_and_batched_grads(kernel):
+    layer = BlockDFTLinear(10, 7, 4, method="fft", dtype=F64)
+    names = [n for n, _ in layer.named_parameters()]
+    values = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    x = torch.randn(3, 10, dtype=F64, requires_grad=True)
+
+    def fn(x, *vals):
+        return functional_call(layer, dict(zip(names, vals)), (x,))
+
+    assert gradcheck(fn, (x, *values), check_batched_grad=True)
+    assert gradgradcheck(fn, (x, *values), check_batched_grad=True)
+
+
+def test_float32_accuracy_at_a_transformer_shape(kernel):
+    """float32 against the float64 product, at a block size the GEMM kernel serves (k = 64)."""
+    torch.manual_seed(0)
+    layer = BlockDFTLinear(512, 256, 64, method="fft")
+    x = torch.randn(16, 512, requires_grad=True)
+    y = layer(x)
+    ref = x.double() @ layer.to_dense().double().T + layer.bias.double()
+    assert ((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+    g = torch.randn_like(y)
+    gx, gs = torch.autograd.grad(y, (x, layer.spectrum), g)
+    x64 = x.detach().double().requires_grad_()
+    layer64 = BlockDFTLinear(512, 256, 64, method="dense", dtype=F64)
+    layer64.load_state_dict(layer.state_dict())
+    gx_ref, gs_ref = torch.autograd.grad(layer64(x64), (x64, layer64.spectrum), g.double())
+    for got, ref in ((gx, gx_ref), (gs, gs_ref)):
+        assert ((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_cost_model_picks_a_kernel_and_a_route():
+    cpu = torch.device("cpu")
+    assert block_kernel(512, 2048, 16, 1024, cpu, True) == "gemm"  # short blocks: the DFT matrices
+    assert block_kernel(4096, 4096, 1024, 128, cpu, True) == "fft"  # long blocks: torch.fft
+    for training in (False, True):
+        costs = block_costs(512, 2048, 16, 1024, training)
+        assert set(costs) == {"dense", "gemm", "fft"}
+        assert use_dense(512, 2048, 1024, cpu, training, block_size=16) == (
+            costs["dense"] <= min(costs["gemm"], costs["fft"]))
+        assert not use_dense(2048, 8192, 1024, cpu, training, block_size=16)  # the blocks win there
