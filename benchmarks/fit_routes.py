@@ -21,13 +21,12 @@ import json
 
 import numpy as np
 import torch
+from fit_block_routes import fit_block, measure_block, report_choice
 
 from dftnet import DFTLinear
 from dftnet.experiments.allocator import keep_freed_memory
 from dftnet.experiments.bench.timing import time_contenders
 from dftnet.plan import fft_cost, make_plan, use_dense
-
-from fit_block_routes import fit_block, measure_block, report_choice
 
 SHAPES = [(n, n) for n in (16, 32, 64, 128, 256, 512, 1024)] + [(256, 64), (64, 10), (1024, 256), (785, 300),
                                                                 (300, 785)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
@@ -15,8 +16,6 @@ from dftnet import BlockDFTLinear
 from dftnet.functional import block_dft_linear, block_matrix
 from dftnet.kernels.block_gemm import dft_matrices, packed_weight
 from dftnet.plan import block_costs, block_kernel, use_dense
-
-from layer_checks import assert_matches_reference
 
 F64 = torch.float64
 KERNELS = ["gemm", "fft"]

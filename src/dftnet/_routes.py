@@ -15,10 +15,17 @@ import torch
 from torch import Tensor
 
 from ._compat import grad_recorded, version_counter
-from .kernels.block import (BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference,
-                            weight_spectrum as block_weight_spectrum)
+from .kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
+from .kernels.block import weight_spectrum as block_weight_spectrum
 from .kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
-from .kernels.circulant import circulant_view, dense_forward, dft_forward, dft_linear_autograd, dft_matrix, dft_reference
+from .kernels.circulant import (
+    circulant_view,
+    dense_forward,
+    dft_forward,
+    dft_linear_autograd,
+    dft_matrix,
+    dft_reference,
+)
 from .kernels.taps import param_spectrum, param_weight
 from .plan import BlockShape, block_kernel, make_plan, use_dense
 
@@ -44,7 +51,7 @@ class Structure(Protocol):
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
         """The dense route in eager mode."""
 
-    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, *diagonal: Tensor) -> Tensor:
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         """The FFT route in eager mode (the hand-written kernels)."""
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
@@ -98,6 +105,9 @@ class _Structure:
             if len(self._routes) < 256 and not torch.compiler.is_compiling():
                 self._routes[key] = dense
         return dense
+
+    def _dense_cheaper(self, batch: int, device: torch.device, training: bool) -> bool:
+        raise NotImplementedError  # each structure's cost model
 
     def _derived(self, name: str, param: Tensor, make):
         """``make(param)``, kept in the memo while the parameter is unchanged (inference only)."""
@@ -205,7 +215,8 @@ class BlockCirculant(_Structure):
             return torch.nn.functional.linear(input, self._derived("matrix", param, self.matrix), bias)
         return block_dense_forward(input, param, bias, self.shape, self.scale)
 
-    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
+    def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
+        assert diagonal is None, "BlockCirculant does not fuse the diagonal: the pipeline multiplies it in first"
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
         training = grad_recorded(input, param, bias)
         gemm = self.kernel(x2.shape[0], x2.device.type, training) == "gemm"

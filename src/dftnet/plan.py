@@ -77,7 +77,7 @@ class BlockShape(NamedTuple):
     def out_blocks(self) -> int:
         return -(-self.out_features // self.block_size)
 
-    def transpose(self) -> "BlockShape":
+    def transpose(self) -> BlockShape:
         return BlockShape(self.out_features, self.in_features, self.block_size)
 
 

@@ -29,8 +29,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from . import configflags
 from .writes import write_text_atomic
 

@@ -63,7 +63,7 @@ def dft_matrices(k: int, device: torch.device, dtype: torch.dtype) -> tuple[Tens
     if k % 2 == 0:
         d[F - 1] = 1.0 / k
     E = d[:, None] * A.T
-    return tuple(t.to(device=device, dtype=dtype) for t in (A, E, d))
+    return A.to(device=device, dtype=dtype), E.to(device=device, dtype=dtype), d.to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)
