@@ -112,9 +112,21 @@ def test_cli_preset_writes_table_and_outputs(tmp_path, monkeypatch, capsys):
     assert doc["config"]["c3a"] is c3a and len(doc["rows"]) == len(rows) and doc["config"]["clock"] == "cpu"
 
 
+def test_cli_preset_takes_dims_rows_and_blocks(tmp_path, capsys):
+    args = _args(tmp_path, "--preset", "transformer", "--dims", "16", "--rows", "2", "--blocks", "8",
+                 "--modes", "fwd", "--budget", "0.02", "--repeats", "1", "--threads", "1")
+    assert bench.run(args) == 0
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert doc["config"]["dims"] == [16] and doc["config"]["rows"] == [2] and doc["config"]["blocks"] == [8]
+    assert {(r["p"], r["q"], r["rows"], r["mode"]) for r in doc["rows"]} == {(16, 64, 2, "fwd"), (64, 16, 2, "fwd")}
+    assert {r["layer"] for r in doc["rows"]} >= {"dft", "block-8"}
+
+
 def test_cli_preset_rejects_layer_sweep_flags(tmp_path):
     with pytest.raises(ValueError, match="do not apply"):
         bench.run(_args(tmp_path, "--preset", "transformer", "--widths", "64"))
+    with pytest.raises(ValueError, match="need --preset transformer"):
+        bench.run(_args(tmp_path, "--dims", "512"))
     parser = argparse.ArgumentParser()
     bench.configure_parser(parser)
     with pytest.raises(SystemExit):

@@ -54,6 +54,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "shapes d->4d and 4d->d at d=512,1024,2048,4096 on 1024 and 8192 rows, DFTLinear "
                              "and BlockDFTLinear k=8,16,32,64 against nn.Linear, their FFT floors and PEFT's "
                              "C3A op when peft is installed (with --quick: d=512, 1024 rows, k=16,64)")
+    parser.add_argument("--dims", type=comma_list(positive_int, "width"), default=None, metavar="LIST",
+                        help="--preset transformer: the model widths d (default 512,1024,2048,4096)")
+    parser.add_argument("--rows", type=comma_list(positive_int, "rows"), default=None, metavar="LIST",
+                        help="--preset transformer: rows per call (default 1024,8192)")
+    parser.add_argument("--blocks", type=comma_list(positive_int, "block size"), default=None, metavar="LIST",
+                        help="--preset transformer: block sizes k of BlockDFTLinear (default 8,16,32,64)")
     parser.add_argument("--quick", action="store_true",
                         help="a small subset (widths 256,1024,4096,785,785x300; batches 1,8,128; the "
                              "end-to-end row) with a short time budget: under a minute on a 2-core CPU")
@@ -106,6 +112,9 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     preset = getattr(args, "preset", "layers")
     if preset == "transformer" and (args.widths or args.batches or args.no_end_to_end):
         raise ValueError("--widths, --batches and --no-end-to-end do not apply to --preset transformer")
+    if preset != "transformer" and (getattr(args, "dims", None) or getattr(args, "rows", None)
+                                    or getattr(args, "blocks", None)):
+        raise ValueError("--dims, --rows and --blocks need --preset transformer")
     clock = getattr(args, "clock", "wall")
     if clock != "wall" and (preset != "transformer" or args.threads != 1):
         raise ValueError("--clock cpu needs --preset transformer and --threads 1")
@@ -128,6 +137,9 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         "end_to_end": not args.no_end_to_end,
         "stat": args.stat,
         "clock": clock,
+        "dims": getattr(args, "dims", None) or list(QUICK_DIMS if quick else TRANSFORMER_DIMS),
+        "rows": getattr(args, "rows", None) or list(QUICK_ROWS if quick else TRANSFORMER_ROWS),
+        "blocks": getattr(args, "blocks", None) or list(QUICK_BLOCKS if quick else BLOCK_SIZES),
     }
     out = args.out
     if out is None:
@@ -212,11 +224,10 @@ def _run_transformer(cfg: dict) -> int:
     finish, then the table; bench.csv and bench.json in the output folder."""
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
-    device, quick = cfg["device"], cfg["quick"]
+    device = cfg["device"]
     machine = machine_info(device)
     c3a = c3a_operation() is not None
-    dims, rows = (QUICK_DIMS, QUICK_ROWS) if quick else (TRANSFORMER_DIMS, TRANSFORMER_ROWS)
-    blocks = QUICK_BLOCKS if quick else BLOCK_SIZES
+    dims, rows, blocks = cfg["dims"], cfg["rows"], cfg["blocks"]
     t_start = time.perf_counter()
     print(f"dftnet bench --preset transformer: {machine['device_name']} ({device}), {cfg['dtype']}, torch "
           f"{machine['torch_version']}, {machine['torch_threads']} threads, {machine['cpu_count']} CPUs, load "
@@ -234,8 +245,7 @@ def _run_transformer(cfg: dict) -> int:
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v) for k, v in cfg.items()
               if k not in ("widths", "batches", "end_to_end", "plot")}
-    config.update(dims=list(dims), rows=list(rows), blocks=list(blocks), c3a=c3a, elapsed_s=round(elapsed, 2),
-                  argv=sys.argv)
+    config.update(c3a=c3a, elapsed_s=round(elapsed, 2), argv=sys.argv)
     paths = write_transformer(result, cfg["out"], {"machine": machine, "config": config})
     print(f"{len(result)} rows in {elapsed:.1f} s; wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
     return 0
