@@ -81,10 +81,11 @@ def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, scale: float | N
 
 def _correlate_rows(
     x2: torch.Tensor, cWf: torch.Tensor, L: int, length: int, bias: torch.Tensor | None, keep: bool,
-    X: torch.Tensor | None = None,
+    X: torch.Tensor | None = None, diag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(irfft(conj(X) * Wf, L)[:, :length] (+ bias), X if keep else None)`` with ``X = rfft(x2, L)``,
-    for the rows of ``x2`` (M, p); ``X`` may be given already computed (used for a single chunk).
+    for the rows of ``x2`` (M, p); ``X`` may be given already computed (used for a single chunk). With
+    ``diag`` (more than one chunk), ``x2 * diag`` is formed chunk by chunk, each just before its FFT.
 
     ``conj(X) * Wf = conj(X * conj(Wf))``: we multiply by the saved conjugate spectrum and conjugate the
     product in place. X is kept (for backward) only if ``keep``; otherwise it is overwritten.
@@ -106,10 +107,10 @@ def _correlate_rows(
     for s in range(0, M, rows):
         chunk = slice(s, s + rows)
         if keep:
-            Xc = torch.fft.rfft(x2[chunk], L, out=X[chunk])
+            Xc = torch.fft.rfft(x2[chunk] if diag is None else x2[chunk] * diag, L, out=X[chunk])
             Yc = torch.mul(Xc, cWf, out=Y[: Xc.shape[0]])
         else:
-            Yc = torch.fft.rfft(x2[chunk], L).mul_(cWf)
+            Yc = torch.fft.rfft(x2[chunk] if diag is None else x2[chunk] * diag, L).mul_(cWf)
         Yc = Yc.conj_physical_()
         if length == L and bias is None:
             torch.fft.irfft(Yc, L, out=out[chunk])
@@ -194,18 +195,22 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def dft_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, plan: Plan,
-                scale: float | None = None, cWf: torch.Tensor | None = None) -> torch.Tensor:
-    """The forward kernel alone (no autograd bookkeeping): for inference. ``cWf`` may be given
-    (``param_spectrum(param, plan, scale)``, cached by the caller)."""
-    return _forward(x, param, bias, plan, False, scale, cWf)[0]
+                scale: float | None = None, cWf: torch.Tensor | None = None,
+                diag: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward kernel alone (no autograd bookkeeping): for inference, of ``x * diag`` where ``diag`` is
+    given. ``cWf`` may be given (``param_spectrum(param, plan, scale)``, cached by the caller)."""
+    return _forward(x, param, bias, plan, False, scale, cWf, diag)[0]
 
 
-def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, cWf=None):
-    """(z, X, conj(Wf)): the layer's output, the input spectrum (empty unless ``save_spectrum``; shape
-    (rows, L // 2 + 1), the leading dimensions flattened) and the conjugate weight spectrum."""
+def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, cWf=None, diag=None):
+    """(z, X, conj(Wf)): the layer's output for the input ``x * diag`` (``diag`` None: 1), the input
+    spectrum (empty unless ``save_spectrum``; shape (rows, L // 2 + 1), the leading dimensions flattened)
+    and the conjugate weight spectrum."""
     x2 = _rows(x)
+    if diag is not None and x2.shape[0] <= _chunk_rows(plan.fft_size, x2.dtype.to_complex(), x2.shape[0]):
+        x2, diag = x2 * diag, None  # one chunk: the product whole
     X, cWf = _spectra(x2, param, plan, scale, cWf)
-    z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X)
+    z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X, diag)
     if x.dim() != 2:
         z = z.reshape(*x.shape[:-1], plan.out_features)
     return z, (X if save_spectrum else cWf.new_empty(0)), cWf
@@ -311,7 +316,7 @@ class DFTLinearFunction(Function):
 
     @staticmethod
     def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
-        z, X, cWf = _forward(x if diag is None else x * diag, param, bias, plan, save_spectrum, scale)
+        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale, None, diag)
         ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
         # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double
         # backward; a constant input (the data batch) with its spectrum saved is not kept.
