@@ -231,7 +231,7 @@ def _run_transformer(cfg: dict) -> int:
     t_start = time.perf_counter()
     print(f"dftnet bench --preset transformer: {machine['device_name']} ({device}), {cfg['dtype']}, torch "
           f"{machine['torch_version']}, {machine['torch_threads']} threads, {machine['cpu_count']} CPUs, load "
-          f"{machine.get('loadavg', ['?'])[0]}; PEFT's C3A " + ("included" if c3a else "left out (peft is not "
+          f"{machine.get('loadavg', [float('nan')])[0]:.1f}; PEFT's C3A " + ("included" if c3a else "left out (peft is not "
                                                                 "installed)"), flush=True)
     print(f"times: {cfg['stat']} ms per call ({cfg['clock']} clock); lin/layer = nn.Linear's time over the layer's (its speed-up); "
           "layer/floor = the layer's time over the transforms its FFT route must do; c3a/layer = PEFT's C3A "
