@@ -33,10 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for config, r in find_runs(args.folders):
-        rows.append({"dataset": config["dataset"], "variant": r["layer"], "widths": "-".join(map(str, config["widths"])),
+        rows.append({"dataset": config["dataset"], "variant": r["layer"],
+                     "widths": "-".join(map(str, config["widths"])),
                      "W": max(config["widths"][1:-1] or [0]), "seed": config["seed"], "epochs": config["epochs"],
                      "lr": config["lr"], "wd": config["weight_decay"], "parameters": r["parameters"],
-                     "test_acc": r["test_acc"], "best_epoch": r["best_epoch"], "seconds_per_epoch": r["seconds_per_epoch"]})
+                     "test_acc": r["test_acc"], "best_epoch": r["best_epoch"],
+                     "seconds_per_epoch": r["seconds_per_epoch"]})
     cols = ["dataset", "variant", "widths", "seed", "epochs", "lr", "wd", "parameters", "test acc", "best", "s/epoch"]
     print(text_table(cols, [[r["dataset"], r["variant"], r["widths"], str(r["seed"]), str(r["epochs"]), str(r["lr"]),
                              str(r["wd"]), f"{r['parameters']:,}", f"{100 * r['test_acc']:.2f}%", str(r["best_epoch"]),

@@ -94,8 +94,8 @@ def main(argv=None):
                             min_repeats=args.repeats)
     rows = []
     for k, m in models.items():
-        saved_sum = saved_tensor_bytes(lambda: F.cross_entropy(m(x), y))
-        saved_unique = saved_tensor_bytes(lambda: F.cross_entropy(m(x), y), unique=True)
+        saved_sum = saved_tensor_bytes(lambda m=m: F.cross_entropy(m(x), y))
+        saved_unique = saved_tensor_bytes(lambda m=m: F.cross_entropy(m(x), y), unique=True)
         rows.append((k, saved_sum, saved_unique, peak_step_memory(m, x, y), times[k]["median"]))
     print(f"one training step, widths {'-'.join(map(str, widths))}, batch {args.batch}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -104,8 +104,9 @@ def main(argv=None):
     for k, s, u, peak, t in rows:
         print(f"{k:26} {s / mib:9.1f} MiB {u / mib:12.1f} MiB {peak / mib:6.1f} MiB {t * 1e3:8.2f}")
     base, dense = rows[4], rows[5]
-    print(f"\nsaved (sum) relative to plain: default {rows[0][1] / base[1]:.2f}, keep spectrum {rows[1][1] / base[1]:.2f}; "
-          f"default/keep-spectrum step time {rows[0][4] / rows[1][4]:.2f}; default/dense peak {rows[0][3] / dense[3]:.3f}")
+    print(f"\nsaved (sum) relative to plain: default {rows[0][1] / base[1]:.2f}, "
+          f"keep spectrum {rows[1][1] / base[1]:.2f}; default/keep-spectrum step time {rows[0][4] / rows[1][4]:.2f}; "
+          f"default/dense peak {rows[0][3] / dense[3]:.3f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def run(widths: list[int], lr: float, steps: int, batch: int, seed: int, splits)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)  # one group, torch's defaults otherwise
     g = torch.Generator().manual_seed(seed)
     losses, t0 = [], time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(splits.train_x), (batch,), generator=g)
         loss = nn.functional.cross_entropy(model(splits.train_x[idx]), splits.train_y[idx])
         opt.zero_grad()

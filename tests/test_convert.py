@@ -6,10 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dftnet import DFTLinear
-from dftnet import BlockDFTLinear
-from dftnet.functional import block_matrix
+from dftnet import BlockDFTLinear, DFTLinear
 from dftnet.convert import convert, nearest_block_weight, nearest_dft_weight
+from dftnet.functional import block_matrix
 
 F64 = torch.float64
 

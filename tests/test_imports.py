@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APPLICATION = ("matplotlib", "tqdm", "numpy", "safetensors", "zarr", "pureml", "dftnet.experiments")
 
 
+@pytest.mark.subprocess
 def test_import_dftnet_loads_nothing_of_the_application():
     code = ("import json, sys\n"
             "import torch\n"

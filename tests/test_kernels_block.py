@@ -5,14 +5,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layer_checks import assert_matches_reference, penalty_weight_grad
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
-from dftnet import DFTLinear
-from dftnet import BlockDFTLinear
+from dftnet import BlockDFTLinear, DFTLinear
 from dftnet.functional import block_dft_linear, block_matrix, dft_linear
-
-from layer_checks import assert_matches_reference, penalty_weight_grad
 
 F64 = torch.float64
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layer_checks import assert_matches_reference, penalty_weight_grad
 from torch.autograd import gradcheck, gradgradcheck
 
 from dftnet import DFTLinear
 from dftnet.functional import dft_linear, dft_matrix
 from dftnet.plan import fast_length, make_plan
-from layer_checks import assert_matches_reference, penalty_weight_grad
 
 F64 = torch.float64
 

@@ -5,13 +5,13 @@ backward."""
 
 import pytest
 import torch
+from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 
 from dftnet._pipeline import structured_linear
 from dftnet._routes import Circulant
 from dftnet.functional import dft_matrix
 from dftnet.spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
-from layer_checks import assert_matches_reference
 
 F64 = torch.float64
 SCALE = 0.7

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from layer_checks import check_compile_matches_eager, check_dtype_against_dense, check_leading_shapes, check_trains
 from torch import nn
 
 from dftnet import DFTLinear
 from dftnet.functional import dft_linear, dft_matrix
-from layer_checks import check_compile_matches_eager, check_dtype_against_dense, check_leading_shapes, check_trains
 
 
 def test_parameters_and_repr():

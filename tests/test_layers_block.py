@@ -6,18 +6,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
-from dftnet import BlockDFTLinear
-from dftnet._signs import apply_signs, random_signs, register_sign_buffer
-from dftnet.functional import block_dft_linear, block_matrix
-
 from layer_checks import (
     check_compile_matches_eager,
     check_dtype_against_dense,
     check_leading_shapes,
     check_trains,
 )
+from torch import nn
+
+from dftnet import BlockDFTLinear
+from dftnet._signs import apply_signs, random_signs, register_sign_buffer
+from dftnet.functional import block_dft_linear, block_matrix
 
 F64 = torch.float64
 

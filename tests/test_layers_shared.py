@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from layer_checks import check_dtype_against_dense, check_leading_shapes, check_trains
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
-from layer_checks import check_dtype_against_dense, check_leading_shapes, check_trains
 
 F64 = torch.float64
 
@@ -196,3 +196,27 @@ def test_pruning_and_parametrizations_of_the_spectrum_are_honoured(make):
     torch.testing.assert_close(layer(x), x @ (dense_before / 2).T + layer.bias, rtol=0, atol=1e-12)
     layer(x).sum().backward()
     assert layer.parametrizations.spectrum.original.grad is not None
+
+
+@pytest.mark.parametrize("make", [lambda: DFTLinear(64, 96), lambda: BlockDFTLinear(64, 96, block_size=16)])
+def test_the_inference_memo_is_not_saved_copied_or_kept_by_to(make):
+    import copy
+    import io
+    import pickle
+
+    layer = make().eval()
+    with torch.no_grad():
+        layer(torch.randn(3, 64))  # fills the memo
+        layer.to_dense()
+    assert "_structure" in layer.__dict__
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    saved = buf.getvalue()
+    assert b"_InferenceMemo" not in saved and "_structure" not in pickle.loads(pickle.dumps(layer)).__dict__
+    clone = copy.deepcopy(layer)
+    assert "_structure" not in clone.__dict__
+    layer.to(torch.float64)
+    assert "_structure" not in layer.__dict__
+    x = torch.randn(2, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias)
+    torch.testing.assert_close(clone(x.float()), layer(x).float(), rtol=1e-5, atol=1e-5)

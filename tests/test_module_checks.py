@@ -7,12 +7,11 @@ import pickle
 
 import pytest
 import torch
-from torch import nn
+from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
 from dftnet import BlockDFTLinear, DFTLinear
-from layer_checks import assert_matches_reference
 
 P, Q = 20, 12
 # name -> (constructor, its positional arguments, keyword arguments): both layers with every optional part
@@ -212,3 +211,63 @@ def test_zero_batch_and_no_batch_inputs(kind, method, dtype, lead):
         assert all(g.abs().sum() == 0 for g in grads[1:])  # nothing to learn from an empty batch
     else:
         torch.testing.assert_close(grads[0], layer.to_dense().sum(0), rtol=REL[dtype], atol=REL[dtype])
+
+
+# The shapes of the two TestModule cases: p < q, p > q and p = q; (300, 785) and (256, 256) take the FFT
+# route with an FFT length above p (1,120) and the circular route with its elementwise gradient.
+SHAPES = [(300, 785), (785, 300), (256, 256), (P, Q), (Q, P), (16, 16)]
+
+
+def make_shaped(kind, method, p, q, dtype=torch.float32):
+    cls = DFTLinear if kind.startswith("dft") else BlockDFTLinear
+    args = (p, q) if cls is DFTLinear else (p, q, 4)
+    layer = cls(*args, method=method, dtype=dtype, sign_flip=True, diagonal=True, bias=not kind.endswith("nobias"))
+    with torch.no_grad():
+        layer.diagonal.uniform_(0.5, 1.5)
+    return layer
+
+
+def non_contiguous(t):
+    """TestModule's ``_make_non_contiguous``: the same values, every other element of a doubled tensor."""
+    return torch.repeat_interleave(t, 2, dim=-1)[..., ::2].detach().requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("p,q", SHAPES, ids=[f"{p}x{q}" for p, q in SHAPES])
+@pytest.mark.parametrize("lead", [(), (5,), (40,), (2, 3)], ids=["no-batch", "5", "40", "2x3"])
+def test_memory_format_gradients_are_contiguous(kind, method, p, q, lead):
+    """TestModule.test_memory_format's gradient check: grad_input and every parameter gradient come back
+    contiguous, as nn.Linear's do (not views into an FFT buffer, not the real part of a complex tensor)."""
+    layer = make_shaped(kind, method, p, q)
+    x = torch.randn(*lead, p, requires_grad=True)
+    y = layer(x)
+    assert y.is_contiguous()
+    grads = torch.autograd.grad(y, (x, *layer.parameters()), torch.randn_like(y))
+    names = ["input", *(name for name, _ in layer.named_parameters())]
+    for name, grad in zip(names, grads):
+        assert grad.is_contiguous(), f"{name}: strides {grad.stride()} for shape {tuple(grad.shape)}"
+    assert grads[0].view(-1).shape == (x.numel(),)
+
+
+@pytest.mark.parametrize("p,q", SHAPES, ids=[f"{p}x{q}" for p, q in SHAPES])
+@pytest.mark.parametrize("rows", [4, 300])
+def test_non_contiguous_tensors_give_the_contiguous_gradients(kind, method, p, q, rows):
+    """TestModule.test_non_contiguous_tensors: every combination of a strided input and a strided output
+    gradient gives the output and gradients of the contiguous call, within TestModule's default tolerances
+    (assert_close's); the FFT route copies to one layout first, so there they agree to the bit."""
+    layer = make_shaped(kind, method, p, q)
+    x = torch.randn(rows, p)
+    g = torch.randn(rows, q)
+
+    def run(xi, gi):
+        xi = xi.detach().requires_grad_()
+        y = layer(xi)
+        return (y, *torch.autograd.grad(y, (xi, *layer.parameters()), gi))
+
+    expected = run(x, g)
+    for xi, gi in ((non_contiguous(x), g), (x, non_contiguous(g)), (non_contiguous(x), non_contiguous(g))):
+        assert not (xi.is_contiguous() and gi.is_contiguous())
+        for got, want in zip(run(xi, gi), expected):
+            if method == "fft":
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(got, want)

@@ -19,11 +19,9 @@ The others, each with no public equivalent in torch 2.4-2.13:
 * ``torch._C.DisableTorchFunctionSubclass`` (:data:`no_torch_function_subclass`) and
   ``torch.utils._pytree`` (:func:`tree_flatten`, :func:`tree_map`): the weight's tensor subclass
   (:class:`dftnet._weight.WeightView`), as PyTorch's own subclasses use them.
-* ``torch._subclasses.fake_tensor.FakeTensorMode`` (:func:`fake_tensor_mode`): the memory estimate of a
-  training step before anything is allocated (:mod:`dftnet.experiments.preflight`). None where it moved.
-* ``torch.distributed._tools.mem_tracker`` (:func:`mem_tracker`): the peak tensor memory of a CPU step
-  (:mod:`dftnet.experiments.memory`); torch has no public peak counter for CPU tensor memory. None where
-  the module moved (then the experiments report nan).
+
+The application's own private-API shims (fake tensors, the memory tracker) are in
+:mod:`dftnet.experiments._compat`.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from torch.autograd import forward_ad
 from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached", "batched_grad", "grad_recorded",
-           "version_counter", "no_torch_function_subclass", "tree_flatten", "tree_map", "mem_tracker"]
+           "version_counter", "no_torch_function_subclass", "tree_flatten", "tree_map"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
@@ -92,23 +90,3 @@ def grad_recorded(*tensors) -> bool:
 def version_counter(t: torch.Tensor) -> int | None:
     """``t._version``, or None for an inference tensor (made in inference mode), which has no counter."""
     return None if t.is_inference() else t._version
-
-
-def fake_tensor_mode():
-    """``torch._subclasses.fake_tensor.FakeTensorMode`` (tensors with shapes, dtypes and devices but no
-    storage; present in torch 2.4 to 2.13), or None if the private module moved."""
-    try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-    except ImportError:  # pragma: no cover - the private module moved
-        return None
-    return FakeTensorMode
-
-
-def mem_tracker():
-    """``torch.distributed._tools.mem_tracker.MemTracker`` (present in torch 2.4 to 2.13), or None if the
-    private module moved."""
-    try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-    except ImportError:  # pragma: no cover - the private module moved
-        return None
-    return MemTracker

@@ -158,7 +158,7 @@ class Circulant(_Structure):
             return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.scale,
                                        diagonal)
         cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
-        return dft_forward(input, param, bias, plan, self.scale, cWf, diagonal)  # inference: no autograd bookkeeping
+        return dft_forward(input, param, bias, plan, self.scale, cWf, diagonal)  # inference: no autograd records
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         return dft_reference(input, self.weight(param), bias, self.plan)

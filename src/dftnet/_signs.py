@@ -25,8 +25,9 @@ def register_sign_buffer(module: nn.Module, in_features: int, enabled: bool, *, 
 @torch.no_grad()
 def reset_signs(module: nn.Module) -> None:
     """Re-draw ``module.sign`` in place (nothing if the module has no signs)."""
-    if module.sign is not None:
-        module.sign.copy_(random_signs(module.sign.shape[0], device=module.sign.device, dtype=module.sign.dtype))
+    sign = module.get_buffer("sign") if getattr(module, "sign", None) is not None else None
+    if sign is not None:
+        sign.copy_(random_signs(sign.shape[0], device=sign.device, dtype=sign.dtype))
 
 
 def apply_signs(input: Tensor, sign: Tensor | None) -> Tensor:

@@ -16,7 +16,8 @@ count varies with m and is 0 for m > q' + p' - 2: such a parameter does not affe
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,35 +93,41 @@ def _linear_like(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
     transformers' ``Conv1D`` (GPT-2; weight stored transposed, (in, out)). None for anything else."""
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
-            and module.weight.dim() == 2:
-        return module.weight.T, module.bias
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, Tensor) and weight.dim() == 2:
+        return weight.T, bias if isinstance(bias, Tensor) else None
     return None
 
 
 @torch.no_grad()
 def _structured_from(module: nn.Module, W: Tensor, bias: Tensor | None, layer: str, block_size: int | None,
-                     sign_flip: bool) -> nn.Module:
+                     sign_flip: bool) -> DFTLinear | BlockDFTLinear:
     q, p = W.shape
     W = W.detach()
-    kwargs = {"bias": bias is not None, "device": W.device, "dtype": W.dtype}
+    kwargs: dict[str, Any] = {"bias": bias is not None, "device": W.device, "dtype": W.dtype}
     if sign_flip:
         kwargs["sign_flip"] = True
-    new = DFTLinear(p, q, **kwargs) if layer == "dft" else BlockDFTLinear(p, q, block_size, **kwargs)
+    new: DFTLinear | BlockDFTLinear
+    if layer == "dft":
+        new = DFTLinear(p, q, **kwargs)
+    else:
+        assert block_size is not None
+        new = BlockDFTLinear(p, q, block_size, **kwargs)
     sign = getattr(new, "sign", None)
     # W ~ S diag(sign)  <=>  W diag(sign) ~ S (diag(sign) is orthogonal and its own inverse)
     target = W if sign is None else W * sign.to(W.dtype)
     if layer == "dft":
         new.set_weight_(nearest_dft_weight(target))
     else:
+        assert block_size is not None
         new.set_weight_(nearest_block_weight(target, block_size))
-    if bias is not None:
+    if bias is not None and new.bias is not None:
         new.bias.copy_(bias.detach())
-    trainable = module.weight.requires_grad
+    trainable = bool(module.weight.requires_grad)
     for param in (new.spectrum, new.diagonal):
         if param is not None:
             param.requires_grad_(trainable)
-    if bias is not None:
+    if bias is not None and new.bias is not None:
         new.bias.requires_grad_(bias.requires_grad)
     new.train(module.training)
     return new
@@ -251,7 +258,7 @@ def _from_variant(layer, block_size, sign_flip) -> tuple:
     """``convert(model, BlockDFT(16, sign_flip=True))`` or ``convert(model, "block-16-sign")``: the config's
     fields as (layer, block_size, sign_flip); the plain form ``("dft" | "block", block_size, sign_flip)``
     passes through."""
-    from .variants import BlockDFT, Dense, DFT, parse_variant
+    from .variants import DFT, BlockDFT, Dense, parse_variant
 
     if isinstance(layer, str) and layer in _LAYERS:
         return layer, block_size, sign_flip
@@ -261,12 +268,16 @@ def _from_variant(layer, block_size, sign_flip) -> tuple:
         return layer, block_size, sign_flip  # refused below with the full list
     if isinstance(variant, Dense):
         raise ValueError("convert: the dense variant is the model as it is; give dft or block-K")
+    if not isinstance(variant, (DFT, BlockDFT)):
+        raise ValueError(f"convert: {variant.name!r} has no projection from a dense weight; give dft or block-K")
+    if variant.ratio is not None:
+        raise ValueError(f"convert: {variant.name!r} names an MLP ratio, which converting a layer cannot change; "
+                         "give the variant without @R")
     if block_size is not None:
         raise ValueError(f"convert: block_size={block_size!r} given beside the variant {variant.name!r}; "
                          "give one of them")
     if isinstance(variant, BlockDFT):
         return "block", variant.block_size, sign_flip or variant.sign_flip
-    assert isinstance(variant, DFT)
     return "dft", None, sign_flip or variant.sign_flip
 
 

@@ -7,9 +7,9 @@ FFTs in O(n log n) per example.
 Block-circulant layer (block size k, weight (R, C, k) with R = ceil(q/k), C = ceil(p/k)):
 ``W[i, j] = w[i // k, j // k, (i + j) % k]``, computed by batched FFTs of length k.
 
-Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`), then autocast and half types,
-the route choice from one cost model (:func:`dftnet.plan.use_dense`), and exact handling of inf, nan and
-extreme magnitudes.
+Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`), then
+autocast and half types, the route choice from one cost model (:func:`dftnet.plan.use_dense`), and exact
+handling of inf, nan and extreme magnitudes.
 """
 
 from __future__ import annotations

@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 from ._checks import check_block_size, check_method, check_positive_int, check_real_input
 from ._compat import grad_recorded, has_tangent, tracing
-from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._pipeline import route, structured_linear
 from ._routes import BlockCirculant, Circulant
+from ._signs import apply_signs, register_sign_buffer, reset_signs
+from ._weight import WeightView
 from .init import block_circulant_kaiming_, block_magnitude, circulant_kaiming_, circulant_magnitude
 from .kernels.block import block_matrix
 from .kernels.circulant import dft_matrix
 from .plan import BlockShape, make_plan
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
-from ._weight import WeightView
 
 __all__ = ["DFTLinear", "BlockDFTLinear"]
 
@@ -35,6 +35,23 @@ class _StructuredLinear(nn.Module):
 
     # version 2: the parameter is ``spectrum`` (version 1 stored ``weight`` directly)
     _version = 2
+    spectrum: nn.Parameter
+    bias: nn.Parameter | None
+    diagonal: nn.Parameter | None
+    sign: Tensor | None
+
+    # what each layer defines: its explicit matrix from a weight, its init, its structure and what it depends on
+    def _matrix(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _init_weight(self, weight: Tensor) -> None:
+        raise NotImplementedError
+
+    def _make_structure(self):
+        raise NotImplementedError
+
+    def _structure_settings(self) -> tuple:
+        raise NotImplementedError
 
     def _setup(self, in_features, out_features, weight_shape, bias, sign_flip, diagonal, method, magnitude,
                exact_extremes, factory_kwargs):
@@ -73,15 +90,6 @@ class _StructuredLinear(nn.Module):
         return self._get_structure().memo.get(
             "weight_view", spectrum, lambda: WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self))
 
-    def _plain_weight(self) -> Tensor:
-        """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
-        nothing differentiates the spectrum."""
-        spectrum = self.spectrum
-        if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
-            return spectrum_to_weight(spectrum, self.spectral_scale)
-        return self._get_structure().memo.get("weight", spectrum,
-                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
-
     @weight.setter
     def weight(self, value: Tensor) -> None:
         """``layer.weight = w`` loads ``w`` (as :meth:`set_weight_` does, and as ``torch.nn.utils.parametrize``
@@ -94,14 +102,23 @@ class _StructuredLinear(nn.Module):
             )
         self.set_weight_(value)
 
+    def _plain_weight(self) -> Tensor:
+        """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
+        nothing differentiates the spectrum."""
+        spectrum = self.spectrum
+        if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
+            return spectrum_to_weight(spectrum, self.spectral_scale)
+        return self._get_structure().memo.get("weight", spectrum,
+                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
+
     def __setattr__(self, name: str, value) -> None:
         if name == "weight":  # before nn.Module's Parameter branch, which would raise a bare KeyError
-            type(self).weight.fset(self, value)
+            _StructuredLinear.weight.fset(self, value)  # type: ignore[attr-defined]  # the property's setter
         else:
             super().__setattr__(name, value)
 
     @torch.no_grad()
-    def set_weight_(self, weight: Tensor) -> "_StructuredLinear":
+    def set_weight_(self, weight: Tensor) -> _StructuredLinear:
         """Make the layer's weight equal ``weight`` (same shape as ``spectrum``), in place."""
         if tuple(weight.shape) != tuple(self.spectrum.shape):
             raise ValueError(f"expected a weight of shape {tuple(self.spectrum.shape)}, got {tuple(weight.shape)}")
@@ -140,6 +157,19 @@ class _StructuredLinear(nn.Module):
                 return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def __getstate__(self):
+        """Pickling and ``copy.deepcopy`` leave out the structure and its inference memo (cached matrices):
+        the copy rebuilds them on first use."""
+        state = self.__dict__.copy()
+        state.pop("_structure", None)
+        return state
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.cuda()``, ``.half()`` and the like drop the structure and its inference memo, so no
+        copy on the old device or in the old dtype stays alive."""
+        self.__dict__.pop("_structure", None)
+        return super()._apply(fn, recurse)
 
     def _get_structure(self):
         """The layer's structure (plan, routes, inference memo; :mod:`dftnet._routes`), rebuilt when a
@@ -229,7 +259,7 @@ class DFTLinear(_StructuredLinear):
             (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
         diagonal: learn a diagonal scaling of the input, ``y = W diag(d) x + b`` (diagonal-circulant
             layers, Araujo et al., 2020): p more parameters, initialised to 1. On by default: it raised
-            the seed MNIST net's test accuracy by about half a point (README).
+            the seed MNIST net's test accuracy by about half a point (docs/training.md, "Earlier levers").
 
     Attributes:
         spectrum: the parameter, ``(n,)``: the weight's Hartley spectrum over ``spectral_scale``

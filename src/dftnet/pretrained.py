@@ -13,6 +13,7 @@ transformers and safetensors are imported only when these functions run: ``impor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ def save_converted(model: nn.Module, directory, report: ConversionReport, **save
     if not report:
         raise ValueError("save_converted: the report lists no converted module; use save_pretrained")
     directory = Path(directory)
-    model.save_pretrained(directory, **save_kwargs)
+    model.save_pretrained(directory, **save_kwargs)  # type: ignore[operator]  # a Hugging Face model
     layers = {}
     for r in report:
         module = model.get_submodule(r["name"])
@@ -63,7 +64,7 @@ def load_converted(model_class, directory, **config_kwargs) -> nn.Module:
         groups.setdefault(key, []).append(name)
     for (layer, block_size, sign_flip, diagonal), names in groups.items():
         wanted = set(names)
-        done = convert(model, layer, block_size, min_features=1, filter_fn=lambda m, n: n in wanted,
+        done = convert(model, layer, block_size, min_features=1, filter_fn=_named(wanted),
                        sign_flip=sign_flip, convert_head=True)
         if {r["name"] for r in done} != wanted:
             missing = sorted(wanted - {r["name"] for r in done})
@@ -94,3 +95,8 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _named(names: set[str]) -> Callable[[nn.Module, str], bool]:
+    """A ``convert`` filter that keeps the modules of these qualified names."""
+    return lambda module, name: name in names

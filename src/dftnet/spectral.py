@@ -33,7 +33,7 @@ from ._compat import batched_grad, cached
 __all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "by_cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
            "conj_rfft_of_weight", "spectrum_grad"]
 
-# Chosen by measurement (README, "Large nets that learn"): 4, 16, 32 and 64 were tried; with AdamW at
+# Chosen by measurement (docs/training.md, "A user's own loop"): 4, 16, 32 and 64 were tried; with AdamW at
 # lr 1e-3 ... 3e-3, 32 moves every layer's spectrum by about 3-10% of its initial magnitude per step.
 SPECTRAL_GAIN = 32.0
 
@@ -65,7 +65,9 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     n = spectrum.shape[-1]
     if by_cas_matrix(spectrum):
         return spectrum @ cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
-    return hartley(spectrum) * (scale / n)
+    # scaled first: the spectrum's gradient is then the scaling's fresh, contiguous product, not the real
+    # part of the FFT's complex gradient (a view with stride 2)
+    return hartley(spectrum * (scale / n))
 
 
 def by_cas_matrix(spectrum: Tensor) -> bool:

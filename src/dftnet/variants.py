@@ -7,9 +7,15 @@ A variant is a small frozen config, in the style of torchao's ``quantize_(model,
     BlockDFT(16)               -> BlockDFTLinear(k=16) name "block-16"
     BlockDFT(16, sign_flip=True)                       name "block-16-sign"
     Dense()                    -> nn.Linear            name "dense"
+    LowRank(4)                 -> peers.LowRankLinear  name "lowrank-4" (rank min(p, q) // 4)
+    Monarch(4)                 -> peers.MonarchLinear  name "monarch-4" (4 blocks)
 
-``parse_variant("block-16-sign")`` gives the object for a name (the command line's form), and
-``variant.build(in_features, out_features)`` the layer; :func:`dftnet.convert` takes either form.
+Any name may end in ``@R``: the variant of an MLP R times as wide as its input (``dft@16``; the
+``ratio`` field, which a model that has an MLP reads and a single layer ignores).
+
+``parse_variant("block-16-sign")`` gives the object for a name (the command line's form, the one
+grammar every part of DFTnet uses), and ``variant.build(in_features, out_features)`` the layer;
+:func:`dftnet.convert` takes either form.
 """
 
 from __future__ import annotations
@@ -19,17 +25,32 @@ from dataclasses import dataclass
 from torch import nn
 
 from .layers import BlockDFTLinear, DFTLinear
+from .peers import LowRankLinear, MonarchLinear
 
-__all__ = ["Dense", "DFT", "BlockDFT", "Variant", "parse_variant"]
+__all__ = ["Dense", "DFT", "BlockDFT", "LowRank", "Monarch", "Variant", "parse_variant"]
+
+
+def _with_ratio(name: str, ratio: int | None) -> str:
+    return name if ratio is None else f"{name}@{ratio}"
+
+
+def _positive(what: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
 class Dense:
     """``nn.Linear``: the reference every structured variant is measured against."""
 
+    ratio: int | None = None
+
+    def __post_init__(self):
+        _positive("ratio", self.ratio)
+
     @property
     def name(self) -> str:
-        return "dense"
+        return _with_ratio("dense", self.ratio)
 
     def build(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> nn.Module:
         return nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -41,10 +62,14 @@ class DFT:
 
     sign_flip: bool = False
     diagonal: bool = True
+    ratio: int | None = None
+
+    def __post_init__(self):
+        _positive("ratio", self.ratio)
 
     @property
     def name(self) -> str:
-        return "dft-sign" if self.sign_flip else "dft"
+        return _with_ratio("dft-sign" if self.sign_flip else "dft", self.ratio)
 
     def build(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
               **kwargs) -> DFTLinear:
@@ -59,14 +84,16 @@ class BlockDFT:
     block_size: int
     sign_flip: bool = False
     diagonal: bool = False
+    ratio: int | None = None
 
     def __post_init__(self):
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"BlockDFT: block_size must be a positive integer, got {self.block_size!r}")
+        _positive("ratio", self.ratio)
 
     @property
     def name(self) -> str:
-        return f"block-{self.block_size}" + ("-sign" if self.sign_flip else "")
+        return _with_ratio(f"block-{self.block_size}" + ("-sign" if self.sign_flip else ""), self.ratio)
 
     def build(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
               **kwargs) -> BlockDFTLinear:
@@ -74,21 +101,73 @@ class BlockDFT:
                               sign_flip=self.sign_flip, diagonal=self.diagonal, **kwargs)
 
 
-Variant = Dense | DFT | BlockDFT
+@dataclass(frozen=True)
+class LowRank:
+    """:class:`~dftnet.peers.LowRankLinear` of rank ``min(p, q) // k`` (at least 1): two thin dense layers."""
+
+    k: int
+    ratio: int | None = None
+
+    def __post_init__(self):
+        _positive("LowRank: k", self.k)
+        _positive("ratio", self.ratio)
+
+    @property
+    def name(self) -> str:
+        return _with_ratio(f"lowrank-{self.k}", self.ratio)
+
+    def build(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> LowRankLinear:
+        return LowRankLinear(in_features, out_features, max(1, min(in_features, out_features) // self.k), bias=bias,
+                             device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Monarch:
+    """:class:`~dftnet.peers.MonarchLinear` with ``nblocks`` blocks (which must divide both sides)."""
+
+    nblocks: int
+    ratio: int | None = None
+
+    def __post_init__(self):
+        _positive("Monarch: nblocks", self.nblocks)
+        _positive("ratio", self.ratio)
+
+    @property
+    def name(self) -> str:
+        return _with_ratio(f"monarch-{self.nblocks}", self.ratio)
+
+    def build(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> MonarchLinear:
+        return MonarchLinear(in_features, out_features, self.nblocks, bias=bias, device=device, dtype=dtype)
+
+
+Variant = Dense | DFT | BlockDFT | LowRank | Monarch
+VARIANT_TYPES = (Dense, DFT, BlockDFT, LowRank, Monarch)
+NAMES = "dense, dft, dft-sign, block-K, block-K-sign, lowrank-K, monarch-B, each optionally @R"
 
 
 def parse_variant(spec: str | Variant) -> Variant:
-    """A variant from its name (``dft``, ``dense``, ``dft-sign``, ``block-K``, ``block-K-sign``), or itself."""
-    if isinstance(spec, (Dense, DFT, BlockDFT)):
+    """A variant from its name (``dense``, ``dft``, ``dft-sign``, ``block-K``, ``block-K-sign``, ``lowrank-K``,
+    ``monarch-B``, each optionally ending in ``@R``), or itself."""
+    if isinstance(spec, VARIANT_TYPES):
         return spec
-    parts = str(spec).lower().split("-")
-    sign = parts[-1] == "sign" and parts[0] != "dense"
+    text = str(spec).strip().lower()
+    name, at, r = text.partition("@")
+    if at and not (r.isdigit() and int(r) > 0):
+        raise ValueError(f"variant {spec!r}: the MLP ratio after @ must be a positive integer")
+    ratio = int(r) if at else None
+    parts = name.split("-")
+    sign = parts[-1] == "sign" and parts[0] in ("dft", "block")
     if sign:
         parts = parts[:-1]
+    number = len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > 0
     if parts == ["dense"]:
-        return Dense()
+        return Dense(ratio=ratio)
     if parts == ["dft"]:
-        return DFT(sign_flip=sign)
-    if len(parts) == 2 and parts[0] == "block" and parts[1].isdigit() and int(parts[1]) > 0:
-        return BlockDFT(int(parts[1]), sign_flip=sign)
-    raise ValueError(f"unknown layer variant {spec!r}: expected dft, dense, dft-sign, block-K or block-K-sign")
+        return DFT(sign_flip=sign, ratio=ratio)
+    if number and parts[0] == "block":
+        return BlockDFT(int(parts[1]), sign_flip=sign, ratio=ratio)
+    if number and parts[0] == "lowrank" and not sign:
+        return LowRank(int(parts[1]), ratio=ratio)
+    if number and parts[0] == "monarch" and not sign:
+        return Monarch(int(parts[1]), ratio=ratio)
+    raise ValueError(f"unknown layer variant {spec!r}: expected {NAMES}")

@@ -77,7 +77,7 @@ def test_sweep_rows_have_fields_and_positive_times(rows):
 
 
 def test_quartiles_and_overhead_of_a_cell():
-    r = bench.bench_cell(64, 64, 1, "fwd", repeats=6, budget=0.1)
+    r = bench.bench_cell(64, 64, 1, "fwd", repeats=6, budget=2.0)  # room for 6 turns on a loaded machine
     assert r["repeats"] >= 4  # real quartiles, not the extremes of 3 turns
     for name in ("dftnet", "plain", "linear", "floor"):
         q1, med, q3 = r[f"{name}_q1_ms"], r[f"{name}_ms"], r[f"{name}_q3_ms"]
@@ -96,10 +96,10 @@ def test_table_is_aligned(rows):
     lines = text.splitlines()
     assert len(lines) == 2 + len(rows)
     assert "dftnet ms" in lines[0] and "lin/dft" in lines[0] and lines[0].count("±") == 2
-    assert all(l.count("%") == 2 for l in lines[2:])  # the spreads of dftnet and of dft/floor
-    assert len({len(l) for l in lines[2:]}) == 1  # same-width lines
+    assert all(ln.count("%") == 2 for ln in lines[2:])  # the spreads of dftnet and of dft/floor
+    assert len({len(ln) for ln in lines[2:]}) == 1  # same-width lines
     assert lines[2].startswith("16 ")
-    assert any(l.startswith("1024x600") for l in lines)
+    assert any(ln.startswith("1024x600") for ln in lines)
     mins = bench.format_table(rows, stat="min").splitlines()
     assert len(mins) == len(lines) and mins[0] == lines[0]
     with pytest.raises(ValueError, match="average"):
@@ -262,6 +262,7 @@ def test_quick_settings(tmp_path):
     assert "--no-end-to-end" in text and "end_to_end.csv" in text
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_script_reports_bad_value_with_exit_2(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"

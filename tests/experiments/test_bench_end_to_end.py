@@ -1,4 +1,6 @@
-"""The benchmark's end-to-end row (the seed net's training step, DFT against dense), on a tiny net. No timing asserts."""
+"""The benchmark's end-to-end row (the seed net's training step, DFT against dense), on a tiny net.
+
+No timing asserts."""
 
 import csv
 import json

@@ -1,4 +1,5 @@
-"""The transformer preset of `dftnet bench`: its shapes, rows, table, outputs and flags, on tiny shapes. No timing asserts."""
+"""The transformer preset of `dftnet bench`: its shapes, rows, table, outputs and flags, on tiny shapes.
+No timing asserts."""
 
 import argparse
 import csv

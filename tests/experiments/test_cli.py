@@ -86,6 +86,7 @@ def test_eval_refuses_bad_files(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_console_script_entry_point_and_module():
     res = subprocess.run([sys.executable, "-m", "dftnet", "train", "--epochs", "0"], capture_output=True, text=True)
@@ -95,6 +96,7 @@ def test_console_script_entry_point_and_module():
     assert res.returncode == 0 and "dftnet" in res.stdout
 
 
+@pytest.mark.subprocess
 def test_without_the_extra_the_command_says_what_to_install():
     """The core installed alone: ``dftnet`` prints one line naming the extra, exit status 2."""
     code = ("import sys; sys.modules['tqdm'] = None; sys.modules['zarr'] = None\n"  # as if not installed

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_scripts import slow_checkpoint_cli
 
 from dftnet.experiments.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from dftnet.experiments.cli import main
-
-from child_scripts import slow_checkpoint_cli
 from dftnet.experiments.evaluate import load_model
 
 TRIED = Counter()
@@ -211,7 +210,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run, kill_
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write(tmp_path, reference_run):
-    """A slow rename (os.replace patched in the child) stretches the window between writing the temp file and renaming it."""
+    """A slow rename (os.replace patched in the child) stretches the window between writing the temp file and
+    renaming it."""
     TRIED["sigkill-during-write"] += 1
     out = tmp_path / "run"
     proc = _start(out, slow_save=True)

@@ -23,13 +23,13 @@ TINY_ARGS = ["--d-model", "32", "--layers", "1", "--heads", "2", "--context", "3
 
 @pytest.fixture(scope="module")
 def small_stdlib(tmp_path_factory):
-    """A small corpus: 60 real standard-library files (about 1 MB), with both splits non-empty."""
+    """A small corpus: 60 real standard-library files (about 1 MB), with every split non-empty."""
     root = tmp_path_factory.mktemp("stdlib")
     files = [f for f in corpus.corpus_files(corpus.stdlib_root()) if "/" not in f][:60]
     for f in files:
         shutil.copy(corpus.stdlib_root() / f, root / f)
-    train, val = corpus.split_files(files)
-    assert train and val
+    train, val, test = corpus.split_files(files)
+    assert train and val and test
     return root
 
 
@@ -50,10 +50,11 @@ def test_split_is_deterministic_and_disjoint():
     files = corpus.corpus_files()
     assert len(files) > 100 and files == sorted(files)
     assert not any(part in ("test", "tests", "site-packages") for f in files for part in f.split("/")[:-1])
-    train, val = corpus.split_files(files)
-    assert not set(train) & set(val) and sorted(train + val) == files
-    assert 0.02 < len(val) / len(files) < 0.10
-    assert corpus.split_files(list(reversed(files))) == (train, val)  # order-free: by path hash alone
+    train, val, test = corpus.split_files(files)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(train + val + test) == files
+    assert 0.02 < len(val) / len(files) < 0.10 and 0.02 < len(test) / len(files) < 0.10
+    assert corpus.split_files(list(reversed(files))) == (train, val, test)  # order-free: by path hash alone
     assert [corpus.is_validation(f) for f in files] == [corpus.is_validation(f) for f in files]
     assert corpus.is_validation("json/decoder.py") == corpus.is_validation("json/decoder.py")
 
@@ -69,7 +70,7 @@ def test_corpus_files_exclusions_and_content_hash(tmp_path):
     assert "a.py" in files and "pkg/b.py" in files and len(files) == 42
     a, b = corpus.load_corpus(tmp_path), corpus.load_corpus(tmp_path)
     assert a.info == b.info and torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
-    assert a.info["files"] == 42 and a.info["bytes"] == len(a.train) + len(a.val)
+    assert a.info["files"] == 42 and a.info["bytes"] == len(a.train) + len(a.val) + len(a.test)
     (tmp_path / "m0.py").write_text("x = 1000\n" * 50)
     assert corpus.load_corpus(tmp_path).info["sha256"] != a.info["sha256"]
     with pytest.raises(corpus.DataError, match="too few"):
@@ -186,16 +187,6 @@ def test_bad_flags_exit_2_with_one_line(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_defaults_are_the_config_defaults():
-    from dftnet.experiments.cli import build_parser
-
-    args = build_parser().parse_args(["lm"])
-    cfg = LMConfig()
-    assert tuple(args.variants) == cfg.variants == ("dense", "block-16", "dft")
-    for key in ("d_model", "layers", "heads", "context", "batch_size", "max_steps", "lr", "eval_every", "seed"):
-        assert getattr(args, key) == getattr(cfg, key), key
-
-
 def test_cli_run_folder_rules(capsys, tmp_path, use_small):
     out = str(tmp_path / "run")
     code = main(["lm", *TINY_ARGS, "--variants", "dense,dft", "--out", out])
@@ -218,6 +209,7 @@ def test_cli_run_folder_rules(capsys, tmp_path, use_small):
     assert "already holds a language-model run" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo), same global batch: the same weights and metrics as 1 (within

@@ -294,6 +294,7 @@ def _torchrun(tmp_path, *args, program=("-m", "dftnet")):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_exactly(tmp_path):
     import time
@@ -327,6 +328,7 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("check", [True, False])
 def test_a_real_address_space_limit_refuses_or_ends_in_one_line(tmp_path, check):

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from child_scripts import slow_checkpoint_cli
 
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.cli import main
-
-from child_scripts import slow_checkpoint_cli
 from dftnet.experiments.runfolder import LOCK_NAME, RunFolderError, RunLock
 
 TINY = ["--layer", "dft", "--widths", "784,16,10", "--limit", "64", "--batch-size", "32", "--epochs", "1",
@@ -92,7 +91,8 @@ def test_sweep_and_bench_folders_are_not_overwritten(capsys, tmp_path):
     sweep.mkdir()
     (sweep / "sweep.json").write_text("{}")
     code, out, err = _call(capsys, "sweep", "--W", "8", "--variants", "dft", "--limit", "64", "--out", str(sweep))
-    assert code == 2 and "already holds a sweep (sweep.json): use --resume to continue it, a new --out, or --overwrite" in err
+    assert code == 2
+    assert "already holds a sweep (sweep.json): use --resume to continue it, a new --out, or --overwrite" in err
     _one_line(err)
     assert out == "" and (sweep / "sweep.json").read_text() == "{}"
 

@@ -83,6 +83,7 @@ def full_disk(request, tmp_path, monkeypatch):
         yield tmp_path, failing_save(monkeypatch, errno.ENOSPC, after=4)
 
 
+@pytest.mark.subprocess
 def test_disk_full_stops_cleanly_and_resume_finishes(capsys, full_disk, reference):
     disk, free_space = full_disk
     out = disk / "run"
@@ -136,6 +137,7 @@ def test_unwritable_folder(capsys, tmp_path):
     assert f"cannot create the lock file {out / LOCK_NAME}: permission denied" in err
 
 
+@pytest.mark.subprocess
 def test_read_only_folder(capsys, tmp_path, monkeypatch):
     """A finished run on a read-only file system: a new run or --resume cannot lock it (exit 1, files
     unchanged); eval reads it. Root remounts a tmpfs read-only; others get a patched open()."""
@@ -173,7 +175,8 @@ def test_read_only_folder(capsys, tmp_path, monkeypatch):
 
 def test_out_is_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
-    for argv in (["train", "--out", str(tmp_path / "file")], ["bench", "--quick", "--out", str(tmp_path / "file" / "b")]):
+    for argv in (["train", "--out", str(tmp_path / "file")],
+                 ["bench", "--quick", "--out", str(tmp_path / "file" / "b")]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         _one_line(err)

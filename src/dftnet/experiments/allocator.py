@@ -3,7 +3,7 @@
 A training step allocates and frees tensors of a few MiB (FFT spectra, activations, gradients). glibc
 returns such blocks to the OS (they are mmap'd, or trimmed off the heap top) and the next step touches
 fresh pages: about a thousand page faults per step of the seed MNIST net, 10-20 % of the step on the
-2-core VM the README's numbers come from (and as much for the dense net). The commands of
+2-core VM the measurements of docs/performance.md come from (and as much for the dense net). The commands of
 ``dftnet`` therefore raise glibc's thresholds once at start-up: blocks up to 32 MiB come from the heap,
 and up to 1 GiB of free heap is kept. A process's peak memory is then held until it exits.
 

@@ -56,6 +56,22 @@ positive_float = number(float, positive=True)
 nonneg_float = number(float, positive=False)
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"10m"`` or ``"1.5h"``: a positive, finite duration."""
+    raw = str(text).strip().lower()
+    scale = _UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1.0)
+    except ValueError:
+        raise ArgumentValueError(f"expected a duration such as 90s, 10m or 1.5h, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ArgumentValueError(f"expected a positive duration such as 90s, 10m or 1.5h, got {text!r}")
+    return value
+
+
 def comma_list(item: Callable[[str], object], what: str = "value") -> Callable[[str | Iterable], list]:
     """``"a,b,c"`` -> ``[item("a"), item("b"), item("c")]``; a sequence (Python callers) item by item."""
 
@@ -96,27 +112,45 @@ def mlp_widths(text: str) -> tuple[int, ...]:
         raise ArgumentValueError(str(e)) from None
 
 
-def layer_spec(text: str) -> str:
-    """A model variant: dft, dense, dft-sign, block-K, block-K-sign (see ``models.parse_layer_spec``)."""
-    from .models import parse_layer_spec
+def variant_name(kinds: tuple[type, ...] | None = None, ratio: bool = False) -> Callable[[str], str]:
+    """A variant name of :func:`dftnet.variants.parse_variant` (the one grammar), limited to ``kinds`` and
+    to names without ``@R`` unless ``ratio``; returns its canonical name."""
 
-    try:
-        parse_layer_spec(text)
-    except ValueError as e:
-        raise ArgumentValueError(str(e)) from None
-    return str(text).lower()
+    def parse(text) -> str:
+        from dftnet.variants import parse_variant
+
+        try:
+            v = parse_variant(text)
+        except ValueError as e:
+            raise ArgumentValueError(str(e)) from None
+        if kinds is not None and not isinstance(v, kinds):
+            names = ", ".join(sorted(k.__name__ for k in kinds))
+            raise ArgumentValueError(f"{v.name!r} is not a variant here: expected one of the kinds {names}")
+        if v.ratio is not None and not ratio:
+            raise ArgumentValueError(f"{v.name!r}: an MLP ratio (@R) has no meaning here")
+        return v.name
+
+    return parse
+
+
+def layer_spec(text: str) -> str:
+    """A variant of the MNIST nets: dft, dense, dft-sign, block-K, block-K-sign."""
+    from dftnet.variants import DFT, BlockDFT, Dense
+
+    return variant_name((Dense, DFT, BlockDFT))(text)
 
 
 def mlp_variant(text: str) -> str:
-    """An MLP variant of ``dftnet lm``: a layer variant, ``lowrank-K`` or ``monarch-B``, optionally ``@R``."""
+    """An MLP variant of ``dftnet lm``: any variant, optionally ``@R``."""
     from .gpt import GPTConfig, split_variant
 
+    name = variant_name(ratio=True)(text)
     try:
-        mlp, ratio = split_variant(text)
-        GPTConfig(mlp=mlp, mlp_ratio=ratio, d_model=256, heads=1)  # the name alone; shapes are checked later
+        mlp, r = split_variant(name)
+        GPTConfig(mlp=mlp, mlp_ratio=r, d_model=256, heads=1)  # the name alone; shapes are checked later
     except ValueError as e:
         raise ArgumentValueError(str(e)) from None
-    return str(text).lower()
+    return name
 
 
 def train_layer(text: str) -> str:

@@ -6,12 +6,14 @@ remains."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -132,8 +134,23 @@ def save_safetensors(state_dict: dict, path: str | os.PathLike, metadata: dict[s
     with atomic_path(path, tensor_bytes(tensors)) as tmp:
         save_file(tensors, str(tmp), metadata={"format": SAFETENSORS_FORMAT, **metadata})
         with open(tmp, "rb+") as f:
+            _sort_metadata(f)
             os.fsync(f.fileno())
     return path
+
+
+def _sort_metadata(f) -> None:
+    """Rewrite a safetensors header in place with its metadata keys sorted: safetensors writes them in a
+    hash map's order, which changes from process to process, and the same weights should give the same
+    bytes. The header keeps its length (its JSON is re-serialised the same way, padded with spaces)."""
+    n = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(n))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) <= n:
+        f.seek(8)
+        f.write(text.ljust(n, b" "))
 
 
 def load_safetensors(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:

@@ -5,30 +5,34 @@ It is on every machine with Python, so nothing is downloaded. The ``*.py`` files
 ``idlelib/test``) and ``site-packages``: about 800 files and 12.6 MB on CPython 3.11. Bytes are the
 tokens (a vocabulary of 256, no tokenizer).
 
-Each file goes to validation or training by a stable hash (SHA-256) of its relative path, so the split
-is the same on every machine with the same Python. :attr:`Corpus.info` records the file counts, sizes
-and a content hash (SHA-256 over every file's relative path and bytes), which go into the run's config.
+Each file goes to training, validation or test by a stable hash (SHA-256) of its relative path, so the split
+is the same on every machine with the same Python: 5% of the files validate (the curves, and every choice a
+study makes, such as learning rates), another 5% are the held-out test split that only reports.
+:attr:`Corpus.info` records the file counts, sizes and a content hash (SHA-256 over every file's relative path
+and bytes), which go into the run's config.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .data import DataError
 
-__all__ = ["Corpus", "STDLIB_ROOT", "EXCLUDED_DIRS", "VAL_PERMILLE", "stdlib_root", "corpus_files",
-           "is_validation", "split_files", "load_corpus", "batch_indices", "get_batch", "eval_windows"]
+__all__ = ["Corpus", "STDLIB_ROOT", "EXCLUDED_DIRS", "VAL_PERMILLE", "TEST_PERMILLE", "stdlib_root",
+           "corpus_files", "split_of", "is_validation", "split_files", "load_corpus", "batch_indices", "get_batch",
+           "eval_windows"]
 
 # Test hook: read this folder instead of the interpreter's standard library when set.
 STDLIB_ROOT: Path | None = None
 
 EXCLUDED_DIRS = frozenset({"test", "tests", "site-packages", "__pycache__"})
 VAL_PERMILLE = 50  # 5% of the files (by path hash) are validation
+TEST_PERMILLE = 50  # the next 5% are the test split
 
 
 def stdlib_root() -> Path:
@@ -48,26 +52,33 @@ def corpus_files(root: Path | None = None) -> list[str]:
     return sorted(files)
 
 
+def split_of(relpath: str) -> str:
+    """``"val"``, ``"test"`` or ``"train"``: the first 8 bytes of SHA-256 of the relative path, mod 1000,
+    below :data:`VAL_PERMILLE` are validation, the next :data:`TEST_PERMILLE` test, the rest training. The
+    same answer on every machine, whatever order the files are listed in."""
+    h = int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big") % 1000
+    return "val" if h < VAL_PERMILLE else "test" if h < VAL_PERMILLE + TEST_PERMILLE else "train"
+
+
 def is_validation(relpath: str) -> bool:
-    """A file is validation when the first 8 bytes of SHA-256 of its relative path, mod 1000, are below
-    :data:`VAL_PERMILLE`: the same answer on every machine, whatever order the files are listed in."""
-    h = int.from_bytes(hashlib.sha256(relpath.encode("utf-8")).digest()[:8], "big")
-    return h % 1000 < VAL_PERMILLE
+    return split_of(relpath) == "val"
 
 
-def split_files(files: list[str]) -> tuple[list[str], list[str]]:
-    """``(train, val)``: each sorted, disjoint, together all of ``files``."""
+def split_files(files: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``(train, val, test)``: each sorted, pairwise disjoint, together all of ``files``."""
     files = sorted(set(files))
-    return [f for f in files if not is_validation(f)], [f for f in files if is_validation(f)]
+    return tuple([f for f in files if split_of(f) == name] for name in ("train", "val", "test"))
 
 
 @dataclass
 class Corpus:
-    """The training and validation byte streams (uint8 tensors: files concatenated in path order)."""
+    """The training, validation and test byte streams (uint8 tensors: files concatenated in path order).
+    ``test`` may be empty for a very small corpus (tests); what reports on it says so."""
 
     train: torch.Tensor
     val: torch.Tensor
     info: dict
+    test: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
 
 
 def load_corpus(root: Path | None = None, limit: int | None = None) -> Corpus:
@@ -75,7 +86,7 @@ def load_corpus(root: Path | None = None, limit: int | None = None) -> Corpus:
     recorded size and hash are always those of the whole corpus."""
     root = Path(root) if root is not None else stdlib_root()
     files = corpus_files(root)
-    train_files, val_files = split_files(files)
+    train_files, val_files, test_files = split_files(files)
     if not train_files or not val_files:
         raise DataError(f"the corpus in {root} has {len(files)} .py files: too few for a training and "
                         f"a validation split")
@@ -88,11 +99,13 @@ def load_corpus(root: Path | None = None, limit: int | None = None) -> Corpus:
     digest = hashlib.sha256()
     for rel in files:  # path order, whatever the split
         digest.update(rel.encode("utf-8") + b"\0" + contents[rel] + b"\0")
-    streams = {"train": b"".join(contents[f] for f in train_files), "val": b"".join(contents[f] for f in val_files)}
+    streams = {name: b"".join(contents[f] for f in names)
+               for name, names in (("train", train_files), ("val", val_files), ("test", test_files))}
     info = {
         "root": str(root), "files": len(files), "train_files": len(train_files), "val_files": len(val_files),
-        "bytes": len(streams["train"]) + len(streams["val"]), "train_bytes": len(streams["train"]),
-        "val_bytes": len(streams["val"]), "sha256": digest.hexdigest(), "limit": limit,
+        "test_files": len(test_files), "bytes": sum(len(b) for b in streams.values()),
+        "train_bytes": len(streams["train"]), "val_bytes": len(streams["val"]), "test_bytes": len(streams["test"]),
+        "sha256": digest.hexdigest(), "limit": limit,
     }
     tensors = {}
     for name, data in streams.items():
@@ -100,7 +113,7 @@ def load_corpus(root: Path | None = None, limit: int | None = None) -> Corpus:
             data = data[:limit]
         tensors[name] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else \
             torch.empty(0, dtype=torch.uint8)
-    return Corpus(tensors["train"], tensors["val"], info)
+    return Corpus(tensors["train"], tensors["val"], info, tensors["test"])
 
 
 def batch_indices(n_bytes: int, context: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -123,6 +136,6 @@ def eval_windows(stream: torch.Tensor, context: int, count: int) -> torch.Tensor
     validation stream: ``(k, context + 1)``, the same for every variant and every evaluation."""
     total = len(stream) // (context + 1)
     if total == 0:
-        raise DataError(f"the validation stream has {len(stream)} bytes: too few for --context {context}")
+        raise DataError(f"the evaluation stream has {len(stream)} bytes: too few for --context {context}")
     chosen = torch.linspace(0, total - 1, min(count, total)).round().long().unique()
     return stream[: total * (context + 1)].view(total, context + 1)[chosen]

@@ -13,46 +13,68 @@ Counted per token, a multiply-add as 2 FLOPs, a real FFT of length N as 2.5 N lo
   - ``block-K``: an rfft of each input block and an irfft of each output block, and the block-spectral
     products: (p/K + q/K) FFTs of length K and (q/K)(p/K)(K/2 + 1) complex multiply-adds of 8 FLOPs.
 
-This is the cost of the FFT algorithm each layer stands for; at small sizes a layer may run its dense
-route instead (:mod:`dftnet.plan`), whose real cost the measured step time shows.
+A structured layer that runs its dense route (:mod:`dftnet.plan`: it materialises the q x p matrix and
+multiplies) is counted as dense, 2 p q: pass the route each layer takes (``layer.route(rows, training=True)``,
+:func:`layer_routes`) and the count is of the algorithm that runs. With ``structure="mlp+attn"`` the
+attention projections are counted by the same rule as the MLP's layers.
 """
 
 from __future__ import annotations
 
 import math
 
-from .gpt import VOCAB, GPTConfig, _peer_spec
-from .models import parse_layer_spec
+from dftnet.variants import DFT, BlockDFT, Dense, LowRank, Monarch, parse_variant
 
-__all__ = ["layer_flops", "step_flops"]
+from .gpt import VOCAB, GPTConfig
+
+__all__ = ["layer_flops", "step_flops", "layer_routes"]
 
 
 def _fft(n: int) -> float:
     return 2.5 * n * math.log2(n) if n > 1 else 0.0
 
 
-def layer_flops(spec: str, p: int, q: int) -> float:
-    """Forward FLOPs per token of one MLP layer ``p -> q`` of variant ``spec`` (without the bias)."""
-    peer, k = _peer_spec(spec)
-    if peer == "lowrank":
-        return 2.0 * max(1, min(p, q) // k) * (p + q)
-    if peer == "monarch":
-        s = min(p, q) // k
-        return 2.0 * k * s * (p // k + q // k)
-    kind, kwargs = parse_layer_spec(spec)
-    if kind == "dense":
+def layer_flops(spec: str, p: int, q: int, route: str = "fft") -> float:
+    """Forward FLOPs per token of one layer ``p -> q`` of variant ``spec`` (without the bias); a structured
+    layer on its ``"dense"`` route counts as dense."""
+    if route == "dense":
         return 2.0 * p * q
-    if kind == "dft":
+    v = parse_variant(spec)
+    if isinstance(v, LowRank):
+        return 2.0 * max(1, min(p, q) // v.k) * (p + q)
+    if isinstance(v, Monarch):
+        s = min(p, q) // v.nblocks
+        return 2.0 * v.nblocks * s * (p // v.nblocks + q // v.nblocks)
+    if isinstance(v, Dense):
+        return 2.0 * p * q
+    if isinstance(v, DFT):
         n = max(p, q)
         return 2 * _fft(n) + 3.0 * n + p
-    b = kwargs["block_size"]
+    assert isinstance(v, BlockDFT)
+    b = v.block_size
     blocks_in, blocks_out = math.ceil(p / b), math.ceil(q / b)
     return (blocks_in + blocks_out) * _fft(b) + 8.0 * blocks_in * blocks_out * (b // 2 + 1)
 
 
-def step_flops(cfg: GPTConfig, batch_size: int) -> float:
-    """FLOPs of one training step (forward + backward) on ``batch_size`` sequences of ``cfg.context`` bytes."""
+def layer_routes(model, rows: int) -> dict[str, str]:
+    """Each structured layer of a :class:`.gpt.GPT` by name -> the route a training call on ``rows`` rows
+    takes: ``"fft"`` or ``"dense"`` (from the layer itself), ``"matmul"`` for ``nn.Linear`` and the peers."""
+    return {name: layer.route(rows, training=True) if hasattr(layer, "route") else "matmul"
+            for name, layer in model.structured_layers().items()}
+
+
+def step_flops(cfg: GPTConfig, batch_size: int, routes: dict[str, str] | None = None) -> float:
+    """FLOPs of one training step (forward + backward) on ``batch_size`` sequences of ``cfg.context`` bytes.
+    ``routes`` (:func:`layer_routes`) counts each layer for the route it takes; without it, the FFT
+    algorithm of every structured layer."""
     d, t, h = cfg.d_model, cfg.context, cfg.mlp_ratio * cfg.d_model
-    per_block = 8.0 * d * d + 4.0 * t * d + layer_flops(cfg.mlp, d, h) + layer_flops(cfg.mlp, h, d)
-    per_token = cfg.layers * per_block + 2.0 * d * VOCAB
+    attn_spec = cfg.mlp if cfg.structure == "mlp+attn" else "dense"
+    shapes = {"mlp.fc": (cfg.mlp, d, h), "mlp.proj": (cfg.mlp, h, d),
+              "attn.qkv": (attn_spec, d, 3 * d), "attn.proj": (attn_spec, d, d)}
+    per_token = 2.0 * d * VOCAB
+    for i in range(cfg.layers):
+        per_token += 4.0 * t * d
+        for name, (spec, p, q) in shapes.items():
+            route = (routes or {}).get(f"blocks.{i}.{name}", "fft")
+            per_token += layer_flops(spec, p, q, route)
     return 3.0 * per_token * batch_size * t

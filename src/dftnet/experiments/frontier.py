@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-__all__ = ["to_compute", "lower_envelope", "compute_to_reach", "value_at"]
+__all__ = ["to_compute", "lower_envelope", "compute_to_reach", "value_at", "budget_to_reach"]
 
 Curve = Sequence[tuple[float, float]]
 
@@ -56,3 +56,20 @@ def value_at(curve: Curve, x: float) -> float:
     if curve and x == curve[-1][0]:
         return curve[-1][1]
     return math.nan
+
+
+def budget_to_reach(points: Sequence[tuple[float, float]], target: float) -> tuple[str, float]:
+    """The budget at which a variant's ``(budget, bpb)`` results (one per budget trained, increasing
+    budgets) reach ``bpb <= target``, interpolated linearly in log budget between the two budgets that
+    bracket it. Returns ``("=", budget)``; ``("<=", smallest)`` when the smallest budget already reaches
+    it (nothing below was measured); ``(">", largest)`` when no budget measured reaches it."""
+    if not points:
+        raise ValueError("budget_to_reach: no points")
+    pts = sorted(points)
+    if pts[0][1] <= target:
+        return ("<=", pts[0][0])
+    for (b0, y0), (b1, y1) in zip(pts, pts[1:]):
+        if y1 <= target:
+            t = (y0 - target) / (y0 - y1)
+            return ("=", math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))))
+    return (">", pts[-1][0])

@@ -7,11 +7,13 @@ Read top to bottom, like nanoGPT's ``model.py``:
   MLP d -> R·d -> d with GELU (R = ``mlp_ratio``, 4 by default), each added to the residual stream;
 * a final LayerNorm and a head tied to the byte embeddings.
 
-Only the MLP's two linear layers change between variants (:func:`mlp_linear`): ``dense``
+Only the MLP's two linear layers change between variants (:func:`mlp_linear`), and with
+``structure="mlp+attn"`` attention's q, k, v and output projections too: ``dense``
 (``nn.Linear``), ``block-K`` (:class:`~dftnet.BlockDFTLinear`, K x K circulant blocks) or ``dft``
-(:class:`~dftnet.DFTLinear`), the ``-sign`` forms of :func:`.models.parse_layer_spec`, and the peers of
-:mod:`.peers`: ``lowrank-K`` (rank = the layer's smaller side / K) and ``monarch-B`` (B blocks). A variant
-name may end in ``@R`` for its own MLP ratio: ``dft@16`` is a d -> 16d -> d circulant MLP.
+(:class:`~dftnet.DFTLinear`), their ``-sign`` forms, and the peers of :mod:`dftnet.peers`: ``lowrank-K``
+(rank = the layer's smaller side / K) and ``monarch-B`` (B blocks): every name of
+:func:`dftnet.variants.parse_variant`. A variant name may end in ``@R`` for its own MLP ratio: ``dft@16`` is a
+d -> 16d -> d circulant MLP.
 Embeddings, attention and dense MLP layers get nanoGPT's init (normal, std 0.02; the residual
 projections 0.02 / sqrt(2 * layers)); the structured layers keep their own init, which their
 spectral parametrisation (and so their learning-rate rule) is built on. The shared parts are
@@ -28,14 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
-from dftnet.variants import parse_variant
+from dftnet.peers import LowRankLinear, MonarchLinear
+from dftnet.variants import BlockDFT, LowRank, Monarch, parse_variant
 
-from .models import parse_layer_spec
-from .peers import LowRankLinear, MonarchLinear
-
-__all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB"]
+__all__ = ["GPTConfig", "GPT", "mlp_linear", "split_variant", "VOCAB", "STRUCTURES"]
 
 VOCAB = 256  # bytes
+STRUCTURES = ("mlp", "mlp+attn")  # which linear layers take the variant: the MLP's, or attention's too
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ class GPTConfig:
     d_model: int = 192
     layers: int = 4
     heads: int = 4
-    mlp: str = "dense"  # dense | dft | block-K (see parse_layer_spec) | lowrank-K | monarch-B
+    mlp: str = "dense"  # a dftnet.variants name without @R: dense | dft | block-K | lowrank-K | monarch-B
     mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d
+    structure: str = "mlp"  # one of STRUCTURES
 
     def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"--structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
         for name in ("context", "d_model", "layers", "heads", "mlp_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -55,45 +59,25 @@ class GPTConfig:
         if self.d_model % self.heads:
             raise ValueError(f"--d-model {self.d_model} must be a multiple of --heads {self.heads}")
         hidden = self.mlp_ratio * self.d_model
-        kind, k = _peer_spec(self.mlp)
-        if kind == "lowrank" and self.d_model // k < 1:
-            raise ValueError(f"MLP variant {self.mlp}: the rank d / {k} must be at least 1 (d = {self.d_model})")
-        if kind == "monarch" and self.d_model % k:
-            raise ValueError(f"MLP variant {self.mlp}: {k} blocks must divide --d-model {self.d_model}")
-        if kind is None:
-            kind, kwargs = parse_layer_spec(self.mlp)
-            if kind == "block" and kwargs["block_size"] > hidden:
-                raise ValueError(f"MLP variant {self.mlp}: the block size must be at most the MLP's width "
-                                 f"{hidden}")
+        variant = parse_variant(self.mlp)
+        if isinstance(variant, LowRank) and self.d_model // variant.k < 1:
+            raise ValueError(f"MLP variant {self.mlp}: the rank d / {variant.k} must be at least 1 "
+                             f"(d = {self.d_model})")
+        if isinstance(variant, Monarch) and self.d_model % variant.nblocks:
+            raise ValueError(f"MLP variant {self.mlp}: {variant.nblocks} blocks must divide --d-model {self.d_model}")
+        if isinstance(variant, BlockDFT) and variant.block_size > hidden:
+            raise ValueError(f"MLP variant {self.mlp}: the block size must be at most the MLP's width {hidden}")
 
 
 def split_variant(variant: str, default_ratio: int = 4) -> tuple[str, int]:
     """``"dft@16"`` -> ``("dft", 16)``; ``"dense"`` -> ``("dense", default_ratio)``."""
-    name, sep, ratio = str(variant).lower().partition("@")
-    if not sep:
-        return name, default_ratio
-    if not ratio.isdigit() or int(ratio) < 1:
-        raise ValueError(f"variant {variant!r}: the MLP ratio after @ must be a positive integer")
-    return name, int(ratio)
-
-
-def _peer_spec(spec: str) -> tuple[str | None, int]:
-    """``lowrank-K`` / ``monarch-B`` -> (kind, K); anything else -> (None, 0)."""
-    kind, _, k = str(spec).lower().partition("-")
-    if kind in ("lowrank", "monarch"):
-        if not k.isdigit() or int(k) < 1:
-            raise ValueError(f"unknown MLP variant {spec!r}: expected {kind}-K with K a positive integer")
-        return kind, int(k)
-    return None, 0
+    v = parse_variant(variant)
+    name = v.name.partition("@")[0]
+    return name, v.ratio if v.ratio is not None else default_ratio
 
 
 def mlp_linear(spec: str, in_features: int, out_features: int) -> nn.Module:
-    """One linear layer of the MLP for a variant name: nn.Linear, BlockDFTLinear, DFTLinear or a peer."""
-    peer, k = _peer_spec(spec)
-    if peer == "lowrank":
-        return LowRankLinear(in_features, out_features, rank=max(1, min(in_features, out_features) // k))
-    if peer == "monarch":
-        return MonarchLinear(in_features, out_features, nblocks=k)
+    """One linear layer for a variant name: nn.Linear, BlockDFTLinear, DFTLinear or a peer."""
     return parse_variant(spec).build(in_features, out_features)
 
 
@@ -101,8 +85,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        spec = cfg.mlp if cfg.structure == "mlp+attn" else "dense"
+        self.qkv = mlp_linear(spec, cfg.d_model, 3 * cfg.d_model)
+        self.proj = mlp_linear(spec, cfg.d_model, cfg.d_model)
         self.proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +147,9 @@ class GPT(nn.Module):
             emb.weight.copy_(torch.randn(emb.weight.shape, generator=g) * std)
         for block in self.blocks:
             for lin in (block.attn.qkv, block.attn.proj):
+                if not isinstance(lin, nn.Linear):  # a structured projection keeps its own init
+                    mlp_modules.add(id(lin))
+                    continue
                 s = std / math.sqrt(2 * self.cfg.layers) if getattr(lin, "residual", False) else std
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * s)
                 lin.bias.zero_()
@@ -193,6 +181,11 @@ class GPT(nn.Module):
 
     def mlp_parameters(self) -> int:
         return sum(p.numel() for b in self.blocks for p in b.mlp.parameters())
+
+    def structured_layers(self) -> dict[str, nn.Module]:
+        """The linear layers the variant chose, by name: the MLPs' (and attention's with ``mlp+attn``)."""
+        names = ("mlp.fc", "mlp.proj") + (("attn.qkv", "attn.proj") if self.cfg.structure == "mlp+attn" else ())
+        return {f"blocks.{i}.{n}": b.get_submodule(n) for i, b in enumerate(self.blocks) for n in names}
 
     @torch.no_grad()
     def generate(self, prompt: bytes, new_bytes: int, temperature: float = 0.8, top_k: int = 40,

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,14 +30,17 @@ from tqdm import tqdm
 
 from . import corpus as corpus_mod
 from . import distributed as dist_mod
-from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
-from .device import resolve_device
-from .gpt import GPT, VOCAB, GPTConfig, split_variant
 from . import guard, preflight
+from .argtypes import comma_list, duration, mlp_variant, positive_float, positive_int
+from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
+from .configflags import HIDDEN, config_dict, option, run_option
+from .device import resolve_device
+from .gpt import GPT, STRUCTURES, VOCAB, GPTConfig, split_variant
 from .interrupt import StopFlag, TrainingInterrupted
 from .lm_measure import bpb_at, evaluate_bpb, finish_variant
 from .recipe import param_groups
 from .reports import lm_table, plot_lm, write_csv
+from .reproduce import environment
 from .runfolder import refuse_changed_config
 from .writes import WriteError, atomic_path, write_text_atomic
 
@@ -48,30 +52,43 @@ PROMPT = b"def read_config(path):\n    "
 
 @dataclass
 class LMConfig:
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    d_model: int = 128
-    layers: int = 4
-    heads: int = 4
-    mlp_ratio: int = 4  # the MLP is d -> mlp_ratio * d -> d (a variant's @R overrides it)
-    context: int = 128
-    batch_size: int = 32  # global: sequences per step (4,096 bytes at context 128)
-    max_steps: int = 400  # the default run (three variants) fits in 10 minutes on 2 CPU cores
-    lr: float = 2e-3  # peak, the same for every variant
+    """Every field made with :func:`.configflags.option` is also a flag of ``dftnet lm``."""
+
+    variants: tuple[str, ...] = option(DEFAULT_VARIANTS, "MLP layers, comma-separated: dense, dft, block-K (and "
+                                       "dft-sign, block-K-sign), lowrank-K (rank d/K), monarch-B (B blocks); NAME@R "
+                                       "gives a variant its own MLP ratio R", type=comma_list(mlp_variant, "variant"),
+                                       metavar="dense,block-16,dft")
+    d_model: int = option(128, "width d; the MLP is d -> R*d -> d", type=positive_int)
+    layers: int = option(4, type=positive_int)
+    heads: int = option(4, type=positive_int)
+    mlp_ratio: int = option(4, "the MLP's width as a multiple of d, for variants without @R", type=positive_int,
+                            metavar="R")
+    context: int = option(128, "bytes per sequence", type=positive_int)
+    batch_size: int = option(32, "sequences per step, global", type=positive_int)
+    max_steps: int = option(400, "steps per variant", type=positive_int)
+    budget: float | None = option(None, "train each variant for this much time instead of --max-steps (90s, 10m, "
+                                  "1.5h): its step count is TIME / its step time, measured first on a few steps, and "
+                                  "its schedule is set for that count (recorded in config.json as steps_by_variant)",
+                                  type=duration, metavar="TIME")
+    structure: str = option("mlp", "the layers a variant replaces: the MLP's, or attention's q, k, v and output "
+                            "projections too", choices=STRUCTURES)
+    lr: float = option(2e-3, "peak AdamW learning rate, warmup then cosine, the same for every variant",
+                       type=positive_float)
     weight_decay: float = 1e-2  # torch.optim.AdamW's default, as in dftnet train
     warmup_steps: int | None = None  # None: a tenth of max_steps, at most 100
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    eval_every: int = 40
+    seed: int = run_option("seed")
+    device: str = run_option("device")
+    out: str | None = run_option("out")
+    resume: bool = run_option("resume")
+    overwrite: bool = run_option("overwrite")
+    quiet: bool = run_option("quiet")
+    eval_every: int = option(40, "validation bits per byte every STEPS steps", type=positive_int, metavar="STEPS")
     eval_windows: int = 64  # validation windows at each --eval-every (the same for every variant)
     final_eval_windows: int = 512  # for the table (65,536 predicted bytes at context 128)
-    limit: int | None = None  # keep the first LIMIT bytes of each stream (tests, demos)
+    limit: int | None = option(None, HIDDEN, type=positive_int)  # keep the first LIMIT bytes of each stream (tests)
     sample_bytes: int = 240
     timing_repeats: int = 3
-    memory_check: bool = True  # refuse a run whose estimated peak memory exceeds the device's (preflight)
+    memory_check: bool = run_option("memory_check")
 
     def __post_init__(self):
         self.variants = tuple(str(v).lower() for v in self.variants)
@@ -81,13 +98,16 @@ class LMConfig:
             raise ValueError(f"--variants: a variant is listed twice in {','.join(self.variants)}")
         for v in self.variants:
             self.gpt(v)  # ValueError for unknown variants and bad shapes
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.max_steps // 10)
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps: ``warmup_steps``, or a tenth of ``max_steps`` (at most 100)."""
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)
 
     def gpt(self, variant: str) -> GPTConfig:
         """The model of a variant; ``name@R`` gives that variant an MLP ratio of its own."""
         mlp, ratio = split_variant(variant, self.mlp_ratio)
-        return GPTConfig(self.context, self.d_model, self.layers, self.heads, mlp, ratio)
+        return GPTConfig(self.context, self.d_model, self.layers, self.heads, mlp, ratio, self.structure)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -128,7 +148,7 @@ def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> Variant
     model = GPT(cfg.gpt(variant), seed=cfg.seed).to(ctx.device)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr), lr=cfg.lr, betas=(0.9, 0.95),
                             weight_decay=cfg.weight_decay)
-    warmup, total = cfg.warmup_steps, cfg.max_steps
+    warmup, total = cfg.warmup, cfg.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
     return VariantRun(variant, model, opt, sched, cfg.batch_size // ctx.world_size)
 
@@ -157,7 +177,7 @@ def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> Non
         "model": {"variant": r.variant, **asdict(cfg.gpt(r.variant))},
         "state_dict": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
         "step": r.step, "seconds": r.seconds, "history": r.history, "accum": r.accum,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
     }
     def write():  # weights or optimizer state that are not finite are never written
         guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path, what))
@@ -245,6 +265,8 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
                     save(r, cfg, ctx, last)
                 if stopping and r.step < cfg.max_steps:
                     raise stop.interrupted(last)
+            if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint write
+                raise stop.interrupted(last)
     except WriteError as e:  # stop at this step; the previous checkpoint is intact
         raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
                          f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
@@ -256,11 +278,39 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
     return finish_variant(r, cfg, corpus, ctx, PROMPT, log)
 
 
+# ------------------------------------------------------------------------- a time budget
+
+
+def step_seconds(variant: str, cfg: LMConfig, corpus, ctx: dist_mod.Context, steps: int = 5) -> float:
+    """The median time of one training step of ``variant`` on this machine, from a throwaway model
+    (2 warm-up steps, then ``steps`` timed ones), averaged over the processes so every rank agrees."""
+    r = build_variant(variant, cfg, ctx)
+    starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, 0)
+    x, y = corpus_mod.get_batch(corpus.train, starts[:r.local_batch], cfg.context, ctx.device)
+    times = []
+    for _ in range(2 + steps):
+        t0 = time.perf_counter()
+        train_step(r.model, r, x, y)
+        times.append(time.perf_counter() - t0)
+    median = sorted(times[2:])[steps // 2]
+    return dist_mod.all_reduce_sum(ctx, [median])[0] / ctx.world_size
+
+
+def budget_steps(cfg: LMConfig, corpus, ctx: dist_mod.Context, log) -> dict[str, int]:
+    """Each variant's step count for ``cfg.budget`` seconds of training: budget / its measured step time."""
+    steps = {}
+    for variant in cfg.variants:
+        seconds = step_seconds(variant, cfg, corpus, ctx)
+        steps[variant] = max(1, int(cfg.budget / seconds))
+        log(f"{variant}: {1e3 * seconds:.1f} ms a step -> {steps[variant]} steps in {cfg.budget:g} s")
+    return steps
+
+
 # ------------------------------------------------------------------------- the job
 
 
 RESUME_KEYS = ("variants", "d_model", "layers", "heads", "mlp_ratio", "context", "batch_size", "max_steps", "lr",
-               "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256")
+               "weight_decay", "warmup_steps", "seed", "limit", "corpus_sha256", "structure", "budget")
 
 
 def run(cfg: LMConfig, log=print) -> dict:
@@ -274,14 +324,20 @@ def run(cfg: LMConfig, log=print) -> dict:
 def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     corpus = corpus_mod.load_corpus(limit=cfg.limit)
     info = corpus.info
-    config = {"command": "lm", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    config = {"command": "lm", **config_dict(cfg),
               "corpus_sha256": info["sha256"], "corpus": info, "out": str(out_dir),
-              "resolved_device": str(ctx.device), "processes": ctx.world_size, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "prompt": PROMPT.decode()}
+              "resolved_device": str(ctx.device), "processes": ctx.world_size, **environment(ctx.device),
+              "prompt": PROMPT.decode()}
     if cfg.resume:  # the models, the data and its order must be the run's
         dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config, RESUME_KEYS))
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
-        dist_mod.on_main(ctx, lambda: preflight.check_lm(variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+        dist_mod.on_main(ctx, partial(preflight.check_lm, variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+    steps = {v: cfg.max_steps for v in cfg.variants}
+    if cfg.budget is not None:  # measured once; a resumed run keeps the step counts it started with
+        recorded = json.loads((out_dir / "config.json").read_text()).get("steps_by_variant") if cfg.resume and \
+            (out_dir / "config.json").is_file() else None
+        steps = recorded or budget_steps(cfg, corpus, ctx, log)
+    config["steps_by_variant"] = steps
     dist_mod.on_main(ctx, lambda: write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n"))
     windows = corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows)
     log(f"corpus: {info['files']} files of {info['root']} ({info['bytes'] / 1e6:.1f} MB, sha256 "
@@ -290,7 +346,8 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
 
     results, history = [], []
     for variant in cfg.variants:
-        results.append(train_variant(variant, cfg, corpus, windows, out_dir, ctx, log))
+        results.append(train_variant(variant, replace(cfg, max_steps=steps[variant]), corpus, windows, out_dir,
+                                     ctx, log))
         history += load_checkpoint(out_dir / variant / "last.pt")["history"] if ctx.is_main else []
 
     equal_s = min(r["seconds"] for r in results)  # the fastest variant's training time

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._compat import mem_tracker
+from ._compat import mem_tracker
 
 __all__ = ["peak_step_memory", "saved_tensor_bytes"]
 
@@ -43,7 +43,7 @@ def _mem_tracker_peak(model, opt, step) -> float:
     """Peak tensor bytes of ``step()`` on the CPU, by PyTorch's ``MemTracker``.
 
     ``MemTracker`` is private (``torch.distributed._tools.mem_tracker``, reached through
-    :func:`dftnet._compat.mem_tracker`): torch has no public peak counter for CPU tensor memory. If the
+    :func:`dftnet.experiments._compat.mem_tracker`): torch has no public peak counter for CPU tensor memory. If the
     module moves, this returns NaN (the "peak memory" of ``dftnet train`` then reads nan) and nothing else
     breaks; if its interface changes, the error shows here. Either way, update ``_compat`` and the four
     calls below to the new location/interface, or measure on CUDA, whose allocator counts peaks publicly.

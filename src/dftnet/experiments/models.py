@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dftnet import BlockDFTLinear, DFTLinear
-from dftnet.variants import BlockDFT, Dense, parse_variant
+from dftnet.variants import DFT, BlockDFT, Dense, parse_variant
 
 __all__ = ["MLP", "SEED_WIDTHS", "LAYER_KINDS", "parse_widths", "parse_layer_spec", "model_from_spec", "build_model"]
 
@@ -21,6 +21,9 @@ def parse_layer_spec(spec: str) -> tuple[str, dict]:
     32 x 32 blocks), ``block-32-sign`` (:func:`dftnet.variants.parse_variant`). Returns ``(layer kind, layer
     kwargs)`` for :class:`MLP`."""
     variant = parse_variant(spec)
+    if not isinstance(variant, (Dense, DFT, BlockDFT)) or variant.ratio is not None:
+        raise ValueError(f"unknown layer variant {spec!r} for an MLP of DFT layers: expected dft, dense, dft-sign, "
+                         "block-K or block-K-sign")
     if isinstance(variant, Dense):
         return "dense", {}
     kwargs = {"sign_flip": True} if variant.sign_flip else {}
@@ -86,7 +89,7 @@ class MLP(nn.Sequential):
         self.spec = layer
 
     @classmethod
-    def from_spec(cls, spec: str, widths: Sequence[int] = SEED_WIDTHS, device=None, **layer_kwargs) -> "MLP":
+    def from_spec(cls, spec: str, widths: Sequence[int] = SEED_WIDTHS, device=None, **layer_kwargs) -> MLP:
         """``MLP.from_spec("block-32", widths)``; see :func:`parse_layer_spec`."""
         kind, kwargs = parse_layer_spec(spec)
         model = cls(widths, layer=kind, device=device, **kwargs, **layer_kwargs)

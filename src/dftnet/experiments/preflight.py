@@ -1,10 +1,11 @@
 """Before the first step: will the run fit in memory? Refuse with one line when it cannot.
 
 :func:`estimate` runs one training step of the run's model, at its batch size, on *fake* tensors
-(``FakeTensorMode``, through :func:`dftnet._compat.fake_tensor_mode`: shapes, dtypes and devices, no storage), and counts it with the
-accounting of the memory report (:mod:`.memory`: PyTorch's ``MemTracker``, the same training step). The
-model is built inside the fake mode, so nothing of its size is allocated; the same code path runs as in
-training (the layers' route choice included), and it takes a fraction of a second.
+(``FakeTensorMode``, through :func:`dftnet.experiments._compat.fake_tensor_mode`: shapes, dtypes and devices,
+no storage), and counts it with the accounting of the memory report (:mod:`.memory`: PyTorch's
+``MemTracker``, the same training step). The model is built inside the fake mode, so nothing of its size is
+allocated; the same code path runs as in training (the layers' route choice included), and it takes a
+fraction of a second.
 
 The run's peak is more than one step. While the model is evaluated, and while the memory report measures
 a step on a copy of the model at the end, the run also holds its own weights, gradients and AdamW state
@@ -14,8 +15,8 @@ device has (:func:`available`): free RAM (the least of ``MemAvailable``, the cgr
 and the address-space limit of ``ulimit -v`` less the process's size; times the processes of this host
 under ``torchrun``), or free GPU memory (the driver's free memory plus what PyTorch's cache holds unused).
 
-``FakeTensorMode`` is private (torch 2.4 to 2.13 have it unchanged; :mod:`dftnet._compat`). If it moves or a model's step
-cannot run on fake tensors, the estimate is skipped (None) and training goes on as before.
+``FakeTensorMode`` is private (torch 2.4 to 2.13 have it unchanged; :mod:`dftnet.experiments._compat`). If it
+moves or a model's step cannot run on fake tensors, the estimate is skipped (None) and training goes on as before.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-from dftnet._compat import fake_tensor_mode
-
+from ._compat import fake_tensor_mode
 from .memory import _mem_tracker_peak, _one_step
 from .writes import format_size
 

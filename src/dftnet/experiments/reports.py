@@ -199,7 +199,7 @@ def lm_table(results: list[dict]) -> str:
     trows = []
     for r in timed:
         t = r["timing"]
-        share = (lambda k: f"{t[k]:.1f} ({100 * t[k] / t['step_ms']:.0f}%)")
+        share = (lambda k, t=t: f"{t[k]:.1f} ({100 * t[k] / t['step_ms']:.0f}%)")
         trows.append([r["variant"], f"{t['step_ms']:.1f}", share("mlp_ms"), share("attention_ms"), share("rest_ms")])
     return main + "\n\nwhere a training step's time goes (step: forward, backward, clipping, AdamW; MLP and " \
         "attention: their forward + backward; rest: embeddings, LayerNorms, head and loss, optimizer)\n" \

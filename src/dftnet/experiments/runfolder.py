@@ -129,7 +129,7 @@ class RunLock:
         self.command = command
         self.fd: int | None = None
 
-    def acquire(self, note=None) -> "RunLock":
+    def acquire(self, note=None) -> RunLock:
         """Take the lock, or raise :class:`RunFolderError` naming the live holder; ``note(message)``
         (default: a line on stderr) hears of a lock taken over from a run that is gone."""
         note = note or (lambda message: print(message, file=sys.stderr))
@@ -218,7 +218,7 @@ def refuse_changed_config(folder, config: dict, keys) -> None:
         was = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return  # no config yet: the checkpoints' own check still applies
-    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    from .configflags import json_value as norm
     changed = [f"--{k.replace('_', '-')} {_flag(was[k])} (now {_flag(config[k])})" for k in keys
                if k in was and k in config and norm(was[k]) != norm(config[k])]
     if changed:
@@ -247,7 +247,8 @@ def claim(folder, kind: str, *, resume: bool = False, overwrite: bool = False, c
         if found:
             if not overwrite:
                 held = ", ".join(f"{WHAT[k]} ({_list(files, folder)})" for k, files in found.items())
-                hint = "use --resume to continue it, a new --out" if kind in ("train", "lm", "sweep", "study") and kind in found \
+                resumable = kind in ("train", "lm", "sweep", "study") and kind in found
+                hint = "use --resume to continue it, a new --out" if resumable \
                     else "use a new --out"
                 raise RunFolderError(f"{folder} already holds {held}: {hint}, or --overwrite to replace it")
             try:

@@ -1,133 +1,172 @@
-"""The study's results from its compact file ``study.json``: tables, ratios to dense, the frontier plot.
+"""The study's results from ``study.json`` alone: the tables, the compute to reach dense, the frontier plot.
 
-Everything here reads ``study.json`` alone (curves, learning rates, step costs), so the committed copy of
-that file redraws the published plot and tables: ``dftnet study --report docs/results/lm_study.json``.
+Per (size, budget, arm) the row is its best rate's cells: the rate chosen on validation (seed 0), the test
+bpb of every seed (mean, and the half-range as the spread), and the verdict against dense at the same
+budget: *better* or *worse* only when the seeds' ranges do not overlap, else *within spread*. The compute
+to reach dense's test bpb at a budget is read from the arm's results over budgets at that size
+(:func:`.frontier.budget_to_reach`), as a ratio to that budget, in measured seconds and in FLOPs.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from statistics import mean
 
-from .frontier import compute_to_reach, lower_envelope, to_compute
-from .reports import format_bytes, new_figure
-from .study_cost import config_key
+from .frontier import budget_to_reach
+from .reports import new_figure
 
-__all__ = ["grid_rows", "transfer_rows", "report_text", "plot_study"]
-
-
-def _final_cells(study: dict) -> list[dict]:
-    """The cell each (variant, size) is judged by: its lowest final bpb over the rates tried at that size
-    (all of ``--lrs`` at the smallest size, the transfer rates at the largest, the small size's best
-    elsewhere), so every variant is compared at its own best measured rate."""
-    keep = {}
-    for c in study["cells"]:
-        key = (c["variant"], c["d_model"])
-        if key not in keep or c["final_bpb"] < keep[key]["final_bpb"]:
-            keep[key] = c
-    return [keep[k] for k in sorted(keep, key=lambda k: (k[1], study["config"]["variants"].index(k[0])))]
+__all__ = ["arm_rows", "report_text", "headline_text", "plot_study"]
 
 
-def _curves(study: dict, axis: str) -> dict[tuple[str, int], list]:
-    """(variant, d) -> (compute, bpb) curve; axis "seconds" (measured) or "flops" (the model)."""
-    return {(c["variant"], c["d_model"]): to_compute(c["curve"], study["costs"][config_key(c["variant"], c["d_model"])][axis])
-            for c in _final_cells(study)}
+def _arms(study: dict) -> list[str]:
+    cfg = study["config"]
+    return list(cfg["variants"]) + [f"{v}+attn" for v in cfg["attn_variants"]]
 
 
-def grid_rows(study: dict) -> list[dict]:
-    """One row per (size, variant): final bpb, costs, and the compute to reach dense's final bpb at that
-    size as a ratio to dense's compute there, from the variant's own size (``same``) and from the
-    variant's envelope over all sizes (``any``), in measured time and in FLOPs."""
-    cells = _final_cells(study)
-    dense = {c["d_model"]: c for c in cells if c["variant"] == "dense"}
+def _label(arm: str) -> str:
+    return arm.replace("+attn", " (+attn)")
+
+
+def arm_rows(study: dict) -> list[dict]:
+    """One row per (size, budget, arm) whose rate search is settled: its best rate's seeds and costs."""
+    cfg, costs, cells = study["config"], study["costs"], study["cells"]
     rows = []
-    for c in cells:
-        cost = study["costs"][config_key(c["variant"], c["d_model"])]
-        dcost = study["costs"][config_key("dense", c["d_model"])]
-        target = dense[c["d_model"]]["final_bpb"]
-        row = {"variant": c["variant"], "d_model": c["d_model"], "lr": c["lr"], "final_bpb": c["final_bpb"],
-               "bpb_vs_dense": c["final_bpb"] / target - 1, "parameters": c["parameters"],
-               "mlp_parameters": c["mlp_parameters"], "step_s": cost["seconds"],
-               "step_s_spread": [cost["seconds_q1"], cost["seconds_q3"]], "step_flops": cost["flops"],
-               "peak_memory_bytes": cost["peak_memory_bytes"],
-               "memory_vs_dense": cost["peak_memory_bytes"] / dcost["peak_memory_bytes"]}
-        for axis in ("seconds", "flops"):
-            curves = _curves(study, axis)
-            dense_total = curves[("dense", c["d_model"])][-1][0]
-            same = compute_to_reach(curves[(c["variant"], c["d_model"])], target)
-            env = lower_envelope(v for (name, _), v in curves.items() if name == c["variant"])
-            anyd = compute_to_reach(env, target)
-            row[f"reach_{axis}_same"] = same / dense_total
-            row[f"reach_{axis}_any"] = anyd / dense_total
-        rows.append(row)
+    for d, budgets in zip(cfg["sizes"], cfg["budgets"]):
+        dense_cost = costs[f"dense@d{d}"]
+        for budget in budgets:
+            for arm in _arms(study):
+                search = [c for c in cells if (c["arm"], c["d_model"], c["budget"], c["seed"]) == (arm, d, budget, 0)
+                          and c["phase"] == "search"]
+                if not search:
+                    continue
+                best = min(search, key=lambda c: (c["val_bpb"], c["k"]))
+                seeds = sorted((c for c in cells if (c["arm"], c["d_model"], c["budget"], c["k"]) ==
+                                (arm, d, budget, best["k"])), key=lambda c: c["seed"])
+                tests = [c["test_bpb"] for c in seeds]
+                cost = costs[f"{arm}@d{d}"]
+                routes = sorted(set(best["routes"].values()))
+                rows.append({
+                    "d_model": d, "budget": budget, "arm": arm, "steps": best["steps"], "lr": best["lr"],
+                    "rates_tried": sorted(c["lr"] for c in search), "seeds": len(tests), "test_bpb": tests,
+                    "mean": mean(tests), "lo": min(tests), "hi": max(tests), "val_bpb": best["val_bpb"],
+                    "budget_s": budget * dense_cost["seconds"], "seconds": best["steps"] * cost["seconds"],
+                    "flops": best["steps"] * cost["flops"], "flops_vs_dense": best["steps"] * cost["flops"] /
+                    (budget * dense_cost["flops"]), "step_s": cost["seconds"],
+                    "memory_vs_dense": cost["peak_memory_bytes"] / dense_cost["peak_memory_bytes"],
+                    "peak_memory_bytes": cost["peak_memory_bytes"], "routes": routes,
+                    "mlp_parameters": best["mlp_parameters"]})
+    _against_dense(rows)
     return rows
 
 
-def transfer_rows(study: dict) -> list[dict]:
-    """At the largest size, each transfer variant's final bpb at x1/2, x1 and x2 its small-size best rate."""
-    large, best = max(study["config"]["sizes"]), study["best_lrs"]
-    rows = []
-    for v in study["config"]["transfer"]:
-        got = {c["lr"] / best[v]: c["final_bpb"] for c in study["cells"]
-               if c["variant"] == v and c["d_model"] == large and c["phase"] in ("lr", "grid", "transfer")}
-        if got:
-            factor = min(got, key=got.get)
-            rows.append({"variant": v, "small_best_lr": best[v], "bpb_by_factor": {f"{k:g}": got[k] for k in sorted(got)},
-                         "large_best_lr": best[v] * factor, "within_2x": 0.5 - 1e-9 <= factor <= 2 + 1e-9})
-    return rows
+def _against_dense(rows: list[dict]) -> None:
+    dense = {(r["d_model"], r["budget"]): r for r in rows if r["arm"] == "dense"}
+    by_arm = {}
+    for r in rows:
+        by_arm.setdefault((r["arm"], r["d_model"]), []).append(r)
+    for r in rows:
+        ref = dense.get((r["d_model"], r["budget"]))
+        r["vs_dense"] = r["mean"] / ref["mean"] - 1 if ref else math.nan
+        if ref is None or r["arm"] == "dense":
+            r["verdict"] = "–"
+        elif min(r["seeds"], ref["seeds"]) < 2:
+            r["verdict"] = "1 seed"
+        else:
+            r["verdict"] = "better" if r["hi"] < ref["lo"] else "worse" if r["lo"] > ref["hi"] else "within spread"
+        r["reach_seconds"] = r["reach_flops"] = None
+        if ref is not None and r["arm"] != "dense":
+            own = by_arm[(r["arm"], r["d_model"])]
+            for axis in ("seconds", "flops"):
+                reach = budget_to_reach([(o[axis], o["mean"]) for o in own], ref["mean"])
+                r[f"reach_{axis}"] = _ratio(reach, ref[axis])
 
 
-def _ratio(x: float) -> str:
-    return "never" if math.isinf(x) else f"{x:.2f}×"
+def _ratio(reach: tuple[str, float], reference: float) -> list:
+    return [reach[0], reach[1] / reference]
+
+
+def _fmt_reach(reach) -> str:
+    if reach is None:
+        return "–"
+    sign, x = reach
+    return f"{'' if sign == '=' else sign}{x:.2f}×"
+
+
+def _fmt_bpb(r: dict) -> str:
+    return f"{r['mean']:.3f} ± {(r['hi'] - r['lo']) / 2:.3f}" if r["seeds"] > 1 else f"{r['mean']:.3f}"
+
+
+def _route(r: dict) -> str:
+    return "dense route" if r["routes"] == ["dense"] else "/".join(r["routes"])
+
+
+def _table(rows: list[dict], full: bool) -> list[str]:
+    head = ["d", "budget", "variant", "steps", "lr", "test bpb (seeds)", "vs dense", "verdict",
+            "time to dense's bpb", "FLOPs to dense's bpb"]
+    head += ["FLOPs vs dense", "peak mem vs dense", "route", "MLP params", "rates tried"] if full else []
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
+        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({seconds})", _label(r["arm"]),
+                f"{r['steps']:,}", f"{r['lr']:.3g}", f"{_fmt_bpb(r)} ({r['seeds']})",
+                "–" if r["arm"] == "dense" else f"{100 * r['vs_dense']:+.1f}%", r["verdict"],
+                _fmt_reach(r["reach_seconds"]), _fmt_reach(r["reach_flops"])]
+        if full:
+            cols += [f"{r['flops_vs_dense']:.2f}×", f"{r['memory_vs_dense']:.2f}×", _route(r),
+                     f"{r['mlp_parameters']:,}", ", ".join(f"{x:.3g}" for x in r["rates_tried"])]
+        out.append("| " + " | ".join(cols) + " |")
+    return out
+
+
+def _preamble(study: dict) -> list[str]:
+    cfg, machine = study["config"], study["costs"].get("machine", {})
+    return [f"{cfg['layers']} layers, context {cfg['context']}, batch {cfg['batch_size']}; budgets in dense's steps "
+            f"at each size, as seconds of 1-thread training on {machine.get('cpu', 'this machine')} (torch "
+            f"{machine.get('torch', '?')}); each variant trains budget / its own step time steps. Test bpb on "
+            f"{cfg['test_windows']} held-out windows, mean ± half-range over seeds; rates chosen on "
+            f"{cfg['eval_windows']} validation windows (seed 0). 'Time/FLOPs to dense's bpb': the budget at which "
+            "the variant reaches dense's mean test bpb at that budget, interpolated in log budget between the "
+            "budgets trained, as a ratio to it (≤: already at the smallest budget; >: not within the largest)."]
 
 
 def report_text(study: dict) -> str:
-    """The tables of the study, as Markdown."""
-    cfg = study["config"]
-    lines = [f"Sizes {cfg['sizes']}, {cfg['layers']} layers, context {cfg['context']}, batch {cfg['batch_size']}, "
-             f"{cfg['steps']} steps; validation on {cfg['eval_windows']} windows; step time: 1 thread, median of "
-             f"{cfg['timing_rounds']} interleaved rounds.", ""]
-    head = ["d", "variant", "lr", "val bpb", "vs dense", "MLP params", "step ms (IQR)", "GFLOP/step", "peak mem",
-            "mem vs dense", "time to dense bpb", "(any size)", "FLOPs to dense bpb", "(any size)"]
-    body = [[str(r["d_model"]), r["variant"], f"{r['lr']:g}", f"{r['final_bpb']:.3f}", f"{100 * r['bpb_vs_dense']:+.1f}%",
-             f"{r['mlp_parameters']:,}", f"{1e3 * r['step_s']:.0f} ({1e3 * r['step_s_spread'][0]:.0f}–{1e3 * r['step_s_spread'][1]:.0f})",
-             f"{r['step_flops'] / 1e9:.2f}", format_bytes(r["peak_memory_bytes"]), f"{r['memory_vs_dense']:.2f}×",
-             _ratio(r["reach_seconds_same"]), _ratio(r["reach_seconds_any"]), _ratio(r["reach_flops_same"]),
-             _ratio(r["reach_flops_any"])] for r in grid_rows(study)]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body]
-    lines += ["", "Learning rates (best final bpb at the smallest size): "
-              + ", ".join(f"{v} {lr:g}" for v, lr in study["best_lrs"].items()), ""]
-    tr = transfer_rows(study)
-    if tr:
-        lines += ["| variant | best lr, smallest size | bpb at the largest size, by rate (× that best) | best lr, largest size | within 2× |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['small_best_lr']:g} | "
-                  + ", ".join(f"×{float(f):g}: {b:.3f}" for f, b in r["bpb_by_factor"].items())
-                  + f" | {r['large_best_lr']:g} | {'yes' if r['within_2x'] else 'no'} |" for r in tr]
-    return "\n".join(lines) + "\n"
+    """Every settled row, with costs, routes and the rates tried, as Markdown."""
+    rows = arm_rows(study)
+    return "\n".join(_preamble(study) + [""] + _table(rows, full=True)) + "\n"
+
+
+def headline_text(study: dict) -> str:
+    """The README's table: the largest size with results, every budget and variant."""
+    rows = arm_rows(study)
+    if not rows:
+        return "(no finished budget yet)\n"
+    largest = max(r["d_model"] for r in rows)
+    return "\n".join(_table([r for r in rows if r["d_model"] == largest], full=False)) + "\n"
 
 
 def plot_study(study: dict, path: Path) -> None:
-    """Validation bpb against training compute (log x): measured seconds and model FLOPs, one thin line per
-    variant and size, and each variant's lower envelope over sizes."""
-    fig = new_figure((13, 5))
-    axes = fig.subplots(1, 2)
-    variants = study["config"]["variants"]
-    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
-    for ax, axis, label in zip(axes, ("seconds", "flops"), ("training time on 1 thread (s)", "training FLOPs")):
-        curves = _curves(study, axis)
-        for (v, d), curve in curves.items():
-            pts = [p for p in curve if p[0] > 0]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[v], lw=0.7, alpha=0.45)
-        for v in variants:
-            env = [p for p in lower_envelope(c for (name, _), c in curves.items() if name == v) if p[0] > 0]
-            ax.step([p[0] for p in env], [p[1] for p in env], where="post", color=colors[v], lw=2,
-                    ls="-" if v == "dense" else "--", label=v)
+    """Test bpb against the budget (seconds, log x), one panel per size, one line per variant (seed mean,
+    bars from the lowest to the highest seed)."""
+    rows = arm_rows(study)
+    sizes = sorted({r["d_model"] for r in rows}) or study["config"]["sizes"][:1]
+    fig = new_figure((4.5 * len(sizes), 4))
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
+    colors = {a: f"C{i % 10}" for i, a in enumerate(_arms(study))}
+    for ax, d in zip(axes, sizes):
+        for arm in _arms(study):
+            pts = sorted((r["budget_s"], r["mean"], r["lo"], r["hi"]) for r in rows
+                         if (r["arm"], r["d_model"]) == (arm, d))
+            if pts:
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], color=colors[arm],
+                            marker="o", ms=3, lw=2 if arm == "dense" else 1.2, capsize=2, label=_label(arm))
         ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation bits per byte")
+        ax.set_xlabel("budget: seconds of 1-thread training")
+        ax.set_ylabel("test bits per byte")
+        ax.set_title(f"d = {d}")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Compute frontier: thin lines one run per size, thick lines each variant's lower envelope")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Equal compute: each variant trained for the budget with its own step count")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

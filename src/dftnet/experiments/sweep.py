@@ -123,8 +123,8 @@ def run(args) -> int:
 
 
 def _train_all(runs: list[dict], out: Path, args, log) -> list[dict]:
-    from .train import TrainConfig
     from .preflight import MemoryRefused
+    from .train import TrainConfig
     from .train import run as train_run
 
     rows = []

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,19 +27,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from . import augment
+from . import augment, guard, preflight
 from . import data as data_mod
 from . import distributed as dist_mod
-from .checkpoint import (FORMAT, load_checkpoint, restore_for_resume, save_atomic,
-                         save_safetensors)
+from .checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic, save_safetensors
+from .configflags import config_dict
 from .device import resolve_device
 from .evaluate import evaluate
-from . import guard, preflight
 from .interrupt import StopFlag, TrainingInterrupted
 from .memory import peak_step_memory
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
 from .reports import plot_curves, train_table, write_csv
+from .reproduce import environment
 from .runfolder import refuse_changed_config
 from .train_config import TrainConfig
 from .writes import WriteError, atomic_path, write_text_atomic
@@ -135,7 +136,7 @@ def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
         "accum": r.accum,  # running train metrics of the current epoch
         "history": r.history,
         "best": r.best,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": config_dict(cfg),
     }
 
 
@@ -301,7 +302,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
         if ctx.distributed else r.model
     r.model.train()
     with StopFlag() as stop:
-        while r.epoch < cfg.epochs and r.step < r.total_steps:
+        # r.batch > 0 at the last step: an epoch whose steps are done, stopped before its validation
+        while r.epoch < cfg.epochs and (r.step < r.total_steps or r.batch > 0):
             try:
                 n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
                 end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
@@ -311,6 +313,8 @@ def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.
             except (RuntimeError, MemoryError) as e:
                 guard.raise_if_out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir)
                 raise
+        if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint: last.pt is whole
+            raise stop.interrupted(net_dir / "last.pt")
     return test_best(r, cfg, splits, ctx, net_dir)
 
 
@@ -331,9 +335,9 @@ def run(cfg: TrainConfig, log=print) -> dict:
 
 
 def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    config = config_dict(cfg)
     config.update(out=str(out_dir), resolved_device=str(ctx.device), processes=ctx.world_size,
-                  torch=torch.__version__, threads=torch.get_num_threads())
+                  **environment(ctx.device))  # what reproducing the run needs: threads, MKL's mode, torch, CPU
 
     splits = data_mod.load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                                   limit=cfg.limit)
@@ -342,7 +346,8 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
         raise ValueError(f"--widths must start with {info.input_size} (the input size of {info.name}) and "
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
     for kind in cfg.kinds if cfg.memory_check else ():  # before anything is allocated or written
-        dist_mod.on_main(ctx, lambda: preflight.check_train(kind, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+        local_batch = max(1, cfg.batch_size // ctx.world_size)
+        dist_mod.on_main(ctx, partial(preflight.check_train, kind, cfg, ctx, local_batch))
     if ctx.is_main:
         write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "

@@ -4,37 +4,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .argtypes import mlp_widths, nonneg_float, nonneg_int, positive_float, positive_int, train_layer
+from .configflags import option, run_option
 from .models import SEED_WIDTHS, parse_layer_spec
 
 __all__ = ["TrainConfig"]
 
 
+def _lr_help() -> str:
+    from .recipe import DEFAULT_LR
+
+    return ("peak learning rate of the one-cycle schedule (default: " +
+            ", ".join(f"{lr:g} {kind}" for kind, lr in DEFAULT_LR.items()) + ")")
+
+
 @dataclass
 class TrainConfig:
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    layer: str = "both"  # dft | dense | both
-    widths: tuple[int, ...] = SEED_WIDTHS
-    epochs: int = 10  # the default run (both nets) fits in 6 minutes on 2 CPU cores
-    batch_size: int = 128
-    lr: float | None = None  # None: DEFAULT_LR of each layer kind
-    weight_decay: float = 1e-2  # torch.optim.AdamW's default; 1e-4 gave 0.25 points less (README)
-    label_smoothing: float = 0.1
-    shift: int = 1  # shift each training image by up to this many pixels (dftnet.experiments.augment)
-    dropout: float = 0.0  # dropout on each hidden layer's output (augment.HiddenDropout)
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False  # replace the run the --out folder holds (its outputs are deleted first)
-    max_steps: int | None = None
-    quiet: bool = False
-    limit: int | None = None  # use at most this many training images (demos, tests)
+    """Every field made with :func:`.configflags.option` is also a flag of ``dftnet train``."""
+
+    dataset: str = option("mnist", choices=("mnist", "fashion-mnist"))
+    data_dir: str | None = option(None, "folder with the four IDX files (raw or .gz)", metavar="DIR")
+    layer: str = option("both", "which net(s): both = dft then dense; also dft-sign, block-32, ...",
+                        type=train_layer, metavar="{dft,dense,both,dft-sign,block-K}")
+    widths: tuple[int, ...] = option(SEED_WIDTHS, "layer widths, input first", type=mlp_widths, metavar="784,4096,...")
+    epochs: int = option(10, type=positive_int)
+    batch_size: int = option(128, type=positive_int)
+    lr: float | None = option(None, _lr_help(), type=positive_float)  # None: DEFAULT_LR of each layer kind
+    # torch.optim.AdamW's default; 1e-4 gave 0.15 points less by the median (docs/training.md)
+    weight_decay: float = option(1e-2, "AdamW weight decay", type=nonneg_float)
+    label_smoothing: float = option(0.1, type=nonneg_float)
+    shift: int = option(1, "shift each training image by a random 0..PIXELS pixels per axis, anew each epoch "
+                        "(0: no augmentation)", type=nonneg_int, metavar="PIXELS")
+    dropout: float = option(0.0, "dropout on each hidden layer's output, in [0, 1)", type=nonneg_float, metavar="P")
+    seed: int = run_option("seed")
+    device: str = run_option("device")
+    out: str | None = run_option("out")
+    resume: bool = run_option("resume")
+    overwrite: bool = run_option("overwrite")
+    max_steps: int | None = option(None, "stop each net after this many steps", type=positive_int)
+    quiet: bool = run_option("quiet")
+    limit: int | None = option(None, "use at most this many training images", type=positive_int)
     val_size: int = 5000
-    recompute_spectrum: bool = False
+    recompute_spectrum: bool = option(False, "DFT layers keep only their input for backward (less memory, one "
+                                             "more FFT)")
     eval_batch_size: int = 0  # 0: 1000, fewer for very wide nets (2^27 activations per batch at most)
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
-    memory_check: bool = True  # refuse a run whose estimated peak memory exceeds the device's (preflight)
+    checkpoint_every: int = option(0, "also checkpoint every STEPS steps (0: at epoch ends)", type=nonneg_int,
+                                   metavar="STEPS")
+    memory_check: bool = run_option("memory_check")
     kinds: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):

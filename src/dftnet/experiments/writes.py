@@ -10,9 +10,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["WriteError", "atomic_path", "write_text_atomic", "write_error", "os_error_in", "format_size",
            "make_folder", "remove_temporaries"]

@@ -122,6 +122,7 @@ class BlockDFTFunction(Function):
 
     @staticmethod
     def forward(ctx, x, param, bias, shape: BlockShape, scale: float | None = None):
+        x = x.contiguous()  # one layout into the FFTs: a strided input gives what its copy gives, to the bit
         k = shape.block_size
         X = _spectrum(x, shape.in_blocks, k)
         Wf = weight_spectrum(param, scale)
@@ -135,6 +136,7 @@ class BlockDFTFunction(Function):
         shape, scale = ctx.shape, ctx.scale
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
+        grad_out = grad_out.contiguous()  # as the input: one layout into the FFTs and the bias's sum
         if need_b:
             grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():

@@ -156,12 +156,14 @@ def _backward_rows(
             if diag is not None:
                 gd = _sum_rows_of_product(gx, x_rows) if need_d else None
                 gx = (gx.mul_(diag) if p == L else gx * diag) if need_x else None  # contiguous
-            return gx, gd, z[M]
+            return (gx if diag is not None else gx.contiguous()), gd, z[M]
         gx = gd = None
-        if need_x or need_d:
+        if need_x or need_d:  # contiguous, as nn.Linear's: not a view into the (M, L) inverse FFT
             z = torch.fft.irfft(G.mul_(cWf).conj_physical_(), L)
             gx = z if p == L else z[:, :p]
-            if diag is not None:  # gx is this backward's own: the diagonal's gradient first, then in place
+            if diag is None:
+                gx = gx.contiguous()
+            else:  # gx is this backward's own: the diagonal's gradient first, then in place
                 gd = _sum_rows_of_product(gx, x_rows) if need_d else None
                 gx = (gx.mul_(diag) if p == L else gx * diag) if need_x else None  # contiguous
         return gx, gd, (torch.fft.irfft(S, L) if invert and S is not None else S)
@@ -224,6 +226,7 @@ def _backward(ctx, grad_out):
     need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
         ctx.needs_input_grad[6]
     grad_x = grad_w = grad_b = gxd = None
+    grad_out = grad_out.contiguous()  # one layout into the FFTs and the bias's sum, as for the input
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if torch.is_grad_enabled():
@@ -283,7 +286,7 @@ def _backward_batched(ctx, grad_out, x, param, X, diag):
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if need_x or need_d:
-        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan))
+        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan)).contiguous()
     if need_w:
         xd = None if x is None else (x if diag is None else x * diag)
         grad_w = _weight_grad(grad_out, X if xd is None else torch.fft.rfft(_rows(xd), plan.fft_size), plan)
@@ -316,6 +319,9 @@ class DFTLinearFunction(Function):
 
     @staticmethod
     def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
+        # one layout into the FFTs (a copy for a strided input): a strided input gives what its contiguous
+        # copy gives, to the bit (MKL's FFTs and the batch sums round differently on other layouts)
+        x = x.contiguous()
         z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale, None, diag)
         ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
         # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double

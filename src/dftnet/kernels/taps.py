@@ -68,9 +68,11 @@ def inverts_gradient(plan: Plan, scale: float | None) -> bool:
 
 
 def param_grad(S: torch.Tensor, plan: Plan, scale: float | None) -> torch.Tensor:
-    """The parameter's gradient from what :func:`dftnet.kernels.circulant._backward_rows` returns: ``S = sum_batch G * X`` where the
-    gradient is elementwise, else (:func:`inverts_gradient`) the taps' gradient ``irfft(S, L)``."""
+    """The parameter's gradient from what :func:`dftnet.kernels.circulant._backward_rows` returns:
+    ``S = sum_batch G * X`` where the gradient is elementwise, else (:func:`inverts_gradient`) the taps'
+    gradient ``irfft(S, L)``."""
     if not inverts_gradient(plan, scale):
+        assert scale is not None  # inverts_gradient is True without a scale
         return spectrum_grad(S, plan.n, scale)
     gw = fold_taps(S, plan)
     return gw if scale is None else spectrum_to_weight(gw, scale)  # the map is its own adjoint

@@ -7,7 +7,7 @@ Each cell is a row: a dict with the keys of ``CSV_FIELDS`` (times in ms, None wh
 from __future__ import annotations
 
 import gc
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn

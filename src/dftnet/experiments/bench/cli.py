@@ -10,8 +10,8 @@ import datetime as _dt
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -24,8 +24,19 @@ from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths,
 from .end_to_end import E2E_BATCH, bench_end_to_end, format_end_to_end
 from .report import STATS, format_overhead, format_row, machine_info, table_header, write_outputs
 from .timing import CLOCKS, DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
-from .transformer import (BLOCK_SIZES, QUICK_BLOCKS, QUICK_DIMS, QUICK_ROWS, TRANSFORMER_DIMS, TRANSFORMER_ROWS,
-                          c3a_operation, format_transformer, transformer_cells, transformer_sweep, write_transformer)
+from .transformer import (
+    BLOCK_SIZES,
+    QUICK_BLOCKS,
+    QUICK_DIMS,
+    QUICK_ROWS,
+    TRANSFORMER_DIMS,
+    TRANSFORMER_ROWS,
+    c3a_operation,
+    format_transformer,
+    transformer_cells,
+    transformer_sweep,
+    write_transformer,
+)
 
 __all__ = ["QUICK_WIDTHS", "QUICK_BATCHES", "configure_parser", "run", "main"]
 
@@ -231,9 +242,10 @@ def _run_transformer(cfg: dict) -> int:
     t_start = time.perf_counter()
     print(f"dftnet bench --preset transformer: {machine['device_name']} ({device}), {cfg['dtype']}, torch "
           f"{machine['torch_version']}, {machine['torch_threads']} threads, {machine['cpu_count']} CPUs, load "
-          f"{machine.get('loadavg', [float('nan')])[0]:.1f}; PEFT's C3A " + ("included" if c3a else "left out (peft is not "
-                                                                "installed)"), flush=True)
-    print(f"times: {cfg['stat']} ms per call ({cfg['clock']} clock); lin/layer = nn.Linear's time over the layer's (its speed-up); "
+          f"{machine.get('loadavg', [float('nan')])[0]:.1f}; PEFT's C3A "
+          + ("included" if c3a else "left out (peft is not installed)"), flush=True)
+    print(f"times: {cfg['stat']} ms per call ({cfg['clock']} clock); lin/layer = nn.Linear's time over the "
+          "layer's (its speed-up); "
           "layer/floor = the layer's time over the transforms its FFT route must do; c3a/layer = PEFT's C3A "
           "op over the block layer", flush=True)
     result = transformer_sweep(dims, rows, cfg["modes"], blocks=blocks, device=device, dtype=cfg["dtype"],

@@ -8,8 +8,8 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -6,7 +6,7 @@ import contextlib
 import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.utils.benchmark

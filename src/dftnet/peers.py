@@ -1,4 +1,4 @@
-"""The structured layers DFTnet is measured against in the LM study: low-rank and Monarch.
+"""The structured layers DFTnet is measured against: low-rank and Monarch (variants ``lowrank-K``, ``monarch-B``).
 
 Both are written from their definitions in plain PyTorch (batched matmuls), with ``to_dense()`` for tests:
 

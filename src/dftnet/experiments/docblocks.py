@@ -1,0 +1,146 @@
+"""The results tables of the README and docs/, drawn from the committed data in ``docs/results/``.
+
+Each table sits between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in a Markdown file and is redrawn from
+its data by one command, which also says which blocks were stale; a test runs the check, so a shown
+number cannot drift from the data::
+
+    python -m dftnet.experiments.docblocks           # redraw every block
+    python -m dftnet.experiments.docblocks --check   # list stale blocks, exit 1 if any
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["BLOCKS", "render", "update", "main"]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _rows(root: Path, name: str) -> list[dict]:
+    with open(root / "docs" / "results" / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _params(layer: str) -> int:
+    from .models import SEED_WIDTHS, build_model
+
+    return sum(p.numel() for p in build_model(layer, SEED_WIDTHS).parameters())
+
+
+def mnist_table(root: Path) -> str:
+    """The default recipe's MNIST runs (lever ``DEFAULT_LEVER`` of mnist_recipe.csv), both nets, by seed."""
+    rows = [r for r in _rows(root, "mnist_recipe.csv") if r["lever"] == DEFAULT_LEVER and r["dataset"] == "mnist"]
+    dense_params = _params("dense")
+    out = ["| net | parameters | test acc, seeds " + " / ".join(sorted({r["seed"] for r in rows})) + " | median |",
+           "|---|---:|---:|---:|"]
+    medians = {}
+    for net in ("dft", "dense"):
+        accs = [float(r["test_acc"]) for r in sorted(rows, key=lambda r: int(r["seed"])) if r["net"] == net]
+        medians[net] = statistics.median(accs)
+        params = _params(net)
+        shown = f"{params:,}" + (f" ({dense_params / _params('dft'):.0f}×)" if net == "dense" else "")
+        by_seed = " / ".join(f"{100 * a:.2f}" for a in accs)
+        out.append(f"| {net} | {shown} | {by_seed}% | {100 * medians[net]:.2f}% |")
+    out.append("")
+    out.append(f"Gap between the medians: {100 * (medians['dense'] - medians['dft']):.2f} points.")
+    return "\n".join(out) + "\n"
+
+
+def width_table(root: Path) -> str:
+    """The width sweep at the default recipe (width_sweep.csv): one row per width, by seed."""
+    rows = [r for r in _rows(root, "width_sweep.csv") if r["dataset"] == "mnist" and r["variant"] == "dft"]
+    out = ["| W | DFT params | dense params | MNIST test acc (seed 0) |", "|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: int(r["W"])):
+        dense = int(r["dense_parameters"])
+        shown = f"{dense / 1e6:.1f} M" if dense < 1e8 else f"{dense / 1e6:.0f} M"
+        out.append(f"| {r['W']} | {int(r['parameters']):,} | {shown} | {100 * float(r['test_acc']):.2f}% |")
+    return "\n".join(out) + "\n"
+
+
+def _study(root: Path) -> dict | None:
+    from .study import load_folder
+
+    folder = root / "docs" / "results" / "lm_study"
+    return load_folder(folder) if (folder / "costs.json").is_file() else None
+
+
+NO_STUDY = "(no study cell is committed yet)\n"
+
+
+def study_headline(root: Path) -> str:
+    from .study_report import headline_text
+
+    study = _study(root)
+    return headline_text(study) if study else NO_STUDY
+
+
+def study_full(root: Path) -> str:
+    from .study_report import report_text
+
+    study = _study(root)
+    return report_text(study) if study else NO_STUDY
+
+
+DEFAULT_LEVER = "shift1-lr6e-3-ep10"  # the mnist_recipe.csv rows made with dftnet train's defaults
+
+# block name -> (the files it appears in, what draws it)
+BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[Path], str]]] = {
+    "mnist:default": (("README.md",), mnist_table),
+    "width:default": (("README.md", "docs/training.md"), width_table),
+    "study:headline": (("README.md",), study_headline),
+    "study:full": (("docs/lm.md",), study_full),
+}
+
+
+def render(root: Path = ROOT) -> dict[str, str]:
+    return {name: draw(root) for name, (_, draw) in BLOCKS.items()}
+
+
+def update(root: Path = ROOT, check: bool = False, only: tuple[str, ...] | None = None) -> list[str]:
+    """Redraw the blocks (``only`` these names, if given) in their files under ``root``; with ``check``,
+    change nothing. Returns the stale ones as ``file: block``."""
+    from .writes import write_text_atomic
+
+    names = [n for n in BLOCKS if only is None or n in only]
+    bodies = {n: BLOCKS[n][1](root) for n in names}
+    stale = []
+    for rel in sorted({f for n in names for f in BLOCKS[n][0]}):
+        path = root / rel
+        text = new = path.read_text()
+        for name in names:
+            if rel not in BLOCKS[name][0]:
+                continue
+            pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n)(.*?)(<!-- /{re.escape(name)} -->)", re.S)
+            if not pattern.search(new):
+                raise ValueError(f"{rel}: no block <!-- {name} --> ... <!-- /{name} -->")
+            updated = pattern.sub(lambda m, body=bodies[name]: m.group(1) + body + m.group(3), new)
+            if updated != new:
+                stale.append(f"{rel}: {name}")
+            new = updated
+        if new != text and not check:
+            write_text_atomic(path, new)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dftnet.experiments.docblocks", description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="change nothing; list the stale blocks, exit 1 if any")
+    p.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this checkout)")
+    args = p.parse_args(argv)
+    stale = update(args.root, check=args.check)
+    for s in stale:
+        print(("stale: " if args.check else "redrew: ") + s)
+    if not stale:
+        print("every block is current")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
