@@ -168,10 +168,8 @@ class Circulant(_Structure):
         if grad_recorded(input, param, bias, diagonal):  # autograd records: the Function
             return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.scale,
                                        diagonal)
-        if diagonal is not None:
-            input = input * diagonal
         cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
-        return dft_forward(input, param, bias, plan, self.scale, cWf)  # inference: no autograd bookkeeping
+        return dft_forward(input, param, bias, plan, self.scale, cWf, diagonal)  # inference: no autograd records
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         return dft_reference(input, self.weight(param), bias, self.plan)

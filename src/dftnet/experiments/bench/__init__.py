@@ -1,9 +1,10 @@
 """Speed benchmark of :class:`dftnet.DFTLinear` (the package behind ``dftnet bench``).
 
-In five parts: ``timing`` (interleaved turns, medians of repeats), ``cases`` (layer shapes, one timed
+In six parts: ``timing`` (interleaved turns, medians of repeats), ``cases`` (layer shapes, one timed
 cell, the sweep), ``end_to_end`` (the seed net's training step, DFT against dense), ``report`` (text
-table, overhead section, machine description, bench.csv/json/png, end_to_end.csv) and ``cli`` (flags
-and the run).
+table, overhead section, machine description, bench.csv/json/png, end_to_end.csv), ``transformer``
+(``--preset transformer``: a transformer MLP's shapes, DFTLinear and BlockDFTLinear against nn.Linear,
+their FFT floors and PEFT's C3A op) and ``cli`` (flags and the run).
 
 For each layer shape (p -> q), batch B and mode ("fwd" under ``torch.no_grad``, or "fwd+bwd": forward
 plus the gradients of the input, the weight and the bias) it times four contenders:
@@ -71,12 +72,14 @@ from .cases import (
 from .cli import QUICK_BATCHES, QUICK_WIDTHS, configure_parser, main, run
 from .end_to_end import E2E_FIELDS, bench_end_to_end, format_end_to_end
 from .report import STATS, format_overhead, format_row, format_table, machine_info, plot, table_header, write_outputs
-from .timing import ratio_spread, time_contenders
+from .timing import CLOCKS, ratio_spread, time_contenders
+from .transformer import TRANSFORMER_FIELDS, format_transformer, mlp_shapes, transformer_cell, transformer_sweep
 
 __all__ = [
     "MODES", "STATS", "CONTENDERS", "CSV_FIELDS", "DTYPES", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "QUICK_WIDTHS",
     "QUICK_BATCHES", "E2E_FIELDS", "configure_parser", "run", "main", "sweep", "bench_cell",
     "bench_end_to_end", "time_contenders", "ratio_spread", "parse_widths", "resolve_dtype", "machine_info",
     "format_table", "format_row", "format_overhead", "format_end_to_end", "table_header", "write_outputs",
-    "plot",
+    "plot", "CLOCKS", "TRANSFORMER_FIELDS", "format_transformer", "mlp_shapes", "transformer_cell",
+    "transformer_sweep",
 ]

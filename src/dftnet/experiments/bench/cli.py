@@ -23,7 +23,20 @@ from ..writes import WriteError
 from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
 from .end_to_end import E2E_BATCH, bench_end_to_end, format_end_to_end
 from .report import STATS, format_overhead, format_row, machine_info, table_header, write_outputs
-from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
+from .timing import CLOCKS, DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
+from .transformer import (
+    BLOCK_SIZES,
+    QUICK_BLOCKS,
+    QUICK_DIMS,
+    QUICK_ROWS,
+    TRANSFORMER_DIMS,
+    TRANSFORMER_ROWS,
+    c3a_operation,
+    format_transformer,
+    transformer_cells,
+    transformer_sweep,
+    write_transformer,
+)
 
 __all__ = ["QUICK_WIDTHS", "QUICK_BATCHES", "configure_parser", "run", "main"]
 
@@ -31,6 +44,9 @@ QUICK_WIDTHS: tuple = (256, 1024, 4096, 785, (785, 300))
 QUICK_BATCHES = (1, 8, 128)
 QUICK_BUDGET_S = 0.4
 QUICK_REPEATS = 11
+PRESETS = ("layers", "transformer")
+TRANSFORMER_BUDGET_S = 6.0  # seconds per cell of the transformer preset: it has up to 14 contenders
+QUICK_TRANSFORMER_BUDGET_S = 3.0
 E2E_BUDGET_FACTOR = 4  # the end-to-end row's timing budget, in cell budgets (--budget)
 E2E_WIDTHS: tuple = SEED_WIDTHS  # the end-to-end row's net
 
@@ -44,6 +60,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "against dense net, the DFT net's floor and its optimizer step. Outputs in --out: bench.csv (a "
         "row per cell), end_to_end.csv (one row), bench.json (both, key \"end_to_end\"), bench.png."
     )
+    parser.add_argument("--preset", type=one_of(PRESETS), default="layers",
+                        help="layers (default: the sweep over --widths and --batches) or transformer: the MLP "
+                             "shapes d->4d and 4d->d at d=512,1024,2048,4096 on 1024 and 8192 rows, DFTLinear "
+                             "and BlockDFTLinear k=8,16,32,64 against nn.Linear, their FFT floors and PEFT's "
+                             "C3A op when peft is installed (with --quick: d=512, 1024 rows, k=16,64)")
+    parser.add_argument("--dims", type=comma_list(positive_int, "width"), default=None, metavar="LIST",
+                        help="--preset transformer: the model widths d (default 512,1024,2048,4096)")
+    parser.add_argument("--rows", type=comma_list(positive_int, "rows"), default=None, metavar="LIST",
+                        help="--preset transformer: rows per call (default 1024,8192)")
+    parser.add_argument("--blocks", type=comma_list(positive_int, "block size"), default=None, metavar="LIST",
+                        help="--preset transformer: block sizes k of BlockDFTLinear (default 8,16,32,64)")
     parser.add_argument("--quick", action="store_true",
                         help="a small subset (widths 256,1024,4096,785,785x300; batches 1,8,128; the "
                              "end-to-end row) with a short time budget: under a minute on a 2-core CPU")
@@ -71,6 +98,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="statistic shown in the table and plot: median (default) or min (the "
                              "fastest turn: steadier on a machine shared with other work); the csv "
                              "and json hold both")
+    parser.add_argument("--clock", type=one_of(CLOCKS), default="wall",
+                        help="--preset transformer: wall (default) or cpu, the thread's CPU time, with "
+                             "--threads 1 on the CPU (steadier on a machine that other processes load)")
     parser.add_argument("--max-mem-gb", type=positive_float, default=4.0, metavar="GB",
                         help="skip cells whose activations (B * max(n, L) * 10 elements) exceed this "
                              "(default 4)")
@@ -90,7 +120,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> dict:
     """The run's settings: the parsed flags, with --quick's defaults where a flag was not given."""
     quick = args.quick
+    preset = getattr(args, "preset", "layers")
+    if preset == "transformer" and (args.widths or args.batches or args.no_end_to_end):
+        raise ValueError("--widths, --batches and --no-end-to-end do not apply to --preset transformer")
+    if preset != "transformer" and (getattr(args, "dims", None) or getattr(args, "rows", None)
+                                    or getattr(args, "blocks", None)):
+        raise ValueError("--dims, --rows and --blocks need --preset transformer")
+    clock = getattr(args, "clock", "wall")
+    if clock != "wall" and (preset != "transformer" or args.threads != 1):
+        raise ValueError("--clock cpu needs --preset transformer and --threads 1")
     cfg = {
+        "preset": preset,
         "quick": quick,
         "widths": args.widths or parse_widths(QUICK_WIDTHS if quick else DEFAULT_WIDTHS),
         "batches": args.batches or list(QUICK_BATCHES if quick else DEFAULT_BATCHES),
@@ -98,13 +138,19 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         "device": args.device,
         "dtype": DTYPES[args.dtype],
         "repeats": args.repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS),
-        "budget": args.budget or (QUICK_BUDGET_S if quick else DEFAULT_BUDGET_S),
+        "budget": args.budget or (
+            (QUICK_TRANSFORMER_BUDGET_S if quick else TRANSFORMER_BUDGET_S) if preset == "transformer"
+            else (QUICK_BUDGET_S if quick else DEFAULT_BUDGET_S)),
         "max_mem_gb": args.max_mem_gb,
         "linear_max_gb": args.linear_max_gb,
         "threads": args.threads,
         "plot": not args.no_plot,
         "end_to_end": not args.no_end_to_end,
         "stat": args.stat,
+        "clock": clock,
+        "dims": getattr(args, "dims", None) or list(QUICK_DIMS if quick else TRANSFORMER_DIMS),
+        "rows": getattr(args, "rows", None) or list(QUICK_ROWS if quick else TRANSFORMER_ROWS),
+        "blocks": getattr(args, "blocks", None) or list(QUICK_BLOCKS if quick else BLOCK_SIZES),
     }
     out = args.out
     if out is None:
@@ -127,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     """
     cfg = _config_from_args(args)
     with claim(cfg["out"], "bench", overwrite=getattr(args, "overwrite", False), command="dftnet bench"):
-        return _run(cfg)
+        return _run_transformer(cfg) if cfg["preset"] == "transformer" else _run(cfg)
 
 
 def _run(cfg: dict) -> int:
@@ -181,6 +227,39 @@ def _run(cfg: dict) -> int:
     n_skip = sum(1 for r in rows if r.get("skipped"))
     print(f"{len(rows) - n_skip} cells timed, {n_skip} skipped, in {elapsed:.1f} s; wrote "
           + ", ".join(str(p) for p in paths.values()), flush=True)
+    return 0
+
+
+def _run_transformer(cfg: dict) -> int:
+    """The transformer preset (:mod:`dftnet.experiments.bench.transformer`): a line per row as cells
+    finish, then the table; bench.csv and bench.json in the output folder."""
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    device = cfg["device"]
+    machine = machine_info(device)
+    c3a = c3a_operation() is not None
+    dims, rows, blocks = cfg["dims"], cfg["rows"], cfg["blocks"]
+    t_start = time.perf_counter()
+    print(f"dftnet bench --preset transformer: {machine['device_name']} ({device}), {cfg['dtype']}, torch "
+          f"{machine['torch_version']}, {machine['torch_threads']} threads, {machine['cpu_count']} CPUs, load "
+          f"{machine.get('loadavg', [float('nan')])[0]:.1f}; PEFT's C3A "
+          + ("included" if c3a else "left out (peft is not installed)"), flush=True)
+    print(f"times: {cfg['stat']} ms per call ({cfg['clock']} clock); lin/layer = nn.Linear's time over the "
+          "layer's (its speed-up); "
+          "layer/floor = the layer's time over the transforms its FFT route must do; c3a/layer = PEFT's C3A "
+          "op over the block layer", flush=True)
+    result = transformer_sweep(dims, rows, cfg["modes"], blocks=blocks, device=device, dtype=cfg["dtype"],
+                               repeats=cfg["repeats"], budget=cfg["budget"], max_mem_gb=cfg["max_mem_gb"], c3a=c3a,
+                               clock=cfg["clock"],
+                               callback=lambda r: print("  ".join(transformer_cells(r, cfg["stat"])), flush=True))
+    print("\n" + format_transformer(result, cfg["stat"]), flush=True)
+    elapsed = time.perf_counter() - t_start
+    machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v) for k, v in cfg.items()
+              if k not in ("widths", "batches", "end_to_end", "plot")}
+    config.update(c3a=c3a, elapsed_s=round(elapsed, 2), argv=sys.argv)
+    paths = write_transformer(result, cfg["out"], {"machine": machine, "config": config})
+    print(f"{len(result)} rows in {elapsed:.1f} s; wrote " + ", ".join(str(p) for p in paths.values()), flush=True)
     return 0
 
 

@@ -12,22 +12,34 @@ import torch
 import torch.utils.benchmark
 
 __all__ = ["time_contenders", "ratio_spread", "DEFAULT_REPEATS", "DEFAULT_BUDGET_S", "MIN_REPEATS",
-           "TARGET_SAMPLE_S"]
+           "TARGET_SAMPLE_S", "CLOCKS"]
 
 DEFAULT_REPEATS = 21
 DEFAULT_BUDGET_S = 1.0
 MIN_REPEATS = 3
 TARGET_SAMPLE_S = 2e-3  # each timed group of calls lasts at least this long
+CLOCKS = ("wall", "cpu")
 
 
-def _clock(device: torch.device) -> Callable[[], float]:
+def _clock(device: torch.device, clock: str = "wall") -> Callable[[], float]:
     """The clock a timed group reads before and after its calls.
+
+    ``clock="cpu"``: the calling thread's CPU time (``time.thread_time``), for 1 thread on the CPU: time
+    that other processes take from the core is not counted, so a shared machine's load disturbs the
+    turns less (it still shares caches and memory bandwidth).
 
     On an accelerator, ``torch.utils.benchmark.timer``: it synchronizes the (current) accelerator, then
     reads ``timeit.default_timer``, so queued kernels are counted. ``torch.utils.benchmark.Timer``
     itself does not fit the interleaved turns below: each of its ``timeit`` calls adds warm-up calls of
     its own and pins the thread count. On the CPU there is nothing to synchronize.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"bad clock {clock!r}: expected one of {', '.join(CLOCKS)}")
+    if clock == "cpu":
+        if device.type != "cpu" or torch.get_num_threads() != 1:
+            raise ValueError("the cpu clock times 1 thread on the CPU (torch.set_num_threads(1)): other "
+                             "threads' work would not be counted")
+        return time.thread_time
     return time.perf_counter if device.type == "cpu" else torch.utils.benchmark.timer
 
 
@@ -39,6 +51,7 @@ def time_contenders(
     device: torch.device | str = "cpu",
     min_repeats: int = MIN_REPEATS,
     target_sample: float = TARGET_SAMPLE_S,
+    clock: str = "wall",
 ) -> dict[str, dict]:
     """Time callables against each other, interleaved.
 
@@ -47,12 +60,13 @@ def time_contenders(
     its group, the order rotating from turn to turn. Each callable gets an equal share of ``budget``
     seconds: ``repeats`` turns, or fewer when they would exceed its share, never fewer than
     ``min(min_repeats, repeats)``. So a slow contender (nn.Linear at large n) does not starve the
-    others of turns, and while it is due it is interleaved with them.
+    others of turns, and while it is due it is interleaved with them. ``clock``: "wall" or, for 1 thread
+    on the CPU, "cpu" (the thread's CPU time; see :func:`_clock`).
 
     Returns {name: {"median", "min", "q1", "q3", "spread", "repeats"}}, times in seconds per call.
     """
     device = torch.device(device)
-    clock = _clock(device)
+    clock = _clock(device, clock)
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with on_device:  # the clock synchronizes the current device
         samples = _interleaved_samples(fns, clock, repeats, budget, min_repeats, target_sample)
