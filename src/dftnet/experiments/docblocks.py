@@ -88,6 +88,49 @@ def study_full(root: Path) -> str:
     return report_text(study) if study else NO_STUDY
 
 
+def _x(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def transformer_table(root: Path) -> str:
+    """``dftnet bench --preset transformer`` at 1 thread (docs/results/bench_transformer/*/bench.json): per
+    (shape, rows, mode) nn.Linear's time and each layer's speed-up over it (its route) and time over its floor."""
+    import json
+
+    rows, machine = [], {}
+    for path in sorted((root / "docs" / "results" / "bench_transformer").glob("*/bench.json")):
+        doc = json.loads(path.read_text())
+        machine = doc.get("machine", machine)
+        rows += [r for r in doc["rows"] if not r.get("skipped")]
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["p"], r["q"], r["rows"], r["mode"])
+        cells.setdefault(key, {})[r["layer"]] = r
+    kinds = {n for c in cells.values() for n in c}
+    names = ["dft"] + sorted(kinds - {"dft"}, key=lambda n: (n.startswith("c3a"), int(n.split("-")[1])))
+    head = ["shape", "rows", "mode", "nn.Linear ms"] + [
+        f"{n.replace('c3a', 'C3A')} ×lin" if n.startswith("c3a") else f"{n} ×lin (route) / ×floor" for n in names]
+    out = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|" + "---:|" * len(names)]
+    order = sorted(cells, key=lambda k: (max(k[0], k[1]), k[2], k[0] > k[1], k[3]))
+    for key in order:
+        c = cells[key]
+        linear = next(iter(c.values()))["linear_ms"]
+        row = [f"{key[0]}→{key[1]}", f"{key[2]:,}", key[3], f"{linear:.1f}"]
+        for n in names:
+            r = c.get(n)
+            if r is None:
+                row.append("–")
+            elif n.startswith("c3a"):  # PEFT's op: no route, no floor of its own
+                row.append(_x(r["linear_over_layer"]))
+            else:
+                row.append(f"{_x(r['linear_over_layer'])} ({r['route']}) / {_x(r['layer_over_floor'])}")
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", f"{machine.get('cpu_name', '?')} ({machine.get('cpu_capability', '?')}), torch "
+            f"{machine.get('torch_version', '?')}, {machine.get('torch_threads', '?')} thread, float32; medians of "
+            "interleaved turns of thread CPU time (`--clock cpu`)."]
+    return "\n".join(out) + "\n"
+
+
 DEFAULT_LEVER = "shift1-lr6e-3-ep10"  # the mnist_recipe.csv rows made with dftnet train's defaults
 
 # block name -> (the files it appears in, what draws it)
@@ -96,6 +139,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[Path], str]]] = {
     "width:default": (("README.md", "docs/training.md"), width_table),
     "study:headline": (("README.md",), study_headline),
     "study:full": (("docs/lm.md",), study_full),
+    "bench:transformer": (("README.md", "docs/performance.md"), transformer_table),
 }
 
 

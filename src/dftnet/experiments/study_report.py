@@ -53,6 +53,7 @@ def arm_rows(study: dict) -> list[dict]:
                     "budget_s": budget * dense_cost["seconds"], "seconds": best["steps"] * cost["seconds"],
                     "flops": best["steps"] * cost["flops"], "flops_vs_dense": best["steps"] * cost["flops"] /
                     (budget * dense_cost["flops"]), "step_s": cost["seconds"],
+                    "step_vs_dense": cost["seconds"] / dense_cost["seconds"],
                     "memory_vs_dense": cost["peak_memory_bytes"] / dense_cost["peak_memory_bytes"],
                     "peak_memory_bytes": cost["peak_memory_bytes"], "routes": routes,
                     "mlp_parameters": best["mlp_parameters"]})
@@ -104,7 +105,8 @@ def _route(r: dict) -> str:
 def _table(rows: list[dict], full: bool) -> list[str]:
     head = ["d", "budget", "variant", "steps", "lr", "test bpb (seeds)", "vs dense", "verdict",
             "time to dense's bpb", "FLOPs to dense's bpb"]
-    head += ["FLOPs vs dense", "peak mem vs dense", "route", "MLP params", "rates tried"] if full else []
+    head += ["step time vs dense", "FLOPs vs dense", "peak mem vs dense", "route", "MLP params",
+             "rates tried"] if full else []
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
@@ -113,8 +115,8 @@ def _table(rows: list[dict], full: bool) -> list[str]:
                 "–" if r["arm"] == "dense" else f"{100 * r['vs_dense']:+.1f}%", r["verdict"],
                 _fmt_reach(r["reach_seconds"]), _fmt_reach(r["reach_flops"])]
         if full:
-            cols += [f"{r['flops_vs_dense']:.2f}×", f"{r['memory_vs_dense']:.2f}×", _route(r),
-                     f"{r['mlp_parameters']:,}", ", ".join(f"{x:.3g}" for x in r["rates_tried"])]
+            ratios = [f"{r[k]:.2f}×" for k in ("step_vs_dense", "flops_vs_dense", "memory_vs_dense")]
+            cols += ratios + [_route(r), f"{r['mlp_parameters']:,}", ", ".join(f"{x:.3g}" for x in r["rates_tried"])]
         out.append("| " + " | ".join(cols) + " |")
     return out
 
