@@ -29,7 +29,8 @@ def _label(arm: str) -> str:
 
 
 def arm_rows(study: dict) -> list[dict]:
-    """One row per (size, budget, arm) whose rate search is settled: its best rate's seeds and costs."""
+    """One row per (size, budget, arm) whose rate search is settled (its best rate interior, or the search
+    at its widest): its best rate's seeds and costs."""
     cfg, costs, cells = study["config"], study["costs"], study["cells"]
     rows = []
     for d, budgets in zip(cfg["sizes"], cfg["budgets"]):
@@ -41,6 +42,10 @@ def arm_rows(study: dict) -> list[dict]:
                 if not search:
                     continue
                 best = min(search, key=lambda c: (c["val_bpb"], c["k"]))
+                tried = {c["k"] for c in search}
+                interior = {best["k"] - 1, best["k"] + 1} <= tried
+                if not interior and len(tried) < cfg.get("rates", 3) + cfg.get("max_widen", 4):
+                    continue  # the rate search is still widening: no row yet
                 seeds = sorted((c for c in cells if (c["arm"], c["d_model"], c["budget"], c["k"]) ==
                                 (arm, d, budget, best["k"])), key=lambda c: c["seed"])
                 tests = [c["test_bpb"] for c in seeds]
