@@ -258,7 +258,8 @@ def test_auto_mode_saves_no_spectrum_beside_a_kept_input():
         return sum(storages.values())
 
     x = torch.randn(64, 256, requires_grad=True)
-    sizes = {mode: saved_bytes(DFTLinear(256, 1024, method="fft", recompute_spectrum=mode), x) for mode in (None, False)}
+    sizes = {mode: saved_bytes(DFTLinear(256, 1024, method="fft", recompute_spectrum=mode), x)
+             for mode in (None, False)}
     input_bytes = x.numel() * 4
     assert sizes[None] < input_bytes + 64 * 1024  # the input, the diagonal, the weight's O(n) spectrum
     assert sizes[False] > sizes[None] + 64 * 513 * 8 - 1  # keeping the spectrum adds (rows, L/2+1) complex

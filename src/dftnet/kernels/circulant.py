@@ -107,6 +107,7 @@ def _correlate_rows(
     for s in range(0, M, rows):
         chunk = slice(s, s + rows)
         if keep:
+            assert X is not None and Y is not None
             Xc = torch.fft.rfft(x2[chunk] if diag is None else x2[chunk] * diag, L, out=X[chunk])
             Yc = torch.mul(Xc, cWf, out=Y[: Xc.shape[0]])
         else:
@@ -150,11 +151,12 @@ def _backward_rows(
             S = GX[0] if M == 1 else GX.sum(0)
             del GX  # (B, F) complex: not alive while grad_input is computed
         if (need_x or need_d) and need_w and invert and M <= SMALL_BATCH_ROWS:  # one inverse FFT for both
+            assert S is not None
             both = torch.cat([G.mul_(cWf).conj_physical_(), S.unsqueeze(0)])
             z = torch.fft.irfft(both, L)
             gx, gd = z[:M, :p], None
             if diag is not None:
-                gd = _sum_rows_of_product(gx, x_rows) if need_d else None
+                gd = _sum_rows_of_product(gx, _given(x_rows)) if need_d else None
                 gx = (gx.mul_(diag) if p == L else gx * diag) if need_x else None  # contiguous
             return (gx if diag is not None else gx.contiguous()), gd, z[M]
         gx = gd = None
@@ -164,7 +166,7 @@ def _backward_rows(
             if diag is None:
                 gx = gx.contiguous()
             else:  # gx is this backward's own: the diagonal's gradient first, then in place
-                gd = _sum_rows_of_product(gx, x_rows) if need_d else None
+                gd = _sum_rows_of_product(gx, _given(x_rows)) if need_d else None
                 gx = (gx.mul_(diag) if p == L else gx * diag) if need_x else None  # contiguous
         return gx, gd, (torch.fft.irfft(S, L) if invert and S is not None else S)
     gx = g2.new_empty(M, p) if need_x else None
@@ -175,21 +177,27 @@ def _backward_rows(
         Gc = torch.fft.rfft(g2[chunk], L)
         if need_w:
             Xc = X[chunk] if X is not None else spectrum(chunk)
-            S += (Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0)
+            S = _given(S).add_((Gc * Xc if X is not None else Xc.mul_(Gc)).sum(0))
         if need_x or need_d:
             Gc = Gc.mul_(cWf).conj_physical_()
             if p == L and diag is None:
-                torch.fft.irfft(Gc, L, out=gx[chunk])
+                torch.fft.irfft(Gc, L, out=_given(gx)[chunk])
                 continue
             z = torch.fft.irfft(Gc, L)[:, :p]
             if need_d:
-                gd += (z * x_rows[chunk]).sum(0)
+                gd = _given(gd).add_((z * _given(x_rows)[chunk]).sum(0))
             if need_x:
                 if diag is None:
-                    gx[chunk] = z
+                    _given(gx)[chunk] = z
                 else:
-                    torch.mul(z, diag, out=gx[chunk])
+                    torch.mul(z, diag, out=_given(gx)[chunk])
     return gx, gd, (torch.fft.irfft(S, L) if invert and S is not None else S)
+
+
+def _given(t: torch.Tensor | None) -> torch.Tensor:
+    """``t``, which the caller's flags guarantee was made (for the type checker)."""
+    assert t is not None
+    return t
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,9 @@ their FFT floors and PEFT's C3A op) and ``cli`` (flags and the run).
 For each layer shape (p -> q), batch B and mode ("fwd" under ``torch.no_grad``, or "fwd+bwd": forward
 plus the gradients of the input, the weight and the bias) it times four contenders:
 
-* ``dftnet``: ``dftnet.DFTLinear(p, q, diagonal=False)`` (the circulant product alone, as the plain layer computes it) with its automatic method; the row records the route it took
-  (``dense``, or the FFT length L of :func:`dftnet.plan.make_plan`, circular when L == n);
+* ``dftnet``: ``dftnet.DFTLinear(p, q, diagonal=False)`` (the circulant product alone, as the plain layer
+  computes it) with its automatic method; the row records the route it took (``dense``, or the FFT
+  length L of :func:`dftnet.plan.make_plan`, circular when L == n);
 * ``plain``: the textbook torch.fft layer, ``irfft(rfft(x, n).conj() * rfft(w, n), n)[..., :q] + b``,
   with autograd doing the backward;
 * ``linear``: ``nn.Linear(p, q)`` (skipped when its weight would be too big: 3 p q bytes-per-element
