@@ -199,6 +199,7 @@ class BlockGemmFunction(Function):
     @staticmethod
     def forward(ctx, x, param, bias, shape: BlockShape, scale: float | None = None):
         k = shape.block_size
+        x = x.contiguous()  # one layout into the GEMMs: a strided input gives what its copy gives, to the bit
         X = _packed(x, shape.in_blocks, k)
         Wp = packed_weight(param, scale)
         ctx.shape, ctx.scale = shape, scale
@@ -215,6 +216,7 @@ class BlockGemmFunction(Function):
         x, param, X, Wp = ctx.saved_tensors
         shape, scale = ctx.shape, ctx.scale
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_out = grad_out.contiguous()  # as the input: one layout into the GEMMs and the bias's sum
         grad_x = grad_w = grad_b = None
         if need_b:
             grad_b = grad_out.sum(0)
@@ -227,7 +229,7 @@ class BlockGemmFunction(Function):
                 grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
             return grad_x, grad_w, grad_b, None, None
         k = shape.block_size
-        G = _packed(grad_out.contiguous(), shape.out_blocks, k)  # (k, B, R)
+        G = _packed(grad_out, shape.out_blocks, k)  # (k, B, R)
         if need_x:
             grad_x = _product(G, Wp, shape.in_features)
         if need_w:
