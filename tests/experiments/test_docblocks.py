@@ -11,7 +11,7 @@ def test_every_block_matches_the_committed_data():
 
 
 def test_a_changed_number_is_caught(tmp_path):
-    for rel in ("README.md", "docs/training.md", "docs/lm.md"):
+    for rel in sorted({f for files, _ in docblocks.BLOCKS.values() for f in files}):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((docblocks.ROOT / rel).read_text())
     (tmp_path / "docs" / "results").symlink_to(docblocks.ROOT / "docs" / "results")
