@@ -63,7 +63,7 @@ if command == "train":
     tiny_batch = (torch.randn(4, widths[0]), torch.randint(0, 10, (4,)))
 else:
     from dftnet.experiments.gpt import GPT
-    from dftnet.experiments.lm import LMConfig
+    from dftnet.experiments.lm_config import LMConfig
     from dftnet.experiments.lm_measure import _FlatLogits
     cfg = LMConfig()
     build = lambda: _FlatLogits(GPT(cfg.gpt(kind), seed=0))

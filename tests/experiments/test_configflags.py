@@ -8,7 +8,7 @@ import pytest
 from dftnet.experiments.argtypes import UsageError
 from dftnet.experiments.cli import build_parser
 from dftnet.experiments.configflags import HIDDEN, add_flags, config_from, option, run_option
-from dftnet.experiments.lm import LMConfig
+from dftnet.experiments.lm_config import LMConfig
 from dftnet.experiments.train_config import TrainConfig
 
 

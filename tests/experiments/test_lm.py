@@ -12,7 +12,8 @@ from dftnet.experiments import lm as lm_mod
 from dftnet.experiments.checkpoint import load_checkpoint
 from dftnet.experiments.cli import main
 from dftnet.experiments.gpt import GPT, GPTConfig
-from dftnet.experiments.lm import LMConfig, run
+from dftnet.experiments.lm import run
+from dftnet.experiments.lm_config import LMConfig
 from dftnet.experiments.runfolder import run_outputs
 
 TINY = dict(d_model=32, layers=1, heads=2, context=32, batch_size=8, max_steps=8, eval_every=4, lr=1e-2,

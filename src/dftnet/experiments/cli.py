@@ -95,7 +95,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_lm(sub) -> None:
-    from .lm import LMConfig
+    from .lm_config import LMConfig
 
     p = sub.add_parser("lm", help="dense, block-circulant and DFT MLPs in a small byte-level GPT (offline corpus)",
                        description="Train a small GPT on the bytes of this Python's standard library, once per "
@@ -105,7 +105,8 @@ def _add_lm(sub) -> None:
 
 
 def _run_lm(args) -> int:
-    from .lm import LMConfig, TrainingInterrupted, run
+    from .lm import TrainingInterrupted, run
+    from .lm_config import LMConfig
 
     return _run_job("lm", run, config_from(LMConfig, args), args.quiet, TrainingInterrupted)
 

@@ -90,7 +90,7 @@ class StudyConfig:
 
     def lm(self, arm: Arm, d_model: int, heads: int, lr: float, seed: int, steps: int):
         """The ``dftnet lm`` configuration of one cell (its schedule set for ``steps``)."""
-        from .lm import LMConfig
+        from .lm_config import LMConfig
 
         return LMConfig(variants=(arm.variant,), d_model=d_model, heads=heads, layers=self.layers,
                         context=self.context, batch_size=self.batch_size, max_steps=steps, lr=lr,
