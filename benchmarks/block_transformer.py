@@ -3,12 +3,11 @@ shapes, interleaved, with a profile of where each block layer's fwd+bwd time goe
 
 from __future__ import annotations
 
-import platform
-
 import torch
 
 from dftnet import BlockDFTLinear
 from dftnet.experiments.bench.timing import time_contenders
+from dftnet.experiments.reproduce import cpu_model
 
 SHAPES = [(512, 2048), (2048, 512), (2048, 8192)]
 BLOCKS = (4, 16, 64)
@@ -17,17 +16,6 @@ BLOCKS = (4, 16, 64)
 # and its products (complex) bmm
 TRANSFORM_OPS = {"aten::mm", "aten::_fft_r2c", "aten::_fft_c2r"}
 PRODUCT_OPS = {"aten::bmm", "aten::baddbmm_"}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def profile_shares(fn, calls: int = 3) -> dict:
@@ -46,7 +34,7 @@ def profile_shares(fn, calls: int = 3) -> dict:
 
 
 def run_transformer(rows: int, repeats: int, budget: float) -> list[dict]:
-    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {rows} rows, float32; "
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {rows} rows, float32; "
           "ms per call, median [q1, q3] of interleaved turns; speed-up = nn.Linear / block")
     out = []
     for p, q in SHAPES:

@@ -16,6 +16,7 @@ import torch
 from dftnet import __version__
 
 from ..reports import new_figure, text_table, write_csv
+from ..reproduce import cpu_model
 from ..writes import atomic_path, make_folder, write_text_atomic
 from .cases import CSV_FIELDS
 from .end_to_end import E2E_FIELDS
@@ -142,17 +143,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device | str = "cpu") -> dict:
     """Description of the machine and software the numbers come from."""
     import numpy
@@ -172,8 +162,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_name": _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "cpu_name": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "torch_threads": torch.get_num_threads(),
