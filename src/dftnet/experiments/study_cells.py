@@ -69,7 +69,7 @@ def _worker_init() -> None:
 
 def run_plan(cfg, plan, cell_dir: Path, log=print) -> list[dict]:
     """Train what ``plan(finished results)`` asks for until it asks for nothing new: ``cfg.jobs`` cells at
-    a time (cheapest first, searches before seeds), re-planning after each finished cell. Cells already in
+    a time (cheapest first; at equal cost, searches before seeds), re-planning after each finished cell. Cells already in
     ``cell_dir`` are read, not trained. Returns every finished result."""
     from .study import cell_name
 
@@ -80,7 +80,7 @@ def run_plan(cfg, plan, cell_dir: Path, log=print) -> list[dict]:
     def todo() -> list[dict]:
         cells = [c for c in plan(list(results.values())) if cell_name(c) not in results
                  and cell_name(c) not in running.values()]
-        return sorted(cells, key=lambda c: (c["phase"] != "search", c["steps"] * c["d_model"] ** 2, cell_name(c)))
+        return sorted(cells, key=lambda c: (c["steps"] * c["d_model"] ** 2, c["phase"] != "search", cell_name(c)))
 
     pool = ProcessPoolExecutor(max(1, cfg.jobs), mp_context=get_context("spawn"), initializer=_worker_init)
     try:
