@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from dftnet import BlockDFTLinear
-from dftnet.experiments.allocator import keep_freed_memory
 from dftnet.experiments.argtypes import comma_list, positive_int
 from dftnet.experiments.bench.timing import time_contenders
+from dftnet.experiments.harness.allocator import keep_freed_memory
 
 SHAPES = [(256, 256, 16), (256, 256, 64), (784, 300, 32), (1024, 1024, 64), (4096, 4096, 256)]
 CONTENDERS = ("auto", "dense", "fft", "gather", "plain", "linear")

@@ -7,7 +7,7 @@ import torch
 
 from dftnet import BlockDFTLinear
 from dftnet.experiments.bench.timing import time_contenders
-from dftnet.experiments.reproduce import cpu_model
+from dftnet.experiments.harness.reproduce import cpu_model
 
 SHAPES = [(512, 2048), (2048, 512), (2048, 8192)]
 BLOCKS = (4, 16, 64)

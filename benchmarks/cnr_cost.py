@@ -35,7 +35,7 @@ def measure() -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dftnet.experiments.models import SEED_WIDTHS, build_model
+    from dftnet.experiments.mnist.models import SEED_WIDTHS, build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

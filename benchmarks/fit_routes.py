@@ -24,8 +24,8 @@ import torch
 from fit_block_routes import fit_block, measure_block, report_choice
 
 from dftnet import DFTLinear
-from dftnet.experiments.allocator import keep_freed_memory
 from dftnet.experiments.bench.timing import time_contenders
+from dftnet.experiments.harness.allocator import keep_freed_memory
 from dftnet.plan import fft_cost, make_plan, use_dense
 
 SHAPES = [(n, n) for n in (16, 32, 64, 128, 256, 512, 1024)] + [(256, 64), (64, 10), (1024, 256), (785, 300),

@@ -6,7 +6,7 @@ kept (False) and recomputed (True), for a plain
 ``torch.fft`` autograd implementation and for dense ``nn.Linear``:
   - what autograd saves for backward (``saved_tensors_hooks``: every saved tensor in full, and each
     storage once), and
-  - the peak tensor memory of one AdamW step (``dftnet.experiments.memory.peak_step_memory``), and
+  - the peak tensor memory of one AdamW step (``dftnet.experiments.harness.memory.peak_step_memory``), and
   - the median time of a training step (interleaved turns, ``dftnet.experiments.bench.timing``).
 
     python benchmarks/memory.py [--batch 128] [--widths 784,4096,1024,256,64,10] [--repeats 15]
@@ -21,8 +21,8 @@ from torch import nn
 
 import dftnet
 from dftnet.experiments.bench.timing import time_contenders
-from dftnet.experiments.memory import peak_step_memory, saved_tensor_bytes
-from dftnet.experiments.models import MLP
+from dftnet.experiments.harness.memory import peak_step_memory, saved_tensor_bytes
+from dftnet.experiments.mnist.models import MLP
 
 
 class PlainDFTLinear(nn.Module):

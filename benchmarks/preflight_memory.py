@@ -6,9 +6,9 @@
 
 For each net, in a fresh process (so no memory freed by an earlier net is reused):
 
-* **estimate**: :func:`dftnet.experiments.preflight.estimate`, one training step on fake tensors (nothing
+* **estimate**: :func:`dftnet.experiments.harness.preflight.estimate`, one training step on fake tensors (nothing
   allocated), counted by the memory report's accounting (``MemTracker``);
-* **memory report**: :func:`dftnet.experiments.memory.peak_step_memory`, the same step on real tensors
+* **memory report**: :func:`dftnet.experiments.harness.memory.peak_step_memory`, the same step on real tensors
   (the "peak memory" column of ``dftnet train`` and ``dftnet lm``);
 * **RSS**: the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``) over
   three real training steps of the command's own step function (AdamW, label smoothing, clipping), less
@@ -38,9 +38,9 @@ CHILD = r"""
 import json, sys
 import torch
 import torch.nn.functional as F
-from dftnet.experiments.allocator import keep_freed_memory
-from dftnet.experiments import preflight
-from dftnet.experiments.memory import peak_step_memory
+from dftnet.experiments.harness.allocator import keep_freed_memory
+from dftnet.experiments.harness import preflight
+from dftnet.experiments.harness.memory import peak_step_memory
 
 keep_freed_memory()
 torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def status(key):
 
 torch.manual_seed(0)
 if command == "train":
-    from dftnet.experiments.models import build_model
+    from dftnet.experiments.mnist.models import build_model
     widths = tuple(int(w) for w in widths.split(","))
     build = lambda: build_model(kind, widths)
     x, y = torch.randn(128, widths[0]), torch.randint(0, 10, (128,))
@@ -62,9 +62,9 @@ if command == "train":
     tiny = lambda: build_model(kind, (widths[0], 16, 10))
     tiny_batch = (torch.randn(4, widths[0]), torch.randint(0, 10, (4,)))
 else:
-    from dftnet.experiments.gpt import GPT
-    from dftnet.experiments.lm_config import LMConfig
-    from dftnet.experiments.lm_measure import _FlatLogits
+    from dftnet.experiments.lm.gpt import GPT
+    from dftnet.experiments.lm.config import LMConfig
+    from dftnet.experiments.lm.measure import _FlatLogits
     cfg = LMConfig()
     build = lambda: _FlatLogits(GPT(cfg.gpt(kind), seed=0))
     x, y = torch.randint(0, 256, (32, 128)), torch.randint(0, 256, (32 * 128,))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dftnet import DFTLinear
-from dftnet.experiments.data import load_splits
+from dftnet.experiments.mnist.data import load_splits
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from dftnet import DFT, BlockDFT, BlockDFTLinear, Dense, DFTLinear, convert, parse_variant
-from dftnet.experiments.gpt import mlp_linear
-from dftnet.experiments.models import parse_layer_spec
+from dftnet.experiments.lm.gpt import mlp_linear
+from dftnet.experiments.mnist.models import parse_layer_spec
 from dftnet.peers import LowRankLinear, MonarchLinear
 from dftnet.variants import LowRank, Monarch
 
@@ -30,7 +30,7 @@ def test_names_configs_and_layers_agree(name, variant, cls):
 
 def test_every_command_line_parser_is_the_one_grammar():
     from dftnet.experiments.argtypes import ArgumentValueError, layer_spec, mlp_variant
-    from dftnet.experiments.gpt import split_variant
+    from dftnet.experiments.lm.gpt import split_variant
 
     assert mlp_variant("Monarch-4@8") == "monarch-4@8" and split_variant("monarch-4@8") == ("monarch-4", 8)
     assert layer_spec("BLOCK-16-sign") == "block-16-sign"

@@ -21,7 +21,7 @@ The others, each with no public equivalent in torch 2.4-2.13:
   (:class:`dftnet._weight.WeightView`), as PyTorch's own subclasses use them.
 
 The application's own private-API shims (fake tensors, the memory tracker) are in
-:mod:`dftnet.experiments._compat`.
+:mod:`dftnet.experiments.harness._compat`.
 """
 
 from __future__ import annotations

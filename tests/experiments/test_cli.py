@@ -55,7 +55,7 @@ def test_missing_data_dir(capsys, tmp_path):
 
 
 def test_missing_fashion_mnist(capsys, tmp_path, monkeypatch):
-    from dftnet.experiments import data
+    from dftnet.experiments.mnist import data
 
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
     code, _, err = run_main(capsys, "train", "--dataset", "fashion-mnist", "--out", str(tmp_path / "o"))

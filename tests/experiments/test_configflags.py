@@ -8,8 +8,8 @@ import pytest
 from dftnet.experiments.argtypes import UsageError
 from dftnet.experiments.cli import build_parser
 from dftnet.experiments.configflags import HIDDEN, add_flags, config_from, option, run_option
-from dftnet.experiments.lm_config import LMConfig
-from dftnet.experiments.train_config import TrainConfig
+from dftnet.experiments.lm.config import LMConfig
+from dftnet.experiments.mnist.config import TrainConfig
 
 
 @pytest.mark.parametrize("command,cls", [("train", TrainConfig), ("lm", LMConfig)])

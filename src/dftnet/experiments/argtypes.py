@@ -104,7 +104,7 @@ def one_of(choices: Iterable[str]) -> Callable[[str], str]:
 
 def mlp_widths(text: str) -> tuple[int, ...]:
     """``784,4096,10``: the layer widths of an MLP, input first."""
-    from .models import parse_widths
+    from .mnist.models import parse_widths
 
     try:
         return parse_widths(text)
@@ -142,7 +142,7 @@ def layer_spec(text: str) -> str:
 
 def mlp_variant(text: str) -> str:
     """An MLP variant of ``dftnet lm``: any variant, optionally ``@R``."""
-    from .gpt import GPTConfig, split_variant
+    from .lm.gpt import GPTConfig, split_variant
 
     name = variant_name(ratio=True)(text)
     try:
@@ -160,7 +160,7 @@ def train_layer(text: str) -> str:
 
 def device(text: str):
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``: the torch.device (see ``device.resolve_device``)."""
-    from .device import resolve_device
+    from .harness.device import resolve_device
 
     try:
         return resolve_device(text)

@@ -17,13 +17,13 @@ import sys
 
 from .argtypes import Parser, UsageError, positive_int
 from .configflags import add_flags, config_from
-from .interrupt import exit_status, stopped_line
+from .harness.interrupt import exit_status, stopped_line
 
 __all__ = ["main", "build_parser"]
 
 
 def _add_train(sub) -> None:
-    from .train_config import TrainConfig
+    from .mnist.config import TrainConfig
 
     p = sub.add_parser("train", help="train DFT and dense MLPs side by side (the note's MNIST experiment)",
                        description="Train the original note's MNIST classifier: a DFT net and the dense net "
@@ -33,7 +33,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import TrainConfig, TrainingInterrupted, run
+    from .mnist.train import TrainConfig, TrainingInterrupted, run
 
     return _run_job("train", run, config_from(TrainConfig, args), args.quiet, TrainingInterrupted)
 
@@ -67,7 +67,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from .evaluate import evaluate_checkpoint, format_confusion
+    from .mnist.evaluate import evaluate_checkpoint, format_confusion
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.device, args.limit)
     print(f"{result['checkpoint']}: {result['model']} on {result['dataset']} test set "
@@ -86,7 +86,7 @@ def _add_bench(sub) -> None:
 
 
 def _add_sweep(sub) -> None:
-    from . import sweep
+    from .mnist import sweep
 
     p = sub.add_parser("sweep", help="train across widths (--W) or layer variants (--frontier); table + plot",
                        description=sweep.__doc__.splitlines()[0])
@@ -95,7 +95,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_lm(sub) -> None:
-    from .lm_config import LMConfig
+    from .lm.config import LMConfig
 
     p = sub.add_parser("lm", help="dense, block-circulant and DFT MLPs in a small byte-level GPT (offline corpus)",
                        description="Train a small GPT on the bytes of this Python's standard library, once per "
@@ -105,14 +105,15 @@ def _add_lm(sub) -> None:
 
 
 def _run_lm(args) -> int:
-    from .lm import TrainingInterrupted, run
-    from .lm_config import LMConfig
+    from .lm.config import LMConfig
+    from .lm.train import TrainingInterrupted, run
 
     return _run_job("lm", run, config_from(LMConfig, args), args.quiet, TrainingInterrupted)
 
 
 def _add_study(sub) -> None:
-    from . import study, study_cli
+    from .study import cli as study_cli
+    from .study import plan as study
 
     p = sub.add_parser("study", help="equal-compute GPT study: MLP variants x sizes x budgets, frontier against dense",
                        description=study.__doc__.splitlines()[0])
@@ -145,15 +146,15 @@ def main(argv=None) -> int:
     if missing:  # the core is installed without the application's extra
         print(f"dftnet: the experiments need {', '.join(missing)}: {EXTRA_HINT}", file=sys.stderr)
         return 2
-    from .allocator import keep_freed_memory
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
-    from .interrupt import Terminated, terminate_on_sigterm
-    from .preflight import MemoryRefused
-    from .reproduce import pin_numerics
-    from .runfolder import RunFolderError
-    from .writes import WriteError, write_error
+    from .harness.allocator import keep_freed_memory
+    from .harness.checkpoint import CheckpointError
+    from .harness.guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
+    from .harness.interrupt import Terminated, terminate_on_sigterm
+    from .harness.preflight import MemoryRefused
+    from .harness.reproduce import pin_numerics
+    from .harness.runfolder import RunFolderError
+    from .harness.writes import WriteError, write_error
+    from .mnist.data import DataError
 
     user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, MemoryRefused,
                    PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)

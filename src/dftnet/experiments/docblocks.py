@@ -29,7 +29,7 @@ def _rows(root: Path, name: str) -> list[dict]:
 
 
 def _params(layer: str) -> int:
-    from .models import SEED_WIDTHS, build_model
+    from .mnist.models import SEED_WIDTHS, build_model
 
     return sum(p.numel() for p in build_model(layer, SEED_WIDTHS).parameters())
 
@@ -65,7 +65,7 @@ def width_table(root: Path) -> str:
 
 
 def _study(root: Path) -> dict | None:
-    from .study import load_folder
+    from .study.plan import load_folder
 
     folder = root / "docs" / "results" / "lm_study"
     return load_folder(folder) if (folder / "costs.json").is_file() else None
@@ -75,14 +75,14 @@ NO_STUDY = "(no study cell is committed yet)\n"
 
 
 def study_headline(root: Path) -> str:
-    from .study_report import headline_text
+    from .study.report import headline_text
 
     study = _study(root)
     return headline_text(study) if study else NO_STUDY
 
 
 def study_full(root: Path) -> str:
-    from .study_report import report_text
+    from .study.report import report_text
 
     study = _study(root)
     return report_text(study) if study else NO_STUDY
@@ -150,7 +150,7 @@ def render(root: Path = ROOT) -> dict[str, str]:
 def update(root: Path = ROOT, check: bool = False, only: tuple[str, ...] | None = None) -> list[str]:
     """Redraw the blocks (``only`` these names, if given) in their files under ``root``; with ``check``,
     change nothing. Returns the stale ones as ``file: block``."""
-    from .writes import write_text_atomic
+    from .harness.writes import write_text_atomic
 
     names = [n for n in BLOCKS if only is None or n in only]
     bodies = {n: BLOCKS[n][1](root) for n in names}

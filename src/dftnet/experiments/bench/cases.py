@@ -16,7 +16,7 @@ from dftnet import DFTLinear
 from dftnet.plan import make_plan
 
 from ..argtypes import ArgumentValueError, comma_list, nonneg_int, one_of, positive_float, positive_int
-from ..device import resolve_device
+from ..harness.device import resolve_device
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, ratio_spread, time_contenders
 
 __all__ = ["MODES", "CONTENDERS", "CSV_FIELDS", "DTYPES", "DEFAULT_WIDTHS", "DEFAULT_BATCHES", "parse_widths",

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..allocator import keep_freed_memory
 from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
-from ..models import SEED_WIDTHS
-from ..runfolder import RunFolderError, claim
-from ..writes import WriteError
+from ..harness.allocator import keep_freed_memory
+from ..harness.runfolder import RunFolderError, claim
+from ..harness.writes import WriteError
+from ..mnist.models import SEED_WIDTHS
 from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
 from .end_to_end import E2E_BATCH, bench_end_to_end, format_end_to_end
 from .report import STATS, format_overhead, format_row, machine_info, table_header, write_outputs

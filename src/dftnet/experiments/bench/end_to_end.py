@@ -1,6 +1,6 @@
 """The benchmark's end-to-end row: one AdamW training step of the seed net, DFT against dense.
 
-The seed MLP (``784-4096-1024-256-64-10``, :class:`dftnet.experiments.models.MLP` with its default
+The seed MLP (``784-4096-1024-256-64-10``, :class:`dftnet.experiments.mnist.models.MLP` with its default
 layer arguments) takes a step at batch 128: cross-entropy (label smoothing 0.1), then
 ``opt.zero_grad(set_to_none=True); loss.backward(); opt.step()`` with ``AdamW(lr=1e-3,
 weight_decay=0.01)``. Four contenders, timed interleaved by :func:`time_contenders`:
@@ -32,8 +32,8 @@ from dftnet import DFTLinear
 from dftnet.plan import make_plan
 
 from ..argtypes import positive_float, positive_int
-from ..device import resolve_device
-from ..models import MLP, SEED_WIDTHS
+from ..harness.device import resolve_device
+from ..mnist.models import MLP, SEED_WIDTHS
 from ..reports import text_table
 from .cases import resolve_dtype
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, ratio_spread, time_contenders

@@ -1,0 +1,179 @@
+"""The study's results from ``study.json`` alone: the tables, the compute to reach dense, the frontier plot.
+
+Per (size, budget, arm) the row is its best rate's cells: the rate chosen on validation (seed 0), the test
+bpb of every seed (mean, and the half-range as the spread), and the verdict against dense at the same
+budget: *better* or *worse* only when the seeds' ranges do not overlap, else *within spread*. The compute
+to reach dense's test bpb at a budget is read from the arm's results over budgets at that size
+(:func:`.frontier.budget_to_reach`), as a ratio to that budget, in measured seconds and in FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import mean
+
+from ..reports import new_figure
+from .frontier import budget_to_reach
+
+__all__ = ["arm_rows", "report_text", "headline_text", "plot_study"]
+
+
+def _arms(study: dict) -> list[str]:
+    cfg = study["config"]
+    return list(cfg["variants"]) + [f"{v}+attn" for v in cfg["attn_variants"]]
+
+
+def _label(arm: str) -> str:
+    return arm.replace("+attn", " (+attn)")
+
+
+def arm_rows(study: dict) -> list[dict]:
+    """One row per (size, budget, arm) whose rate search is settled (its best rate interior, or the search
+    at its widest): its best rate's seeds and costs."""
+    cfg, costs, cells = study["config"], study["costs"], study["cells"]
+    rows = []
+    for d, budgets in zip(cfg["sizes"], cfg["budgets"]):
+        dense_cost = costs[f"dense@d{d}"]
+        for budget in budgets:
+            for arm in _arms(study):
+                search = [c for c in cells if (c["arm"], c["d_model"], c["budget"], c["seed"]) == (arm, d, budget, 0)
+                          and c["phase"] == "search"]
+                if not search:
+                    continue
+                best = min(search, key=lambda c: (c["val_bpb"], c["k"]))
+                tried = {c["k"] for c in search}
+                interior = {best["k"] - 1, best["k"] + 1} <= tried
+                if not interior and len(tried) < cfg.get("rates", 3) + cfg.get("max_widen", 4):
+                    continue  # the rate search is still widening: no row yet
+                seeds = sorted((c for c in cells if (c["arm"], c["d_model"], c["budget"], c["k"]) ==
+                                (arm, d, budget, best["k"])), key=lambda c: c["seed"])
+                tests = [c["test_bpb"] for c in seeds]
+                cost = costs[f"{arm}@d{d}"]
+                routes = sorted(set(best["routes"].values()))
+                rows.append({
+                    "d_model": d, "budget": budget, "arm": arm, "steps": best["steps"], "lr": best["lr"],
+                    "rates_tried": sorted(c["lr"] for c in search), "seeds": len(tests), "test_bpb": tests,
+                    "mean": mean(tests), "lo": min(tests), "hi": max(tests), "val_bpb": best["val_bpb"],
+                    "budget_s": budget * dense_cost["seconds"], "seconds": best["steps"] * cost["seconds"],
+                    "flops": best["steps"] * cost["flops"], "flops_vs_dense": best["steps"] * cost["flops"] /
+                    (budget * dense_cost["flops"]), "step_s": cost["seconds"],
+                    "step_vs_dense": cost["seconds"] / dense_cost["seconds"],
+                    "memory_vs_dense": cost["peak_memory_bytes"] / dense_cost["peak_memory_bytes"],
+                    "peak_memory_bytes": cost["peak_memory_bytes"], "routes": routes,
+                    "mlp_parameters": best["mlp_parameters"]})
+    _against_dense(rows)
+    return rows
+
+
+def _against_dense(rows: list[dict]) -> None:
+    dense = {(r["d_model"], r["budget"]): r for r in rows if r["arm"] == "dense"}
+    by_arm = {}
+    for r in rows:
+        by_arm.setdefault((r["arm"], r["d_model"]), []).append(r)
+    for r in rows:
+        ref = dense.get((r["d_model"], r["budget"]))
+        r["vs_dense"] = r["mean"] / ref["mean"] - 1 if ref else math.nan
+        if ref is None or r["arm"] == "dense":
+            r["verdict"] = "–"
+        elif min(r["seeds"], ref["seeds"]) < 2:
+            r["verdict"] = "1 seed"
+        else:
+            r["verdict"] = "better" if r["hi"] < ref["lo"] else "worse" if r["lo"] > ref["hi"] else "within spread"
+        r["reach_seconds"] = r["reach_flops"] = None
+        if ref is not None and r["arm"] != "dense":
+            own = by_arm[(r["arm"], r["d_model"])]
+            for axis in ("seconds", "flops"):
+                reach = budget_to_reach([(o[axis], o["mean"]) for o in own], ref["mean"])
+                r[f"reach_{axis}"] = _ratio(reach, ref[axis])
+
+
+def _ratio(reach: tuple[str, float], reference: float) -> list:
+    return [reach[0], reach[1] / reference]
+
+
+def _fmt_reach(reach) -> str:
+    if reach is None:
+        return "–"
+    sign, x = reach
+    return f"{'' if sign == '=' else sign}{x:.2f}×"
+
+
+def _fmt_bpb(r: dict) -> str:
+    return f"{r['mean']:.3f} ± {(r['hi'] - r['lo']) / 2:.3f}" if r["seeds"] > 1 else f"{r['mean']:.3f}"
+
+
+def _route(r: dict) -> str:
+    return "dense route" if r["routes"] == ["dense"] else "/".join(r["routes"])
+
+
+def _table(rows: list[dict], full: bool) -> list[str]:
+    head = ["d", "budget", "variant", "steps", "lr", "test bpb (seeds)", "vs dense", "verdict",
+            "time to dense's bpb", "FLOPs to dense's bpb"]
+    head += ["step time vs dense", "FLOPs vs dense", "peak mem vs dense", "route", "MLP params",
+             "rates tried"] if full else []
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
+        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({seconds})", _label(r["arm"]),
+                f"{r['steps']:,}", f"{r['lr']:.3g}", f"{_fmt_bpb(r)} ({r['seeds']})",
+                "–" if r["arm"] == "dense" else f"{100 * r['vs_dense']:+.1f}%", r["verdict"],
+                _fmt_reach(r["reach_seconds"]), _fmt_reach(r["reach_flops"])]
+        if full:
+            ratios = [f"{r[k]:.2f}×" for k in ("step_vs_dense", "flops_vs_dense", "memory_vs_dense")]
+            cols += ratios + [_route(r), f"{r['mlp_parameters']:,}", ", ".join(f"{x:.3g}" for x in r["rates_tried"])]
+        out.append("| " + " | ".join(cols) + " |")
+    return out
+
+
+def _preamble(study: dict) -> list[str]:
+    cfg, machine = study["config"], study["costs"].get("machine", {})
+    return [f"{cfg['layers']} layers, context {cfg['context']}, batch {cfg['batch_size']}; budgets in dense's steps "
+            f"at each size, as seconds of 1-thread training on {machine.get('cpu', 'this machine')} (torch "
+            f"{machine.get('torch', '?')}); each variant trains budget / its own step time steps. Test bpb on "
+            f"{cfg['test_windows']} held-out windows, mean ± half-range over seeds; rates chosen on "
+            f"{cfg['eval_windows']} validation windows (seed 0). 'Time/FLOPs to dense's bpb': the budget at which "
+            "the variant reaches dense's mean test bpb at that budget, interpolated in log budget between the "
+            "budgets trained, as a ratio to it (≤: already at the smallest budget; >: not within the largest)."]
+
+
+def report_text(study: dict) -> str:
+    """Every settled row, with costs, routes and the rates tried, as Markdown."""
+    rows = arm_rows(study)
+    return "\n".join(_preamble(study) + [""] + _table(rows, full=True)) + "\n"
+
+
+def headline_text(study: dict) -> str:
+    """The README's table: the largest size with results, every budget and variant."""
+    rows = arm_rows(study)
+    if not rows:
+        return "(no finished budget yet)\n"
+    largest = max(r["d_model"] for r in rows)
+    return "\n".join(_table([r for r in rows if r["d_model"] == largest], full=False)) + "\n"
+
+
+def plot_study(study: dict, path: Path) -> None:
+    """Test bpb against the budget (seconds, log x), one panel per size, one line per variant (seed mean,
+    bars from the lowest to the highest seed)."""
+    rows = arm_rows(study)
+    sizes = sorted({r["d_model"] for r in rows}) or study["config"]["sizes"][:1]
+    fig = new_figure((4.5 * len(sizes), 4))
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
+    colors = {a: f"C{i % 10}" for i, a in enumerate(_arms(study))}
+    for ax, d in zip(axes, sizes):
+        for arm in _arms(study):
+            pts = sorted((r["budget_s"], r["mean"], r["lo"], r["hi"]) for r in rows
+                         if (r["arm"], r["d_model"]) == (arm, d))
+            if pts:
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], color=colors[arm],
+                            marker="o", ms=3, lw=2 if arm == "dense" else 1.2, capsize=2, label=_label(arm))
+        ax.set_xscale("log")
+        ax.set_xlabel("budget: seconds of 1-thread training")
+        ax.set_ylabel("test bits per byte")
+        ax.set_title(f"d = {d}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Equal compute: each variant trained for the budget with its own step count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
