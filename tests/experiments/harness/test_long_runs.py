@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from dftnet.experiments.cli import main
-from dftnet.experiments.harness import guard, preflight
+from dftnet.experiments.harness import guard, loop, preflight
 from dftnet.experiments.harness.checkpoint import load_checkpoint
-from dftnet.experiments.lm import train as lm_mod
 from dftnet.experiments.lm.gpt import GPT, GPTConfig
 from dftnet.experiments.mnist import train as train_mod
 
@@ -94,7 +93,7 @@ def test_diverging_train_stops_with_one_line_and_exit_3(capsys, tmp_path):
 
 @pytest.mark.parametrize("at,stopped,kept", [(5, 6, 4), (4, 4, 2)])  # weights go bad mid-interval / at a save
 def test_non_finite_weights_are_never_written(capsys, tmp_path, monkeypatch, at, stopped, kept):
-    _wrap_step(monkeypatch, train_mod, at, _poison)
+    _wrap_step(monkeypatch, loop, at, _poison)
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out)]) == 3
     line = _one_line(capsys.readouterr().err)
@@ -113,7 +112,7 @@ def test_diverging_lm_stops_with_one_line_and_exit_3(capsys, tmp_path):
 
 
 def test_lm_poisoned_weights_keep_the_last_finite_checkpoint(capsys, tmp_path, monkeypatch):
-    _wrap_step(monkeypatch, lm_mod, 3, _poison)
+    _wrap_step(monkeypatch, loop, 3, _poison)
     out = tmp_path / "run"
     assert main([*LM, "--out", str(out)]) == 3
     assert "dft diverged at step 4: the loss is nan" in _one_line(capsys.readouterr().err)
@@ -140,7 +139,7 @@ def test_what_counts_as_diverged():
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(capsys, tmp_path, monkeypatch, reference):
-    _wrap_step(monkeypatch, train_mod, 5, _sigterm)  # step 5 of 8 in epoch 1
+    _wrap_step(monkeypatch, loop, 5, _sigterm)  # step 5 of 8 in epoch 1
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out)]) == 143
     line = _one_line(capsys.readouterr().err)
@@ -153,7 +152,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(capsys, tmp_path, monkey
 
 
 def test_repeated_sigterm_still_checkpoints(capsys, tmp_path, monkeypatch):
-    _wrap_step(monkeypatch, train_mod, 3, lambda r: (_sigterm(r), _sigterm(r)))
+    _wrap_step(monkeypatch, loop, 3, lambda r: (_sigterm(r), _sigterm(r)))
     assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 143
     assert load_checkpoint(tmp_path / "run" / "dft" / "last.pt")["step"] == 3
 
@@ -168,7 +167,7 @@ def test_sigterm_outside_the_steps_ends_in_one_line(capsys, tmp_path, monkeypatc
 
 def test_lm_sigterm_then_resume_is_bit_identical(capsys, tmp_path, monkeypatch):
     assert main([*LM, "--out", str(tmp_path / "ref")]) == 0
-    _wrap_step(monkeypatch, lm_mod, 3, _sigterm)
+    _wrap_step(monkeypatch, loop, 3, _sigterm)
     assert main([*LM, "--out", str(tmp_path / "cut")]) == 143
     assert "dftnet lm --resume" in _one_line(capsys.readouterr().err)
     assert load_checkpoint(tmp_path / "cut" / "dft" / "last.pt")["step"] == 3
@@ -184,7 +183,7 @@ def test_sweep_sigterm_then_resume_is_bit_identical(capsys, tmp_path, monkeypatc
     sweep = ["sweep", "--widths", "784,W,10", "--W", "16,24", "--variants", "dft", "--limit", "256",
              "--batch-size", "32", "--epochs", "2", "--device", "cpu", "--quiet"]
     assert main([*sweep, "--out", str(tmp_path / "ref")]) == 0
-    _wrap_step(monkeypatch, train_mod, 8 + 16 + 3, _sigterm)  # past the first run, in the second
+    _wrap_step(monkeypatch, loop, 8 + 16 + 3, _sigterm)  # past the first run, in the second
     assert main([*sweep, "--out", str(tmp_path / "cut")]) == 143
     assert "dftnet sweep --resume --out" in _one_line(capsys.readouterr().err)
     monkeypatch.undo()
@@ -250,7 +249,7 @@ def _oom(r):
 
 def test_out_of_memory_in_a_step_ends_in_one_line_and_the_checkpoint_is_whole(capsys, tmp_path, monkeypatch,
                                                                              reference):
-    _wrap_step(monkeypatch, train_mod, 5, _oom)
+    _wrap_step(monkeypatch, loop, 5, _oom)
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out)]) == 1
     line = _one_line(capsys.readouterr().err)
@@ -273,9 +272,9 @@ def test_cpu_allocator_failures_count_as_out_of_memory():
 # The command line with each step slowed down (the same numbers), so that a SIGTERM sent from outside
 # lands mid-epoch.
 SLOW_STEPS = """import sys, time
-from dftnet.experiments.mnist import train
-_step = train.train_step
-train.train_step = lambda *a: (time.sleep(0.1), _step(*a))[1]
+from dftnet.experiments.harness import loop
+_step = loop.train_step
+loop.train_step = lambda *a: (time.sleep(0.1), _step(*a))[1]
 from dftnet.experiments.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """

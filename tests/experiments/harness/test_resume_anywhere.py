@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dftnet.experiments.cli import main
+from dftnet.experiments.harness import loop
 from dftnet.experiments.harness.checkpoint import load_checkpoint
 from dftnet.experiments.lm import measure as lm_measure
 from dftnet.experiments.lm import train as lm_mod
@@ -94,22 +95,22 @@ def train_reference(tmp_path_factory):
     return out
 
 
-# (function of the train module, call, before the call?): where the signal lands; the fast tier takes one
-# of each kind, the slow tier all
+# (module, function, call, before the call?, slow tier only): where the signal lands; the fast tier takes
+# one of each kind, the slow tier all
 TRAIN_POINTS = {
-    "after step 1": ("train_step", 1, False, True),
-    "after step 2 (a periodic checkpoint)": ("train_step", 2, False, True),
-    "after step 8 (end of epoch 1)": ("train_step", 8, False, False),
-    "after step 9 (first step of epoch 2)": ("train_step", 9, False, True),
-    "after step 16 (the last step)": ("train_step", 16, False, False),
-    "in epoch 1's validation": ("evaluate", 1, True, True),
-    "in epoch 2's validation (the last)": ("evaluate", 2, True, False),
-    "in the final test evaluation": ("evaluate", 3, True, False),
-    "in the first periodic checkpoint write": ("save_atomic", 1, True, True),
-    "in epoch 1's best.pt write": ("save_atomic", 4, True, True),
-    "in epoch 1's last.pt write": ("save_atomic", 5, True, False),
-    "in the final last.pt write": ("save_atomic", 10, True, True),
-    "in the model.safetensors export": ("save_safetensors", 1, True, False),
+    "after step 1": (loop, "train_step", 1, False, True),
+    "after step 2 (a periodic checkpoint)": (loop, "train_step", 2, False, True),
+    "after step 8 (end of epoch 1)": (loop, "train_step", 8, False, False),
+    "after step 9 (first step of epoch 2)": (loop, "train_step", 9, False, True),
+    "after step 16 (the last step)": (loop, "train_step", 16, False, False),
+    "in epoch 1's validation": (train_mod, "evaluate", 1, True, True),
+    "in epoch 2's validation (the last)": (train_mod, "evaluate", 2, True, False),
+    "in the final test evaluation": (train_mod, "evaluate", 3, True, False),
+    "in the first periodic checkpoint write": (loop, "save_atomic", 1, True, True),
+    "in epoch 1's best.pt write": (loop, "save_atomic", 4, True, True),
+    "in epoch 1's last.pt write": (loop, "save_atomic", 5, True, False),
+    "in the final last.pt write": (loop, "save_atomic", 10, True, True),
+    "in the model.safetensors export": (train_mod, "save_safetensors", 1, True, False),
 }
 
 
@@ -119,8 +120,8 @@ def _points(points: dict) -> list:
 
 @pytest.mark.parametrize("point", _points(TRAIN_POINTS))
 def test_train_resumes_bit_identical_wherever_the_signal_lands(monkeypatch, tmp_path, train_reference, point):
-    name, at, before, _ = TRAIN_POINTS[point]
-    _signal_at(monkeypatch, train_mod, name, at, before)
+    module, name, at, before, _ = TRAIN_POINTS[point]
+    _signal_at(monkeypatch, module, name, at, before)
     _stop_and_resume(monkeypatch, TRAIN, tmp_path / "cut")
     _assert_same_run(train_reference, tmp_path / "cut", "dft")
     best = [load_checkpoint(d / "dft" / "best.pt") for d in (train_reference, tmp_path / "cut")]
@@ -130,22 +131,22 @@ def test_train_resumes_bit_identical_wherever_the_signal_lands(monkeypatch, tmp_
 def test_the_train_points_cover_every_checkpoint_write(monkeypatch, tmp_path):
     """The write indices above are the run's: 3 periodic, best.pt and last.pt, per epoch."""
     calls = []
-    real = train_mod.save_atomic
-    monkeypatch.setattr(train_mod, "save_atomic", lambda ck, path: (calls.append(path.name), real(ck, path)))
+    real = loop.save_atomic
+    monkeypatch.setattr(loop, "save_atomic", lambda ck, path: (calls.append(path.name), real(ck, path)))
     assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 0
     assert calls == ["last.pt"] * 3 + ["best.pt", "last.pt"] + ["last.pt"] * 3 + ["best.pt", "last.pt"]
 
 
 # (module, function, call, before the call?, slow tier only)
 LM_POINTS = {
-    "after step 1": (lm_mod, "train_step", 1, False, True),
-    "after step 2 (a validation step)": (lm_mod, "train_step", 2, False, True),
-    "after step 6 (the last)": (lm_mod, "train_step", 6, False, False),
+    "after step 1": (loop, "train_step", 1, False, True),
+    "after step 2 (a validation step)": (loop, "train_step", 2, False, True),
+    "after step 6 (the last)": (loop, "train_step", 6, False, False),
     "in the first validation (step 0)": (lm_mod, "evaluate_bpb", 1, True, True),
     "in step 4's validation": (lm_mod, "evaluate_bpb", 3, True, True),
     "in the last validation": (lm_mod, "evaluate_bpb", 4, True, False),
-    "in step 2's checkpoint write": (lm_mod, "save_atomic", 1, True, True),
-    "in the last checkpoint write": (lm_mod, "save_atomic", 3, True, True),
+    "in step 2's checkpoint write": (loop, "save_atomic", 1, True, True),
+    "in the last checkpoint write": (loop, "save_atomic", 3, True, True),
     "in the final evaluation": (lm_measure, "evaluate_bpb", 1, True, False),
 }
 

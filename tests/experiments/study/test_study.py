@@ -13,8 +13,8 @@ import torch
 from dftnet.experiments.argtypes import ArgumentValueError, duration
 from dftnet.experiments.cli import main
 from dftnet.experiments.harness.distributed import Context
-from dftnet.experiments.lm.gpt import GPT, GPTConfig, split_variant
 from dftnet.experiments.lm import corpus
+from dftnet.experiments.lm.gpt import GPT, GPTConfig, split_variant
 from dftnet.experiments.lm.train import build_variant, lr_factor
 from dftnet.experiments.study.cells import train_cell
 from dftnet.experiments.study.flops import layer_flops, layer_routes, step_flops

@@ -132,7 +132,7 @@ def finish_variant(r, cfg, corpus, ctx: dist_mod.Context, prompt: bytes, log) ->
     val_bpb = evaluate_bpb(model, windows, cfg.batch_size, ctx)
     tokens = r.step * cfg.batch_size * cfg.context
     result = {
-        "variant": r.variant,
+        "variant": r.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "mlp_parameters": model.mlp_parameters(),
         "steps": r.step, "tokens": tokens, "seconds": r.seconds,
@@ -152,7 +152,7 @@ def finish_variant(r, cfg, corpus, ctx: dist_mod.Context, prompt: bytes, log) ->
 
     dist_mod.on_main(ctx, measure)
     t = result["timing"]
-    log(f"{r.variant:>9} done: {r.step} steps, val bpb {val_bpb:.3f} ({len(windows)} windows), "
+    log(f"{r.name:>9} done: {r.step} steps, val bpb {val_bpb:.3f} ({len(windows)} windows), "
         f"{result['tokens_per_s']:,.0f} tokens/s"
         + (f"; a step {t['step_ms']:.0f} ms: MLP {t['mlp_ms']:.0f}, attention {t['attention_ms']:.0f}, "
            f"rest {t['rest_ms']:.0f}" if t else ""))

@@ -6,9 +6,11 @@ Read top to bottom. For each variant (:func:`train_variant`), one after another:
 1. :func:`build_variant`: the model (same seed, so the same embeddings and attention), AdamW (one
    parameter group: the layers' spectral parametrisation makes one lr right at every width), linear
    warmup then cosine decay to a tenth of the peak, gradient clipping at 1;
-2. :func:`maybe_resume`: continue from ``<variant>/last.pt`` (exactly: the batch of a step depends on
-   (seed, step) alone, so every variant sees the same data in the same order, and so does a resumed run);
-3. the steps, with validation bits per byte every ``--eval-every`` steps (and a checkpoint there);
+2. :func:`.harness.loop.maybe_resume`: continue from ``<variant>/last.pt`` (exactly: the batch of a step
+   depends on (seed, step) alone, so every variant sees the same data in the same order, and so does a
+   resumed run);
+3. :func:`.harness.loop.fit`, the loop every command shares, asking :class:`VariantRun` for the batches,
+   the loss and validation bits per byte every ``--eval-every`` steps (and a checkpoint there);
 4. :func:`.measure.finish_variant`: a larger final validation, peak step memory, where a step's time
    goes (MLP, attention, the rest) and a text sample from a fixed prompt.
 
@@ -23,20 +25,20 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..configflags import config_dict
 from ..harness import distributed as dist_mod
-from ..harness import guard, preflight
-from ..harness.checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic
+from ..harness import preflight
+from ..harness.checkpoint import FORMAT, load_checkpoint
 from ..harness.device import resolve_device
-from ..harness.interrupt import StopFlag, TrainingInterrupted
+from ..harness.interrupt import TrainingInterrupted
+from ..harness.loop import Run, fit, maybe_resume, train_step
 from ..harness.reproduce import changed_environment, environment
 from ..harness.runfolder import refuse_changed_config
-from ..harness.writes import WriteError, atomic_path, write_text_atomic
+from ..harness.writes import atomic_path, write_text_atomic
 from ..mnist.recipe import param_groups
 from ..reports import lm_table, plot_lm, write_csv
 from . import corpus as corpus_mod
@@ -61,26 +63,93 @@ def _new_accum() -> dict:
     return {"loss_sum": 0.0, "count": 0}
 
 
-@dataclass
-class VariantRun:
-    """One variant in training: its modules, and where training stands (what a checkpoint records)."""
+@dataclass(kw_only=True)
+class VariantRun(Run):
+    """One variant in training: batches drawn by (seed, step), validation bits per byte every
+    ``eval_every`` steps (none when ``windows`` is None: a study cell measures at its end)."""
 
-    variant: str
-    model: GPT
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
+    cfg: LMConfig
+    ctx: dist_mod.Context
     local_batch: int
-    step: int = 0
-    seconds: float = 0.0  # training time so far (validation excluded)
-    history: list = field(default_factory=list)  # one row per validation
+    corpus: Any = None  # :class:`.corpus.Corpus`, set by the caller before training
+    windows: torch.Tensor | None = None  # validation windows
+    var_dir: Path | None = None
     accum: dict = field(default_factory=_new_accum)  # training loss since the last validation
-    grad_norm: float = 0.0  # of the last step, before clipping (read with its loss)
+    recent: list = field(default_factory=list)  # the last 20 losses, for the progress bar
+    losses: list | None = None  # every step's loss, when a list is given
+
+    command = "lm"
+    clip = 1.0
+    classes = VOCAB
+
+    def peak_lr(self) -> float:
+        return self.cfg.lr
+
+    def next_batch(self):
+        cfg = self.cfg
+        starts = corpus_mod.batch_indices(len(self.corpus.train), cfg.context, cfg.batch_size, cfg.seed, self.step)
+        mine = starts[self.ctx.rank * self.local_batch:(self.ctx.rank + 1) * self.local_batch]
+        return corpus_mod.get_batch(self.corpus.train, mine, cfg.context, self.ctx.device)
+
+    def loss(self, output, target):
+        return torch.nn.functional.cross_entropy(output.flatten(0, 1), target.flatten())
+
+    def record(self, loss, output, target, seconds):
+        self.accum["loss_sum"] += loss
+        self.accum["count"] += 1
+        self.recent = (self.recent + [loss])[-20:]
+        if self.losses is not None:
+            self.losses.append(loss)
+
+    def postfix(self) -> dict:
+        tokens = self.cfg.batch_size * self.cfg.context
+        return {"loss": f"{sum(self.recent) / len(self.recent):.3f}",
+                "tok_s": f"{tokens * self.step / max(self.seconds, 1e-9):,.0f}"}
+
+    def evaluation_due(self) -> bool:
+        if self.windows is None or (self.history and self.history[-1]["step"] == self.step):
+            return False
+        return self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
+
+    def evaluate(self) -> str:
+        """Validation bits per byte now, and the training loss since the last validation: one metrics row."""
+        cfg = self.cfg
+        bpb = evaluate_bpb(self.model, self.windows, cfg.batch_size, self.ctx)
+        loss_sum, count = dist_mod.all_reduce_sum(self.ctx, [self.accum["loss_sum"], self.accum["count"]])
+        row = {"variant": self.name, "step": self.step, "tokens": self.step * cfg.batch_size * cfg.context,
+               "seconds": self.seconds, "train_bpb": loss_sum / count / math.log(2) if count else math.nan,
+               "val_bpb": bpb, "lr": self.sched.get_last_lr()[0]}
+        self.history.append(row)
+        self.accum = _new_accum()
+        if not count:
+            return f"{self.name:>9} step {self.step:>5}  val bpb {bpb:.3f}"
+        return (f"{self.name:>9} step {self.step:>5}  train bpb {row['train_bpb']:.3f}  val bpb {bpb:.3f}  "
+                f"{self.seconds:.1f} s")
+
+    def checkpoint(self) -> dict:
+        """Rank 0 holds the global running loss (reduced here)."""
+        total = dist_mod.all_reduce_sum(self.ctx, [self.accum["loss_sum"], self.accum["count"]])
+        self.accum = {"loss_sum": total[0], "count": int(total[1])} if self.ctx.is_main else _new_accum()
+        return {
+            "format": FORMAT, "kind": "lm",
+            "model": {"variant": self.name, **asdict(self.cfg.gpt(self.name))},
+            "state_dict": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "step": self.step, "seconds": self.seconds,
+            "history": self.history, "accum": self.accum, "config": config_dict(self.cfg),
+        }
+
+    def same_model(self, meta: dict) -> bool:
+        return meta == {"variant": self.name, **asdict(self.cfg.gpt(self.name))}
+
+    def restore(self, ck: dict, is_main: bool) -> None:
+        self.step, self.seconds, self.history = ck["step"], ck["seconds"], ck["history"]
+        self.accum = ck["accum"] if is_main else _new_accum()
 
 
-# ------------------------------------------------------------------------- 1. model, optimizer, schedule
+# ------------------------------------------------------------------------- model, optimizer, schedule
 
 
-def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> VariantRun:
+def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context, corpus=None) -> VariantRun:
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
                          f"({ctx.world_size})")
@@ -89,131 +158,17 @@ def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context) -> Variant
                             weight_decay=cfg.weight_decay)
     warmup, total = cfg.warmup, cfg.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
-    return VariantRun(variant, model, opt, sched, cfg.batch_size // ctx.world_size)
-
-
-# ------------------------------------------------------------------------- 2. resume, checkpoints
-
-
-def maybe_resume(r: VariantRun, cfg: LMConfig, var_dir: Path, ctx: dist_mod.Context, log) -> None:
-    if not cfg.resume:
-        return
-    expected = {"variant": r.variant, **asdict(cfg.gpt(r.variant))}
-    ck = restore_for_resume(var_dir, ctx.device, ctx.is_main, r.model, r.opt, r.sched, lambda m: m == expected)
-    if ck is None:
-        return
-    r.step, r.seconds, r.history = ck["step"], ck["seconds"], ck["history"]
-    r.accum = ck["accum"] if ctx.is_main else _new_accum()
-    log(f"{r.variant}: resumed from {var_dir / 'last.pt'} at step {r.step}")
-
-
-def save(r: VariantRun, cfg: LMConfig, ctx: dist_mod.Context, path: Path) -> None:
-    """Rank 0 holds the global running loss (reduced first), writes atomically; every rank waits."""
-    total = dist_mod.all_reduce_sum(ctx, [r.accum["loss_sum"], r.accum["count"]])
-    r.accum = {"loss_sum": total[0], "count": int(total[1])} if ctx.is_main else _new_accum()
-    ck = {
-        "format": FORMAT, "kind": "lm",
-        "model": {"variant": r.variant, **asdict(cfg.gpt(r.variant))},
-        "state_dict": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-        "step": r.step, "seconds": r.seconds, "history": r.history, "accum": r.accum,
-        "config": config_dict(cfg),
-    }
-    def write():  # weights or optimizer state that are not finite are never written
-        guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path, what))
-        save_atomic(ck, path)
-    dist_mod.on_main(ctx, write)
-
-
-def _diverged(r: VariantRun, cfg: LMConfig, last: Path, what: str) -> guard.TrainingDiverged:
-    return guard.TrainingDiverged(guard.diverged_line(r.variant, r.step, what, r.sched.get_last_lr()[0], cfg.lr,
-                                                      last, f"dftnet lm --overwrite --out {last.parent.parent}"))
-
-
-# ------------------------------------------------------------------------- 3. steps and validation
-
-
-def train_step(net, r: VariantRun, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Forward, loss, backward, clipping, AdamW step, schedule step; returns the loss (nats per byte)."""
-    logits = net(x)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-    r.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
-    r.opt.step()
-    r.sched.step()
-    loss_value, r.grad_norm = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()  # one transfer
-    return loss_value
-
-
-def validate(r: VariantRun, cfg: LMConfig, windows: torch.Tensor, ctx: dist_mod.Context) -> dict:
-    """Validation bits per byte now, and the training loss since the last validation: one metrics row."""
-    bpb = evaluate_bpb(r.model, windows, cfg.batch_size, ctx)
-    loss_sum, count = dist_mod.all_reduce_sum(ctx, [r.accum["loss_sum"], r.accum["count"]])
-    row = {"variant": r.variant, "step": r.step, "tokens": r.step * cfg.batch_size * cfg.context,
-           "seconds": r.seconds, "train_bpb": loss_sum / count / math.log(2) if count else math.nan,
-           "val_bpb": bpb, "lr": r.sched.get_last_lr()[0]}
-    r.history.append(row)
-    r.accum = _new_accum()
-    return row
+    return VariantRun(variant, model, opt, sched, cfg.max_steps, cfg=cfg, ctx=ctx,
+                      local_batch=cfg.batch_size // ctx.world_size, corpus=corpus)
 
 
 def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, ctx, log=print) -> dict:
     """Train one variant to ``max_steps`` (or continue it), then measure it; returns its results."""
-    var_dir = out_dir / variant
-    r = build_variant(variant, cfg, ctx)
-    maybe_resume(r, cfg, var_dir, ctx, log)
-    net = DistributedDataParallel(r.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else r.model
-    last = var_dir / "last.pt"
-    say = (lambda line: tqdm.write(line)) if not cfg.quiet and ctx.is_main else log
-    if not r.history:
-        row = validate(r, cfg, windows, ctx)
-        say(f"{variant:>9} step {r.step:>5}  val bpb {row['val_bpb']:.3f}")
-    bar = tqdm(total=cfg.max_steps, initial=r.step, desc=f"{variant:>9}", unit="step", leave=False,
-               dynamic_ncols=True, disable=cfg.quiet or not ctx.is_main)
-    r.model.train()
-    try:
-        with StopFlag() as stop:
-            session_s, session_tokens, recent = 0.0, 0, []  # this process's steps, for tokens/s
-            while r.step < cfg.max_steps:
-                t0 = time.perf_counter()
-                starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, r.step)
-                mine = starts[ctx.rank * r.local_batch:(ctx.rank + 1) * r.local_batch]
-                x, y = corpus_mod.get_batch(corpus.train, mine, cfg.context, ctx.device)
-                loss = train_step(net, r, x, y)
-                dt = time.perf_counter() - t0
-                r.step += 1
-                r.seconds += dt
-                r.accum["loss_sum"] += loss
-                r.accum["count"] += 1
-                session_s, session_tokens = session_s + dt, session_tokens + cfg.batch_size * cfg.context
-                recent = (recent + [loss])[-20:]
-                if not bar.disable:
-                    bar.update()
-                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", tok_s=f"{session_tokens / session_s:,.0f}")
-                problem = guard.diverged(loss, VOCAB, r.grad_norm)
-                stopping, bad = dist_mod.any_rank(ctx, stop.check(), problem is not None)
-                if bad:  # nothing is written: the last checkpoint is the last finite one
-                    raise _diverged(r, cfg, last, problem or "the loss is not finite in another process")
-                if r.step % cfg.eval_every == 0 or r.step == cfg.max_steps:
-                    row = validate(r, cfg, windows, ctx)
-                    say(f"{variant:>9} step {r.step:>5}  train bpb {row['train_bpb']:.3f}  val bpb "
-                        f"{row['val_bpb']:.3f}  {r.seconds:.1f} s")
-                    save(r, cfg, ctx, last)
-                elif stopping:
-                    save(r, cfg, ctx, last)
-                if stopping and r.step < cfg.max_steps:
-                    raise stop.interrupted(last)
-            if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint write
-                raise stop.interrupted(last)
-    except WriteError as e:  # stop at this step; the previous checkpoint is intact
-        raise WriteError(f"{e}; {variant} stopped at step {r.step}, its last good checkpoint is kept: once "
-                         f"fixed, continue with dftnet lm --resume --out {out_dir}", e.path) from e
-    except (RuntimeError, MemoryError) as e:
-        guard.raise_if_out_of_memory(e, variant, r.step, last, "lm", out_dir)
-        raise
-    finally:
-        bar.close()
+    r = build_variant(variant, cfg, ctx, corpus)
+    r.windows, r.var_dir = windows, out_dir / variant
+    if cfg.resume:
+        maybe_resume(r, r.var_dir, ctx, log)
+    fit(r, ctx, r.var_dir, quiet=cfg.quiet, log=log)
     return finish_variant(r, cfg, corpus, ctx, PROMPT, log)
 
 
@@ -223,9 +178,8 @@ def train_variant(variant: str, cfg: LMConfig, corpus, windows, out_dir: Path, c
 def step_seconds(variant: str, cfg: LMConfig, corpus, ctx: dist_mod.Context, steps: int = 5) -> float:
     """The median time of one training step of ``variant`` on this machine, from a throwaway model
     (2 warm-up steps, then ``steps`` timed ones), averaged over the processes so every rank agrees."""
-    r = build_variant(variant, cfg, ctx)
-    starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cfg.seed, 0)
-    x, y = corpus_mod.get_batch(corpus.train, starts[:r.local_batch], cfg.context, ctx.device)
+    r = build_variant(variant, cfg, ctx, corpus)
+    x, y = r.next_batch()
     times = []
     for _ in range(2 + steps):
         t0 = time.perf_counter()

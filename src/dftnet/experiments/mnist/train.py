@@ -1,13 +1,14 @@
 """Train an MLP classifier, DFT and dense side by side: the original note's MNIST experiment.
 
-Read top to bottom, like nanoGPT's train.py. For each net (:func:`train_net`):
+Read top to bottom. For each net (:func:`train_net`):
 
-1. :func:`build_net_run`: seed, model, AdamW, one-cycle schedule;
-2. :func:`maybe_resume`: continue from ``last.pt`` (mid-epoch too);
-3. :func:`train_epoch`, made of :func:`train_step`: one pass over this epoch's batches, with a
-   checkpoint every ``--checkpoint-every`` steps and on Ctrl-C;
-4. :func:`end_epoch`: validation, the epoch's row of metrics, ``best.pt`` and ``last.pt``;
-5. :func:`test_best`: the test set, once, with the epoch that validation chose.
+1. :func:`build_net_run`: seed, model, AdamW, one-cycle schedule, as a :class:`NetRun`: what the shared
+   loop (:func:`.harness.loop.fit`) asks of a command: this epoch's batches, the loss, the running
+   metrics, validation at each epoch's end (``best.pt``), and what a checkpoint holds;
+2. :func:`.harness.loop.maybe_resume`: continue from ``last.pt`` (mid-epoch too);
+3. :func:`.harness.loop.fit`: the steps, with ``last.pt`` at each epoch's end, every
+   ``--checkpoint-every`` steps and on Ctrl-C;
+4. :func:`test_best`: the test set, once, with the epoch that validation chose.
 
 The job (:func:`run`) then writes the summary table, ``metrics.csv``, ``summary.json`` and the curves.
 """
@@ -16,27 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
 from ..configflags import config_dict
 from ..harness import distributed as dist_mod
-from ..harness import guard, preflight
-from ..harness.checkpoint import FORMAT, load_checkpoint, restore_for_resume, save_atomic, save_safetensors
+from ..harness import preflight
+from ..harness.checkpoint import FORMAT, load_checkpoint, save_safetensors
 from ..harness.device import resolve_device
-from ..harness.interrupt import StopFlag, TrainingInterrupted
+from ..harness.interrupt import TrainingInterrupted
+from ..harness.loop import Run, fit, maybe_resume, save
 from ..harness.memory import peak_step_memory
 from ..harness.reproduce import changed_environment, environment
 from ..harness.runfolder import refuse_changed_config
-from ..harness.writes import WriteError, atomic_path, write_text_atomic
+from ..harness.writes import atomic_path, write_text_atomic
 from ..reports import plot_curves, train_table, write_csv
 from . import augment
 from . import data as data_mod
@@ -46,6 +45,7 @@ from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
+
 
 def _epoch_order(n: int, seed: int, epoch: int, ctx: dist_mod.Context) -> torch.Tensor:
     """This rank's examples of epoch ``epoch``, in order: a function of (seed, epoch) alone, so resuming
@@ -62,31 +62,132 @@ def _new_accum() -> dict:
     return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
 
-@dataclass
-class NetRun:
-    """One net in training: its modules, and where training stands (what a checkpoint records)."""
+@dataclass(kw_only=True)
+class NetRun(Run):
+    """One net in training: epochs of shuffled batches, validated at each epoch's end."""
 
-    kind: str
-    model: torch.nn.Module
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
+    cfg: TrainConfig
+    splits: data_mod.Splits
+    ctx: dist_mod.Context
+    net_dir: Path
     local_batch: int  # this process's share of the global batch
     steps_per_epoch: int
-    total_steps: int
     epoch: int = 0  # position: where training continues
     batch: int = 0
-    step: int = 0
-    history: list = field(default_factory=list)  # one row of metrics per epoch
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
     accum: dict = field(default_factory=_new_accum)  # running train metrics of the current epoch
     dropout: augment.HiddenDropout | None = None
+    _order: tuple = (None, None, None)  # (epoch, order, shifts) of the epoch in progress
 
 
-# ------------------------------------------------------------------------- 1. model, optimizer, schedule
+    def peak_lr(self) -> float:
+        return self.cfg.lr if self.cfg.lr is not None else default_lr(self.name)
+
+    @property
+    def classes(self) -> int:  # type: ignore[override]  # the dataset's
+        return self.splits.info.num_classes
+
+    def epoch_steps(self) -> int:
+        """The steps of the epoch in progress (the last one may be cut by ``--max-steps``)."""
+        return min(self.steps_per_epoch, self.batch + self.total_steps - self.step)
+
+    def next_batch(self):
+        cfg, splits = self.cfg, self.splits
+        if self._order[0] != self.epoch:
+            n = len(splits.train_x)
+            self._order = (self.epoch, _epoch_order(n, cfg.seed, self.epoch, self.ctx),
+                           augment.epoch_shifts(n, cfg.shift, cfg.seed, self.epoch) if cfg.shift else None)
+        _, order, shifts = self._order
+        idx = order[self.batch * self.local_batch : (self.batch + 1) * self.local_batch]
+        xb, yb = splits.train_x[idx].to(self.ctx.device), splits.train_y[idx].to(self.ctx.device)
+        if shifts is not None:
+            xb = augment.shift_images(xb, shifts[idx], fill=-splits.mean / splits.std)
+        if self.dropout is not None:
+            self.dropout.reseed(cfg.seed, self.step)
+        return xb, yb
+
+    def loss(self, output, target):
+        return F.cross_entropy(output, target, label_smoothing=self.cfg.label_smoothing)
+
+    def record(self, loss, output, target, seconds):
+        self.batch += 1
+        a = self.accum
+        a["loss_sum"] += loss * len(target)
+        a["correct"] += (output.argmax(1) == target).sum().item()
+        a["seen"] += len(target)
+        a["seconds"] += seconds
+
+    def postfix(self) -> dict:
+        a = self.accum
+        rate = a["seen"] * self.ctx.world_size / max(a["seconds"], 1e-9)
+        return {"epoch": f"{self.epoch + 1}/{self.cfg.epochs}", "loss": f"{a['loss_sum'] / max(a['seen'], 1):.4f}",
+                "acc": f"{a['correct'] / max(a['seen'], 1):.2%}", "ex_s": f"{rate:,.0f}"}
+
+    def evaluation_due(self) -> bool:
+        return self.batch > 0 and self.batch == self.epoch_steps()
+
+    def checkpoint_due(self) -> bool:
+        return bool(self.cfg.checkpoint_every) and self.step % self.cfg.checkpoint_every == 0
+
+    def evaluate(self) -> str:
+        """Validate, record the epoch's metrics, move to the next epoch, write ``best.pt``."""
+        cfg, ctx = self.cfg, self.ctx
+        n_steps = self.batch
+        val_loss, val_acc, _ = evaluate(self.model, self.splits.val_x, self.splits.val_y, cfg.eval_batch_size,
+                                        ctx=ctx)
+        loss_sum, correct, seen = dist_mod.all_reduce_sum(
+            ctx, [self.accum["loss_sum"], self.accum["correct"], self.accum["seen"]])
+        seconds = self.accum["seconds"]
+        row = {
+            "layer": self.name, "epoch": self.epoch + 1, "steps": self.step,
+            "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "val_loss": val_loss, "val_acc": val_acc,
+            "seconds": seconds, "examples_per_s": seen / seconds,
+            "epoch_fraction": n_steps / self.steps_per_epoch, "lr": self.sched.get_last_lr()[0],
+        }
+        self.history.append(row)
+        self.epoch, self.batch, self.accum = self.epoch + 1, 0, _new_accum()
+        if val_acc > self.best["val_acc"]:
+            self.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": self.epoch}
+            save(self, ctx, self.net_dir / "best.pt")
+        return (f"{self.name:>5} epoch {row['epoch']:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.2%}  val loss {val_loss:.4f} acc {val_acc:.2%}  "
+                f"{seconds:.1f} s  {row['examples_per_s']:,.0f} ex/s")
+
+    def checkpoint(self) -> dict:
+        """Rank 0 holds the global running sums (reduced here), other ranks zero."""
+        keys = ("loss_sum", "correct", "seen")
+        total = dist_mod.all_reduce_sum(self.ctx, [self.accum[k] for k in keys])
+        for k, v in zip(keys, total):
+            self.accum[k] = v if self.ctx.is_main else 0
+        cfg = self.cfg
+        return {
+            "format": FORMAT,
+            "model": {"kind": self.name, "widths": list(cfg.widths), "recompute_spectrum": cfg.recompute_spectrum},
+            "dataset": cfg.dataset,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "position": {"epoch": self.epoch, "batch": self.batch},  # where training continues
+            "step": self.step,
+            "accum": self.accum,  # running train metrics of the current epoch
+            "history": self.history,
+            "best": self.best,
+            "config": config_dict(cfg),
+        }
+
+    def same_model(self, meta: dict) -> bool:
+        return meta["kind"] == self.name and tuple(meta["widths"]) == tuple(self.cfg.widths)
+
+    def restore(self, ck: dict, is_main: bool) -> None:
+        self.epoch, self.batch = ck["position"]["epoch"], ck["position"]["batch"]
+        self.step, self.history, self.best = ck["step"], ck["history"], ck["best"]
+        self.accum = ck["accum"] if is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
 
 
-def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context) -> NetRun:
-    """``cfg.batch_size`` is the global batch: under DDP each of the world_size processes takes its share."""
+def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path) -> NetRun:
+    """Seed, model, AdamW, one-cycle schedule. ``cfg.batch_size`` is the global batch: under DDP each of
+    the world_size processes takes its share."""
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
                          f"({ctx.world_size})")
@@ -104,159 +205,8 @@ def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context) ->
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=max(total_steps, 1))
     dropout = augment.HiddenDropout(model, cfg.dropout, ctx.device) if cfg.dropout else None
-    return NetRun(kind, model, opt, sched, local_batch, steps_per_epoch, total_steps, dropout=dropout)
-
-
-# ------------------------------------------------------------------------- 2. resume, checkpoints
-
-
-def maybe_resume(r: NetRun, cfg: TrainConfig, net_dir: Path, ctx: dist_mod.Context, log) -> None:
-    """With ``--resume``, continue from ``last.pt``: weights, optimizer, schedule, position, metrics."""
-    if not cfg.resume:
-        return
-    ck = restore_for_resume(net_dir, ctx.device, ctx.is_main, r.model, r.opt, r.sched,
-                            lambda m: m["kind"] == r.kind and tuple(m["widths"]) == tuple(cfg.widths))
-    if ck is None:
-        return
-    r.epoch, r.batch = ck["position"]["epoch"], ck["position"]["batch"]
-    r.step, r.history, r.best = ck["step"], ck["history"], ck["best"]
-    r.accum = ck["accum"] if ctx.is_main else {**_new_accum(), "seconds": ck["accum"]["seconds"]}
-    log(f"{r.kind}: resumed from {net_dir / 'last.pt'} at epoch {r.epoch + 1}, batch {r.batch} (step {r.step})")
-
-
-def _checkpoint(r: NetRun, cfg: TrainConfig, position: tuple[int, int]) -> dict:
-    return {
-        "format": FORMAT,
-        "model": {"kind": r.kind, "widths": list(cfg.widths), "recompute_spectrum": cfg.recompute_spectrum},
-        "dataset": cfg.dataset,
-        "state_dict": r.model.state_dict(),
-        "optimizer": r.opt.state_dict(),
-        "scheduler": r.sched.state_dict(),
-        "position": {"epoch": position[0], "batch": position[1]},  # where training continues
-        "step": r.step,
-        "accum": r.accum,  # running train metrics of the current epoch
-        "history": r.history,
-        "best": r.best,
-        "config": config_dict(cfg),
-    }
-
-
-def save(r: NetRun, cfg: TrainConfig, ctx: dist_mod.Context, path: Path, position: tuple[int, int]) -> None:
-    """Rank 0 writes the checkpoint (atomically, never with non-finite weights); every rank waits for it,
-    and all stop if it failed."""
-    def write():
-        guard.require_finite(r.model, r.opt, lambda what: _diverged(r, cfg, path.parent / "last.pt", what))
-        save_atomic(_checkpoint(r, cfg, position), path)
-    dist_mod.on_main(ctx, write)
-
-
-def _diverged(r: NetRun, cfg: TrainConfig, last: Path, what: str) -> guard.TrainingDiverged:
-    peak = cfg.lr if cfg.lr is not None else default_lr(r.kind)
-    return guard.TrainingDiverged(guard.diverged_line(r.kind, r.step, what, r.sched.get_last_lr()[0], peak, last,
-                                                      f"dftnet train --overwrite --out {last.parent.parent}"))
-
-
-def _reduce_accum(r: NetRun, ctx: dist_mod.Context) -> None:
-    """Make rank 0 hold the global running sums (what a checkpoint stores), other ranks zero."""
-    keys = ("loss_sum", "correct", "seen")
-    total = dist_mod.all_reduce_sum(ctx, [r.accum[k] for k in keys])
-    for k, v in zip(keys, total):
-        r.accum[k] = v if ctx.is_main else 0
-
-
-# ------------------------------------------------------------------------- 3. one step, one epoch
-
-
-def train_step(net, r: NetRun, xb: torch.Tensor, yb: torch.Tensor, label_smoothing: float):
-    """Forward, loss, backward, AdamW step, schedule step; returns (loss, logits)."""
-    logits = net(xb)
-    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-    r.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    r.opt.step()
-    r.sched.step()
-    return loss, logits
-
-
-def train_epoch(net, r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, stop: StopFlag,
-                last: Path) -> int:
-    """Train from ``r.batch`` to the end of epoch ``r.epoch`` (or to ``total_steps``); returns the
-    epoch's number of steps. On Ctrl-C: checkpoint, then :class:`TrainingInterrupted`."""
-    order = _epoch_order(len(splits.train_x), cfg.seed, r.epoch, ctx)
-    shifts = augment.epoch_shifts(len(splits.train_x), cfg.shift, cfg.seed, r.epoch) if cfg.shift else None
-    n_steps = min(r.steps_per_epoch, r.batch + r.total_steps - r.step)
-    bar = tqdm(total=n_steps, initial=r.batch, desc=f"{r.kind:>5} {r.epoch + 1}/{cfg.epochs}",
-               disable=cfg.quiet or not ctx.is_main, leave=False, dynamic_ncols=True, unit="step")
-    t0 = time.perf_counter()
-    while r.batch < n_steps:
-        idx = order[r.batch * r.local_batch : (r.batch + 1) * r.local_batch]
-        xb, yb = splits.train_x[idx].to(ctx.device), splits.train_y[idx].to(ctx.device)
-        if shifts is not None:
-            xb = augment.shift_images(xb, shifts[idx], fill=-splits.mean / splits.std)
-        if r.dropout is not None:
-            r.dropout.reseed(cfg.seed, r.step)
-        loss, logits = train_step(net, r, xb, yb, cfg.label_smoothing)
-        r.step += 1
-        r.batch += 1
-        loss_value = loss.item()  # the one read of the loss (metrics, progress bar, divergence)
-        r.accum["loss_sum"] += loss_value * len(idx)
-        r.accum["correct"] += (logits.argmax(1) == yb).sum().item()
-        r.accum["seen"] += len(idx)
-        if not bar.disable:
-            _show_progress(bar, r, ctx, time.perf_counter() - t0, n_steps)
-        problem = guard.diverged(loss_value, splits.info.num_classes)
-        stopping, bad = dist_mod.any_rank(ctx, stop.check(), problem is not None)
-        if bad:  # nothing is written: the last checkpoint is the last finite one
-            bar.close()
-            raise _diverged(r, cfg, last, problem or "the loss is not finite in another process")
-        if stopping or (cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.batch < n_steps):
-            r.accum["seconds"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _reduce_accum(r, ctx)
-            save(r, cfg, ctx, last, (r.epoch, r.batch))
-            if stopping:
-                bar.close()
-                raise stop.interrupted(last)
-    r.accum["seconds"] += time.perf_counter() - t0
-    bar.close()
-    return n_steps
-
-
-def _show_progress(bar, r: NetRun, ctx: dist_mod.Context, elapsed: float, n_steps: int) -> None:
-    bar.update()
-    if r.batch % 10 == 0 or r.batch == n_steps:
-        a = r.accum
-        rate = a["seen"] * ctx.world_size / max(a["seconds"] + elapsed, 1e-9)
-        bar.set_postfix(loss=f"{a['loss_sum'] / max(a['seen'], 1):.4f}",
-                        acc=f"{a['correct'] / max(a['seen'], 1):.2%}", ex_s=f"{rate:,.0f}")
-
-
-# ------------------------------------------------------------------------- 4. end of an epoch
-
-
-def end_epoch(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_dir: Path, n_steps: int,
-              log) -> None:
-    """Validate, record the epoch's metrics, move to the next epoch, write best.pt and last.pt."""
-    val_loss, val_acc, _ = evaluate(r.model, splits.val_x, splits.val_y, cfg.eval_batch_size, ctx=ctx)
-    loss_sum, correct, seen = dist_mod.all_reduce_sum(
-        ctx, [r.accum["loss_sum"], r.accum["correct"], r.accum["seen"]])
-    seconds = r.accum["seconds"]
-    row = {
-        "layer": r.kind, "epoch": r.epoch + 1, "steps": r.step,
-        "train_loss": loss_sum / seen, "train_acc": correct / seen,
-        "val_loss": val_loss, "val_acc": val_acc,
-        "seconds": seconds, "examples_per_s": seen / seconds,
-        "epoch_fraction": n_steps / r.steps_per_epoch, "lr": r.sched.get_last_lr()[0],
-    }
-    r.history.append(row)
-    log(f"{r.kind:>5} epoch {r.epoch + 1:>2}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_acc']:.2%}  val loss {val_loss:.4f} acc {val_acc:.2%}  "
-        f"{seconds:.1f} s  {row['examples_per_s']:,.0f} ex/s")
-    r.epoch, r.batch, r.accum = r.epoch + 1, 0, _new_accum()
-    if val_acc > r.best["val_acc"]:
-        r.best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": r.epoch}
-        save(r, cfg, ctx, net_dir / "best.pt", (r.epoch, 0))
-    save(r, cfg, ctx, net_dir / "last.pt", (r.epoch, 0))
+    return NetRun(kind, model, opt, sched, total_steps, cfg=cfg, splits=splits, ctx=ctx, net_dir=net_dir,
+                  local_batch=local_batch, steps_per_epoch=steps_per_epoch, dropout=dropout)
 
 
 # ------------------------------------------------------------------------- 5. test the best epoch
@@ -269,7 +219,7 @@ def test_best(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_di
         model.load_state_dict(load_checkpoint(net_dir / "best.pt", map_location=device)["state_dict"])
     if ctx.is_main:
         save_safetensors(model.state_dict(), net_dir / "model.safetensors", {
-            "kind": r.kind, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
+            "kind": r.name, "widths": ",".join(map(str, cfg.widths)), "dataset": cfg.dataset,
             "best_epoch": str(r.best["epoch"])})
     test_loss, test_acc, _ = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, ctx=ctx)
     full = [row for row in r.history if row["epoch_fraction"] == 1.0] or r.history
@@ -279,7 +229,7 @@ def test_best(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_di
         memory = peak_step_memory(model, splits.train_x[:r.local_batch].to(device).clone(),
                                   splits.train_y[:r.local_batch].to(device).clone())
     return {
-        "layer": r.kind,
+        "layer": r.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test_acc": test_acc, "test_loss": test_loss,
         "best_epoch": r.best["epoch"], "best_val_acc": r.best["val_acc"],
@@ -296,27 +246,11 @@ def test_best(r: NetRun, cfg: TrainConfig, splits, ctx: dist_mod.Context, net_di
 
 def train_net(kind: str, cfg: TrainConfig, splits, out_dir: Path, ctx: dist_mod.Context, log=print) -> dict:
     """Train one net, checkpointing each epoch; return its results (test metrics of the best epoch)."""
-    net_dir = out_dir / kind
-    r = build_net_run(kind, cfg, splits, ctx)
-    maybe_resume(r, cfg, net_dir, ctx, log)
-    net = DistributedDataParallel(r.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else r.model
-    r.model.train()
-    with StopFlag() as stop:
-        # r.batch > 0 at the last step: an epoch whose steps are done, stopped before its validation
-        while r.epoch < cfg.epochs and (r.step < r.total_steps or r.batch > 0):
-            try:
-                n_steps = train_epoch(net, r, cfg, splits, ctx, stop, net_dir / "last.pt")
-                end_epoch(r, cfg, splits, ctx, net_dir, n_steps, log)
-            except WriteError as e:  # stop at this step; the previous checkpoint is intact
-                raise WriteError(f"{e}; {r.kind} stopped at step {r.step}, its last good checkpoint is kept: "
-                                 f"once fixed, continue with dftnet train --resume --out {out_dir}", e.path) from e
-            except (RuntimeError, MemoryError) as e:
-                guard.raise_if_out_of_memory(e, r.kind, r.step, net_dir / "last.pt", "train", out_dir)
-                raise
-        if dist_mod.any_rank(ctx, stop.set)[0]:  # a signal in the last validation or checkpoint: last.pt is whole
-            raise stop.interrupted(net_dir / "last.pt")
-    return test_best(r, cfg, splits, ctx, net_dir)
+    r = build_net_run(kind, cfg, splits, ctx, out_dir / kind)
+    if cfg.resume:
+        maybe_resume(r, r.net_dir, ctx, log)
+    fit(r, ctx, r.net_dir, quiet=cfg.quiet, log=log)
+    return test_best(r, cfg, splits, ctx, r.net_dir)
 
 
 RESUME_KEYS = ("layer", "widths", "dataset", "seed", "limit", "val_size", "batch_size")

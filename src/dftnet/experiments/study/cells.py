@@ -27,12 +27,15 @@ EVAL_BATCH = 32  # sequences per evaluation forward (twice this per chunk, see e
 
 def train_cell(cfg, cell: dict) -> dict:
     """Train one cell for its ``steps`` (warmup and cosine set for that count) in this process on one
-    thread; return it with its final validation bpb (for choices), test bpb (for reports), the route
-    each structured layer took and the wall time."""
+    thread, in the loop every command shares (no checkpoints: a cell is the unit that is redone); return
+    it with its final validation bpb (for choices), test bpb (for reports), the route each structured
+    layer took and the wall time. A diverged cell scores infinite bpb."""
     from ..harness.distributed import Context
+    from ..harness.guard import TrainingDiverged
+    from ..harness.loop import fit
     from ..lm import corpus as corpus_mod
     from ..lm.measure import evaluate_bpb
-    from ..lm.train import build_variant, train_step
+    from ..lm.train import build_variant
     from .flops import layer_routes
     from .plan import Arm
 
@@ -41,20 +44,20 @@ def train_cell(cfg, cell: dict) -> dict:
     lm = cfg.lm(arm, cell["d_model"], cell["heads"], cell["lr"], cell["seed"], cell["steps"])
     corpus = corpus_mod.load_corpus(limit=cfg.limit)
     ctx = Context()
-    r = build_variant(cell["variant"], lm, ctx)
-    r.model.train()
+    r = build_variant(cell["variant"], lm, ctx, corpus)
+    losses = r.losses = []  # every step's loss, for the tail of the training curve
     t0 = time.perf_counter()
-    losses = []
-    while r.step < cell["steps"]:
-        starts = corpus_mod.batch_indices(len(corpus.train), cfg.context, cfg.batch_size, cell["seed"], r.step)
-        x, y = corpus_mod.get_batch(corpus.train, starts, cfg.context, ctx.device)
-        loss = float(train_step(r.model, r, x, y))
-        r.step += 1
-        losses.append(loss)
+    try:
+        fit(r, ctx, None, quiet=True)
+        diverged = False
+    except TrainingDiverged:
+        diverged = True
     wall = time.perf_counter() - t0
     tail = losses[-max(1, len(losses) // 10):]  # the last tenth of the steps
-    val = evaluate_bpb(r.model, corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows), EVAL_BATCH, ctx)
-    test = evaluate_bpb(r.model, corpus_mod.eval_windows(corpus.test, cfg.context, cfg.test_windows), EVAL_BATCH, ctx)
+    windows = corpus_mod.eval_windows(corpus.val, cfg.context, cfg.eval_windows)
+    val = math.inf if diverged else evaluate_bpb(r.model, windows, EVAL_BATCH, ctx)
+    windows = corpus_mod.eval_windows(corpus.test, cfg.context, cfg.test_windows)
+    test = math.inf if diverged else evaluate_bpb(r.model, windows, EVAL_BATCH, ctx)
     finite = (lambda v: v if math.isfinite(v) else math.inf)
     return {**cell, "val_bpb": finite(val), "test_bpb": finite(test),
             "train_bpb_tail": finite(sum(tail) / len(tail) / math.log(2)),

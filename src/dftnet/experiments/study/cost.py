@@ -48,8 +48,9 @@ def measure_costs(study, configs: list[tuple], log=print) -> dict[str, dict]:
     peak step memory in bytes, the route of each structured layer and FLOPs per step for those routes;
     and ``"machine"``: the CPU, threads and torch version. ``study`` is the :class:`.plan.StudyConfig`."""
     from ..harness.distributed import Context
+    from ..harness.loop import train_step
     from ..lm import corpus as corpus_mod
-    from ..lm.train import build_variant, train_step
+    from ..lm.train import build_variant
     from .plan import cost_key
 
     threads = torch.get_num_threads()
