@@ -9,6 +9,7 @@ API of the benchmark and the sweep checks its arguments with the same functions.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterable
 
 __all__ = ["ArgumentValueError", "UsageError", "Parser", "number", "positive_int", "nonneg_int",
@@ -156,6 +157,15 @@ def mlp_variant(text: str) -> str:
 def train_layer(text: str) -> str:
     """What ``dftnet train`` trains: a variant, or ``both`` (dft, then dense)."""
     return text if text == "both" else layer_spec(text)
+
+
+def device_name(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (lower case); whether this machine has it is checked when
+    the run starts (``harness.device.resolve_device``)."""
+    name = str(text).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ArgumentValueError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+    return name
 
 
 def device(text: str):

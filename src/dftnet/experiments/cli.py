@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 
 from .argtypes import Parser, UsageError, positive_int
-from .configflags import add_flags, config_from
+from .configflags import add_flags, add_run_flags, config_from
+from .harness.distributed import launched_rank
 from .harness.interrupt import exit_status, stopped_line
 
 __all__ = ["main", "build_parser"]
@@ -42,7 +42,7 @@ def _run_job(command: str, run, cfg, quiet: bool, interrupted: type[BaseExceptio
     """A training job (``train``, ``lm``): run it, turn an interrupt into its exit status, print the table
     when ``--quiet``. Under torchrun only rank 0 speaks."""
     log = (lambda *a, **k: None) if quiet else print
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = launched_rank() == 0
     try:
         summary = run(cfg, log=log)
     except interrupted as e:
@@ -61,7 +61,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=None,
                    help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_run_flags(p, "device")
     p.add_argument("--limit", type=positive_int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_run_eval)
 
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, MemoryRefused,
                    PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
     write_errnos = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-    speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints the error
+    speak = launched_rank() == 0  # under torchrun only rank 0 prints the error
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

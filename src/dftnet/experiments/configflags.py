@@ -13,7 +13,9 @@ import argparse
 from collections.abc import Callable
 from dataclasses import MISSING, Field, asdict, field, fields
 
-__all__ = ["option", "run_option", "add_flags", "config_from", "config_dict", "json_value", "HIDDEN"]
+from .argtypes import device_name
+
+__all__ = ["option", "run_option", "add_flags", "add_run_flags", "config_from", "config_dict", "json_value", "HIDDEN"]
 
 HIDDEN = argparse.SUPPRESS  # an option's help for a flag the --help text leaves out (tests, demos)
 
@@ -29,7 +31,8 @@ def option(default=MISSING, help: str = "", *, type: Callable | None = None, met
 
 _RUN_OPTIONS: dict[str, Callable[[], Field]] = {
     "seed": lambda: option(0, "random seed: initialisation, data order and augmentation", type=int),
-    "device": lambda: option("auto", "where to train", choices=("auto", "cpu", "cuda")),
+    "device": lambda: option("auto", "cpu, cuda, cuda:N or auto (cuda when available)", type=device_name,
+                             metavar="DEVICE"),
     "out": lambda: option(None, "output folder (default runs/<timestamp>-<command>)", metavar="DIR",
                           show_default=False),
     "resume": lambda: option(False, "continue from the last checkpoints in --out"),
@@ -42,6 +45,15 @@ _RUN_OPTIONS: dict[str, Callable[[], Field]] = {
 def run_option(name: str) -> Field:
     """One of the flags every training command shares, as a field of its config."""
     return _RUN_OPTIONS[name]()
+
+
+def add_run_flags(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """The shared flags ``names`` for a command without a config class (their help replaced by
+    ``helps[name]`` where that command means something more specific)."""
+    for name in names:
+        f = _RUN_OPTIONS[name]()
+        meta = f.metadata["flag"]
+        _add_flag(parser, name, _default(f), {**meta, "help": helps.get(name, meta["help"])})
 
 
 def _shown(value) -> str:
@@ -58,21 +70,24 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) 
     """``--name`` for every :func:`option` field of ``cls`` (except ``skip``), with the field's default."""
     for f in fields(cls):
         meta = f.metadata.get("flag")
-        if meta is None or f.name in skip:
-            continue
-        name, default = f.name.replace("_", "-"), _default(f)
-        help = meta["help"]
-        if help is not HIDDEN and meta["show_default"] and not isinstance(default, bool) and default is not None:
-            help = f"{help} (default {_shown(default)})" if help else f"(default {_shown(default)})"
-        if isinstance(default, bool):
-            what = "skip " + help if default and help is not HIDDEN else help
-            parser.add_argument(f"--no-{name}" if default else f"--{name}", dest=f.name,
-                                action="store_false" if default else "store_true", help=what)
-            continue
-        kwargs = {"default": default, "help": help, "metavar": meta["metavar"], "choices": meta["choices"]}
-        if meta["type"] is not None:
-            kwargs["type"] = meta["type"]
-        parser.add_argument(f"--{name}", dest=f.name, **kwargs)
+        if meta is not None and f.name not in skip:
+            _add_flag(parser, f.name, _default(f), meta)
+
+
+def _add_flag(parser: argparse.ArgumentParser, dest: str, default, meta: dict) -> None:
+    name = dest.replace("_", "-")
+    help = meta["help"]
+    if help is not HIDDEN and meta["show_default"] and not isinstance(default, bool) and default is not None:
+        help = f"{help} (default {_shown(default)})" if help else f"(default {_shown(default)})"
+    if isinstance(default, bool):
+        what = "skip " + help if default and help is not HIDDEN else help
+        parser.add_argument(f"--no-{name}" if default else f"--{name}", dest=dest,
+                            action="store_false" if default else "store_true", help=what)
+        return
+    kwargs = {"default": default, "help": help, "metavar": meta["metavar"], "choices": meta["choices"]}
+    if meta["type"] is not None:
+        kwargs["type"] = meta["type"]
+    parser.add_argument(f"--{name}", dest=dest, **kwargs)
 
 
 def config_from(cls, args: argparse.Namespace, **extra):

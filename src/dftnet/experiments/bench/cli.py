@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..argtypes import Parser, UsageError, comma_list, device, one_of, positive_float, positive_int
+from ..configflags import add_run_flags
 from ..harness.allocator import keep_freed_memory
 from ..harness.runfolder import RunFolderError, claim
 from ..harness.writes import WriteError
@@ -81,11 +82,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated batch sizes (default 1,32,128,1024)")
     parser.add_argument("--modes", type=comma_list(one_of(MODES), "mode"), default=list(MODES), metavar="LIST",
                         help="comma-separated among fwd, fwd+bwd (default both)")
-    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N] or auto (default auto)")
+    add_run_flags(parser, "device")
     parser.add_argument("--dtype", type=one_of(DTYPES), default="float32", help="float32 (default) or float64")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder for bench.csv, bench.json, bench.png and end_to_end.csv "
-                             "(default runs/bench-<timestamp>)")
+    add_run_flags(parser, "out")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help=f"most timed turns per contender and cell (default {DEFAULT_REPEATS}, "
                              f"{QUICK_REPEATS} with --quick); fewer when they would exceed the "
@@ -113,8 +112,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="skip the end-to-end row (the seed MLP's AdamW step at batch 128, DFT "
                              f"against dense; timed for {E2E_BUDGET_FACTOR} x --budget) and end_to_end.csv")
     parser.add_argument("--no-plot", action="store_true", help="do not write bench.png")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the benchmark that --out holds (its outputs are deleted first)")
+    add_run_flags(parser, "overwrite")
 
 
 def _config_from_args(args: argparse.Namespace) -> dict:
@@ -135,7 +133,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         "widths": args.widths or parse_widths(QUICK_WIDTHS if quick else DEFAULT_WIDTHS),
         "batches": args.batches or list(QUICK_BATCHES if quick else DEFAULT_BATCHES),
         "modes": args.modes,
-        "device": args.device,
+        "device": device(args.device),
         "dtype": DTYPES[args.dtype],
         "repeats": args.repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS),
         "budget": args.budget or (

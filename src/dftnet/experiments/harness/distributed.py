@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from .runfolder import claim
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "any_rank", "on_main"]
+__all__ = ["Context", "launched_rank", "setup", "teardown", "all_reduce_sum", "barrier", "broadcast_flag", "any_rank",
+           "on_main"]
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,18 @@ class Context:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank in the job torchrun launched (0 outside torchrun): the one place it is read, so
+    only rank 0 speaks, before and after the job's :class:`Context` exists."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def setup(device: torch.device) -> Context:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context(device=device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..argtypes import comma_list, layer_spec, one_of, positive_float, positive_int
+from ..configflags import add_run_flags
 from ..harness.guard import TrainingDiverged
 from ..harness.interrupt import TrainingInterrupted, exit_status, stopped_line
 from ..harness.runfolder import claim
@@ -67,20 +68,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-steps", type=positive_int, default=None)
     p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--dense-max-params", type=positive_float, default=60e6,
                    help="skip dense nets with more parameters than this (default 60e6)")
-    p.add_argument("--out", default=None, help="output folder (default runs/sweep-<timestamp>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the sweep that --out holds (its outputs are deleted first)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a stopped sweep in --out: finished runs are re-read, a stopped one resumes")
-    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
-                   help="skip the memory estimate that skips a run too big for the device")
-    p.add_argument("--quiet", action="store_true")
+    add_run_flags(p, "seed", "device", "out", "overwrite", "resume", "memory_check", "quiet",
+                  resume="continue a stopped sweep in --out: finished runs are re-read, a stopped one resumes",
+                  memory_check="the memory estimate that skips a run too big for the device")
 
 
 def plan_runs(args) -> list[dict]:

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..configflags import add_run_flags
 from ..harness.writes import atomic_path, write_text_atomic
 from .plan import CELL_KEYS, QUICK, StudyConfig, config_dict, load_folder, run_study
 
@@ -48,13 +49,12 @@ def configure_parser(p) -> None:
     p.add_argument("--rates", type=positive_int, help=f"rates per search before widening (odd; default {d.rates})")
     p.add_argument("--seeds", type=positive_int, help=f"seeds at each best rate (default {d.seeds})")
     p.add_argument("--jobs", type=positive_int, help=f"cells trained side by side, one thread each (default {d.jobs})")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<timestamp>-study)")
-    p.add_argument("--resume", action="store_true", help="keep the finished cells in --out and train the rest")
+    add_run_flags(p, "out", "resume", resume="keep the finished cells in --out and train the rest")
     p.add_argument("--remeasure", type=comma_list(mlp_variant, "variant"), default=[], metavar="VARIANT,...",
                    help="with --resume: time these variants' steps again, beside dense, whose recorded time stays "
                         "the anchor of every budget (after a change to their layers; their cells whose step count "
                         "changes are trained again)")
-    p.add_argument("--overwrite", action="store_true", help="replace the study that --out holds")
+    add_run_flags(p, "overwrite")
     p.add_argument("--report", metavar="PATH",
                    help="only redraw study.json, study.md and frontier.png from a study folder (finished or not) "
                         "or a study.json, into --out (default: its folder)")
