@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..argtypes import comma_list, layer_spec, one_of, positive_float, positive_int
-from ..configflags import add_run_flags
+from ..configflags import add_run_flags, config_from
 from ..harness.guard import TrainingDiverged
 from ..harness.interrupt import TrainingInterrupted, exit_status, stopped_line
 from ..harness.runfolder import claim
@@ -131,12 +131,9 @@ def _train_all(runs: list[dict], out: Path, args, log) -> list[dict]:
             rows.append({**row, "skipped": r["skip"]})
             continue
         log(f"[{i}/{len(runs)}] {name}")
-        cfg = TrainConfig(dataset=r["dataset"], layer=r["variant"], widths=r["widths"], epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                          out=str(out / name), max_steps=args.max_steps, limit=args.limit, quiet=True,
-                          overwrite=getattr(args, "overwrite", False),
-                          resume=getattr(args, "resume", False) and (out / name).is_dir(),
-                          memory_check=getattr(args, "memory_check", True))
+        cfg = config_from(TrainConfig, args, dataset=r["dataset"], layer=r["variant"], widths=tuple(r["widths"]),
+                          out=str(out / name), quiet=True,
+                          resume=getattr(args, "resume", False) and (out / name).is_dir())
         try:
             res = train_run(cfg, log=lambda *a, **k: None)["results"][0]
         except (TrainingDiverged, MemoryRefused) as e:  # a finding of the sweep, not the end of it
