@@ -7,7 +7,7 @@
 Prints one row per run (dataset, variant, widths, seed, epochs, lr, weight decay, parameters, test
 accuracy, best epoch, s/epoch), then, per (dataset, variant, widths), the median test accuracy and its
 range over seeds. With ``--widths-plot``, plots accuracy, time and parameters against the hidden width
-(one line per seed) with ``dftnet.experiments.reports.plot_widths``.
+(one line per seed) with ``dftnet.experiments.mnist.report.plot_widths``.
 """
 
 import argparse
@@ -15,7 +15,8 @@ import json
 import statistics
 from pathlib import Path
 
-from dftnet.experiments.reports import plot_widths, text_table
+from dftnet.experiments.mnist.report import plot_widths
+from dftnet.experiments.tables import text_table
 
 
 def find_runs(folders):

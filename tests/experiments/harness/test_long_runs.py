@@ -226,10 +226,10 @@ def test_a_net_too_big_is_refused_before_allocating(capsys, tmp_path, monkeypatc
 
 
 def test_refusal_follows_what_the_device_has_and_no_memory_check_skips_it(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(preflight, "available", lambda device: (1e6, "free RAM"))
+    monkeypatch.setattr(preflight, "available", lambda device: (2**20, "free RAM"))
     args = [*TRAIN, "--max-steps", "2", "--checkpoint-every", "0"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
-    assert "more than the 1.0 MB of free RAM" in _one_line(capsys.readouterr().err)
+    assert "more than the 1.0 MiB of free RAM" in _one_line(capsys.readouterr().err)
     assert main([*args, "--out", str(tmp_path / "b"), "--no-memory-check"]) == 0
     assert main([*LM, "--out", str(tmp_path / "c")]) == 2
     assert "lower --batch-size, --context, --d-model or --layers" in _one_line(capsys.readouterr().err)
@@ -264,7 +264,7 @@ def test_cpu_allocator_failures_count_as_out_of_memory():
     e = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                      "you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
     assert guard.is_out_of_memory(e) and not guard.is_out_of_memory(RuntimeError("shape mismatch"))
-    assert "could not allocate 1.1 GB" in str(guard.out_of_memory(e, "dft", 0, "nowhere/last.pt", "train", "x"))
+    assert "could not allocate 1.0 GiB" in str(guard.out_of_memory(e, "dft", 0, "nowhere/last.pt", "train", "x"))
 
 
 # --- in other processes: torchrun with 2 ranks, and a real allocation failure --------------------------

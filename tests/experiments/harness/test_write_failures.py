@@ -93,7 +93,7 @@ def test_disk_full_stops_cleanly_and_resume_finishes(capsys, full_disk, referenc
     _one_line(err)
     last = out / "dense" / "last.pt"
     assert err.startswith(f"dftnet: error: cannot write {last}: no space left on device (a checkpoint needs "
-                          "about 1.2 MB, "), err
+                          "about 1.2 MiB, "), err
     assert f"dense stopped at step 8, its last good checkpoint is kept: once fixed, continue with dftnet " \
            f"train --resume --out {out}" in err
     assert load_checkpoint(last)["step"] == 6  # the previous checkpoint, whole

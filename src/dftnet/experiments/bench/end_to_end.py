@@ -34,7 +34,7 @@ from dftnet.plan import make_plan
 from ..argtypes import positive_float, positive_int
 from ..harness.device import resolve_device
 from ..mnist.models import MLP, SEED_WIDTHS
-from ..reports import text_table
+from ..tables import text_table
 from .cases import resolve_dtype
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, ratio_spread, time_contenders
 

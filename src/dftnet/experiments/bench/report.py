@@ -17,7 +17,7 @@ from dftnet import __version__
 
 from ..harness.reproduce import cpu_model
 from ..harness.writes import atomic_path, make_folder, write_text_atomic
-from ..reports import new_figure, text_table, write_csv
+from ..tables import new_figure, text_table, write_csv
 from .cases import CSV_FIELDS
 from .end_to_end import E2E_FIELDS
 

@@ -34,7 +34,7 @@ from dftnet import BlockDFTLinear, DFTLinear
 from dftnet.plan import make_plan
 
 from ..harness.writes import atomic_path, make_folder, write_text_atomic
-from ..reports import text_table, write_csv
+from ..tables import text_table, write_csv
 from .cases import MODES
 from .timing import time_contenders
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .writes import format_size
+from ..tables import format_bytes
 
 __all__ = ["TrainingDiverged", "OutOfMemory", "EXIT_DIVERGED", "EXIT_OUT_OF_MEMORY", "LOSS_CEILING",
            "diverged", "require_finite", "is_out_of_memory", "out_of_memory", "raise_if_out_of_memory",
@@ -104,7 +104,7 @@ def out_of_memory(e: BaseException, net: str, step: int, path: Path, command: st
     cpu = re.search(r"allocate (\d+) bytes", text)  # DefaultCPUAllocator
     cuda = re.search(r"Tried to allocate [\d.]+ \w+", text)  # torch.OutOfMemoryError
     first = (text.strip().splitlines() or [type(e).__name__])[0]
-    cause = (f"could not allocate {format_size(int(cpu.group(1)))}" if cpu else cuda.group(0) if cuda
+    cause = (f"could not allocate {format_bytes(int(cpu.group(1)))}" if cpu else cuda.group(0) if cuda
              else first if len(first) <= 120 else first[:117] + "...")
     kept = f"its last checkpoint is whole ({path})" if Path(path).exists() else "no checkpoint had been written yet"
     return OutOfMemory(f"out of memory in step {step + 1} of {net} ({cause}); {kept}: free memory and continue "

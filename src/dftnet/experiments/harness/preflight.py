@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from ..tables import format_bytes
 from ._compat import fake_tensor_mode
 from .memory import _mem_tracker_peak, _one_step
-from .writes import format_size
 
 __all__ = ["MemoryRefused", "Estimate", "estimate", "available", "refuse_if_too_big", "check_train", "check_lm"]
 
@@ -188,8 +188,8 @@ def refuse_if_too_big(name: str, est: Estimate | None, device: torch.device, bat
         return
     each = f" ({processes} processes on this host)" if processes > 1 else ""
     raise MemoryRefused(
-        f"{name} would need about {format_size(need)} at its peak{each} (a training step at batch {batch}: "
-        f"{format_size(est.step)}, estimated), more than the {format_size(have[0])} of {have[1]}: lower {lower}, "
+        f"{name} would need about {format_bytes(need)} at its peak{each} (a training step at batch {batch}: "
+        f"{format_bytes(est.step)}, estimated), more than the {format_bytes(have[0])} of {have[1]}: lower {lower}, "
         "or pass --no-memory-check to try anyway")
 
 

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["WriteError", "atomic_path", "write_text_atomic", "write_error", "os_error_in", "format_size",
+from ..tables import format_bytes
+
+__all__ = ["WriteError", "atomic_path", "write_text_atomic", "write_error", "os_error_in",
            "make_folder", "remove_temporaries"]
 
 _umask = os.umask(0o022)
@@ -29,14 +31,6 @@ class WriteError(Exception):
     def __init__(self, message: str, path: Path | None = None):
         super().__init__(message)
         self.path = path
-
-
-def format_size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def os_error_in(exc: BaseException) -> OSError | None:
@@ -81,8 +75,8 @@ def write_error(path, err: OSError, needed: int | None = None, what: str = "writ
         cause = f"{blocker} is a file, not a folder" if blocker is not None else cause
     if code in (errno.ENOSPC, errno.EDQUOT):
         free = _free_bytes(path.parent)
-        parts = ([f"a checkpoint needs about {format_size(needed)}"] if needed else []) \
-            + ([f"{format_size(free)} free"] if free is not None else [])
+        parts = ([f"a checkpoint needs about {format_bytes(needed)}"] if needed else []) \
+            + ([f"{format_bytes(free)} free"] if free is not None else [])
         cause += f" ({', '.join(parts)})" if parts else ""
     return WriteError(f"cannot {what} {path}: {cause}", path)
 

@@ -40,11 +40,12 @@ from ..harness.reproduce import changed_environment, environment
 from ..harness.runfolder import refuse_changed_config
 from ..harness.writes import atomic_path, write_text_atomic
 from ..mnist.recipe import param_groups
-from ..reports import lm_table, plot_lm, write_csv
+from ..tables import write_csv
 from . import corpus as corpus_mod
 from .config import DEFAULT_VARIANTS, LMConfig
 from .gpt import GPT, VOCAB
 from .measure import bpb_at, evaluate_bpb, finish_variant
+from .report import lm_table, plot_lm
 
 __all__ = ["LMConfig", "TrainingInterrupted", "run", "train_variant", "DEFAULT_VARIANTS", "PROMPT"]
 

@@ -24,8 +24,9 @@ from ..harness.guard import TrainingDiverged
 from ..harness.interrupt import TrainingInterrupted, exit_status, stopped_line
 from ..harness.runfolder import claim
 from ..harness.writes import atomic_path, write_text_atomic
-from ..reports import plot_frontier, plot_widths, sweep_table, write_csv
+from ..tables import write_csv
 from .models import SEED_WIDTHS
+from .report import plot_frontier, plot_widths, sweep_table
 
 __all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
 

@@ -36,13 +36,14 @@ from ..harness.memory import peak_step_memory
 from ..harness.reproduce import changed_environment, environment
 from ..harness.runfolder import refuse_changed_config
 from ..harness.writes import atomic_path, write_text_atomic
-from ..reports import plot_curves, train_table, write_csv
+from ..tables import write_csv
 from . import augment
 from . import data as data_mod
 from .config import TrainConfig
 from .evaluate import evaluate
 from .models import build_model
 from .recipe import DEFAULT_LR, default_lr, param_groups
+from .report import plot_curves, train_table
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "run", "train_net", "evaluate", "build_model", "DEFAULT_LR"]
 

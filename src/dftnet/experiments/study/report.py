@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from statistics import mean
 
-from ..reports import new_figure
+from ..tables import new_figure
 from .frontier import budget_to_reach
 
 __all__ = ["arm_rows", "report_text", "headline_text", "plot_study"]
