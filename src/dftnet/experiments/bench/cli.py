@@ -21,8 +21,9 @@ from ..harness.allocator import keep_freed_memory
 from ..harness.runfolder import RunFolderError, claim
 from ..harness.writes import WriteError
 from ..mnist.models import SEED_WIDTHS
-from .cases import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths, sweep
+from .cases import sweep
 from .end_to_end import E2E_BATCH, bench_end_to_end, format_end_to_end
+from .grid import DEFAULT_BATCHES, DEFAULT_WIDTHS, DTYPES, MODES, parse_widths
 from .report import STATS, format_overhead, format_row, machine_info, table_header, write_outputs
 from .timing import CLOCKS, DEFAULT_BUDGET_S, DEFAULT_REPEATS, MIN_REPEATS
 from .transformer import (

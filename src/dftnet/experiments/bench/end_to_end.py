@@ -35,7 +35,7 @@ from ..argtypes import positive_float, positive_int
 from ..harness.device import resolve_device
 from ..mnist.models import MLP, SEED_WIDTHS
 from ..tables import text_table
-from .cases import resolve_dtype
+from .grid import resolve_dtype
 from .timing import DEFAULT_BUDGET_S, DEFAULT_REPEATS, ratio_spread, time_contenders
 
 __all__ = ["E2E_CONTENDERS", "E2E_FIELDS", "E2E_BATCH", "bench_end_to_end", "format_end_to_end"]

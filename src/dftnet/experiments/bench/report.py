@@ -18,8 +18,8 @@ from dftnet import __version__
 from ..harness.reproduce import cpu_model
 from ..harness.writes import atomic_path, make_folder, write_text_atomic
 from ..tables import new_figure, text_table, write_csv
-from .cases import CSV_FIELDS
 from .end_to_end import E2E_FIELDS
+from .grid import CSV_FIELDS
 
 __all__ = ["STATS", "table_header", "format_row", "format_table", "format_overhead", "machine_info",
            "write_outputs", "plot"]

@@ -35,7 +35,7 @@ from dftnet.plan import make_plan
 
 from ..harness.writes import atomic_path, make_folder, write_text_atomic
 from ..tables import text_table, write_csv
-from .cases import MODES
+from .grid import MODES
 from .timing import time_contenders
 
 __all__ = ["TRANSFORMER_DIMS", "TRANSFORMER_ROWS", "BLOCK_SIZES", "QUICK_DIMS", "QUICK_ROWS", "QUICK_BLOCKS",

