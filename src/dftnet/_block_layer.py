@@ -9,6 +9,7 @@ from ._routes import BlockCirculant
 from ._structured_layer import _StructuredLinear
 from .init import block_circulant_kaiming_, block_magnitude
 from .kernels.block import block_matrix
+from .kernels.taps import ParamKind
 from .plan import BlockShape
 
 __all__ = ["BlockDFTLinear"]
@@ -64,9 +65,8 @@ class BlockDFTLinear(_StructuredLinear):
     def _structure_settings(self) -> tuple:
         return (self.block_size, self.spectral_scale)
 
-    def _make_structure(self) -> BlockCirculant:
-        return BlockCirculant(BlockShape(self.in_features, self.out_features, self.block_size),
-                              scale=self.spectral_scale, memo=True)
+    def _make_structure(self, kind: ParamKind) -> BlockCirculant:
+        return BlockCirculant(BlockShape(self.in_features, self.out_features, self.block_size), kind, memo=True)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -9,6 +9,7 @@ from ._routes import Circulant
 from ._structured_layer import _StructuredLinear
 from .init import circulant_kaiming_, circulant_magnitude
 from .kernels.circulant import dft_matrix
+from .kernels.taps import ParamKind
 from .plan import make_plan
 
 __all__ = ["DFTLinear"]
@@ -69,9 +70,8 @@ class DFTLinear(_StructuredLinear):
     def _structure_settings(self) -> tuple:
         return (self.fft_size, self.recompute_spectrum, self.spectral_scale)
 
-    def _make_structure(self) -> Circulant:
-        return Circulant(self.in_features, self.out_features, self.fft_size, self.recompute_spectrum,
-                         scale=self.spectral_scale, memo=True)
+    def _make_structure(self, kind: ParamKind) -> Circulant:
+        return Circulant(self.in_features, self.out_features, self.fft_size, self.recompute_spectrum, kind, memo=True)
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}" + self._repr_tail()

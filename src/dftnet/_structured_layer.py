@@ -17,6 +17,7 @@ from ._compat import grad_recorded, has_tangent, tracing
 from ._pipeline import route, structured_linear
 from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._weight import WeightView
+from .kernels.taps import ParamKind
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
 
 _MISSING = object()
@@ -40,7 +41,7 @@ class _StructuredLinear(nn.Module):
     def _init_weight(self, weight: Tensor) -> None:
         raise NotImplementedError
 
-    def _make_structure(self):
+    def _make_structure(self, kind: ParamKind):
         raise NotImplementedError
 
     def _structure_settings(self) -> tuple:
@@ -170,7 +171,7 @@ class _StructuredLinear(nn.Module):
         settings = self._structure_settings()
         cached = self.__dict__.get("_structure")
         if cached is None or cached[0] != settings:
-            cached = self.__dict__["_structure"] = (settings, self._make_structure())
+            cached = self.__dict__["_structure"] = (settings, self._make_structure(ParamKind(self.spectral_scale)))
         return cached[1]
 
     def forward(self, input: Tensor) -> Tensor:

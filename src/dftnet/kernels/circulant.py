@@ -13,9 +13,9 @@ with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps
 ``W^T`` is the p x q layer with the same weight, so grad_input is the forward of the transposed layer.
 The batch sum of grad_weight happens in the frequency domain, then ONE inverse FFT.
 
-The kernels take the layer's parameter as it is stored: the weight itself (``scale=None``, the
-functional form) or its scaled Hartley spectrum (``scale`` = the layer's spectral scale,
-:mod:`dftnet.spectral`). On the circular route the latter needs no FFT at all: ``conj(Wf)`` and the
+The kernels take the layer's parameter as it is stored, the weight itself (the functional form) or its
+scaled Hartley spectrum (:mod:`dftnet.spectral`), and a :class:`~dftnet.kernels.taps.ParamKind` that says
+which. On the circular route the latter needs no FFT at all: ``conj(Wf)`` and the
 parameter's gradient are elementwise maps of the coefficients and of ``sum_batch G * X``.
 """
 
@@ -28,8 +28,7 @@ from torch.autograd import Function
 
 from .._compat import batched_grad
 from ..plan import Plan
-from ..spectral import spectrum_to_weight
-from .taps import fold_taps, inverts_gradient, matrix_taps, param_grad, param_spectrum, param_weight, weight_taps
+from .taps import WEIGHT, ParamKind, fold_taps, weight_taps
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -61,17 +60,17 @@ def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
     return max(1, -(-M // chunks)) if chunks > 1 else rows
 
 
-def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, scale: float | None, cWf: torch.Tensor | None
+def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, kind: ParamKind, cWf: torch.Tensor | None
              ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and, where the weight needs an FFT, its spectrum
     from one batched FFT of [x2; taps]; otherwise X is None (computed chunk by chunk). ``cWf`` may be
     given (a cached one)."""
     M, p = x2.shape
     small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
-    if cWf is not None or not small or not inverts_gradient(plan, scale):
+    if cWf is not None or not small or not kind.inverts_gradient(plan):
         return (torch.fft.rfft(x2, plan.fft_size) if small else None), (
-            param_spectrum(param, plan, scale) if cWf is None else cWf)
-    taps = weight_taps(param_weight(param, scale), plan)
+            kind.conj_spectrum(param, plan) if cWf is None else cWf)
+    taps = weight_taps(kind.weight(param), plan)
     buf = x2.new_zeros(M + 1, max(p, taps.shape[0]))
     buf[:M, :p] = x2
     buf[M, : taps.shape[0]] = taps
@@ -205,21 +204,21 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def dft_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, plan: Plan,
-                scale: float | None = None, cWf: torch.Tensor | None = None,
+                kind: ParamKind = WEIGHT, cWf: torch.Tensor | None = None,
                 diag: torch.Tensor | None = None) -> torch.Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference, of ``x * diag`` where ``diag`` is
-    given. ``cWf`` may be given (``param_spectrum(param, plan, scale)``, cached by the caller)."""
-    return _forward(x, param, bias, plan, False, scale, cWf, diag)[0]
+    given. ``cWf`` may be given (``kind.conj_spectrum(param, plan)``, cached by the caller)."""
+    return _forward(x, param, bias, plan, False, kind, cWf, diag)[0]
 
 
-def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, cWf=None, diag=None):
+def _forward(x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind, cWf=None, diag=None):
     """(z, X, conj(Wf)): the layer's output for the input ``x * diag`` (``diag`` None: 1), the input
     spectrum (empty unless ``save_spectrum``; shape (rows, L // 2 + 1), the leading dimensions flattened)
     and the conjugate weight spectrum."""
     x2 = _rows(x)
     if diag is not None and x2.shape[0] <= _chunk_rows(plan.fft_size, x2.dtype.to_complex(), x2.shape[0]):
         x2, diag = x2 * diag, None  # one chunk: the product whole
-    X, cWf = _spectra(x2, param, plan, scale, cWf)
+    X, cWf = _spectra(x2, param, plan, kind, cWf)
     z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X, diag)
     if x.dim() != 2:
         z = z.reshape(*x.shape[:-1], plan.out_features)
@@ -230,7 +229,7 @@ def _backward(ctx, grad_out):
     x, param, cWf, X, diag = ctx.saved_tensors
     if batched_grad(grad_out):  # the autograd engine's vmap (is_grads_batched): out-of-place ops only
         return _backward_batched(ctx, grad_out, x, param, X, diag)
-    plan, scale = ctx.plan, ctx.scale
+    plan, kind = ctx.plan, ctx.kind
     need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
         ctx.needs_input_grad[6]
     grad_x = grad_w = grad_b = gxd = None
@@ -239,7 +238,7 @@ def _backward(ctx, grad_out):
         grad_b = _rows(grad_out).sum(0)
     if torch.is_grad_enabled():
         # create_graph=True: build the gradients from differentiable pieces (double backward).
-        weight = param_weight(param, scale)
+        weight = kind.weight(param)
         if need_x or need_d:
             gxd = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
         if need_w:
@@ -247,15 +246,14 @@ def _backward(ctx, grad_out):
                 xd = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
             else:
                 xd = x if diag is None else x * diag
-            grad_w = DFTWeightGradFunction.apply(grad_out, xd, plan)
-            grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)
+            grad_w = kind.from_weight_grad(DFTWeightGradFunction.apply(grad_out, xd, plan))
         return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
     x2 = None if x is None or X is not None or not need_w else _rows(x)
-    invert = inverts_gradient(plan, scale)
+    invert = kind.inverts_gradient(plan)
     grad_x, grad_d, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w, invert, diag,
                                        None if x is None else _rows(x), need_d)
     if need_w:
-        grad_w = param_grad(S, plan, scale)
+        grad_w = kind.grad(S, plan)
     if grad_x is not None and len(ctx.input_shape) != 2:
         grad_x = grad_x.reshape(ctx.input_shape)
     return grad_x, grad_d, grad_w, grad_b
@@ -287,18 +285,18 @@ def _backward_batched(ctx, grad_out, x, param, X, diag):
     gradient's convolution from the input (or its saved spectrum X). For gradients batched by the autograd
     engine's vmap, whose fallback cannot run the kernels' in-place and ``out=`` ops; differentiable, so
     ``create_graph=True`` works too."""
-    plan, scale = ctx.plan, ctx.scale
+    plan, kind = ctx.plan, ctx.kind
     need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
         ctx.needs_input_grad[6]
     grad_w = grad_b = gxd = None
     if need_b:
         grad_b = _rows(grad_out).sum(0)
     if need_x or need_d:
-        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan)).contiguous()
+        gxd = dft_reference(grad_out, kind.weight(param), None, transpose_plan(plan)).contiguous()
     if need_w:
         xd = None if x is None else (x if diag is None else x * diag)
         grad_w = _weight_grad(grad_out, X if xd is None else torch.fft.rfft(_rows(xd), plan.fft_size), plan)
-        grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # the map is its own adjoint
+        grad_w = kind.from_weight_grad(grad_w)
     return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
 
 
@@ -312,7 +310,7 @@ def _weight_grad(grad_out: torch.Tensor, X: torch.Tensor, plan: Plan) -> torch.T
 class DFTLinearFunction(Function):
     """z = W (d * x) + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
 
-    ``param`` is the weight (``scale`` None) or the layer's stored spectrum; ``diag`` an optional (p,)
+    ``param`` is the weight or the layer's stored spectrum, as ``kind`` says; ``diag`` an optional (p,)
     diagonal applied to the input first (the layer's learned diagonal: its product with x is a temporary,
     rebuilt in backward where needed, not a second saved copy of the input). Saved for backward: the
     input x where it is needed (for the diagonal's gradient, to rebuild X, or as a graph input for double
@@ -326,12 +324,12 @@ class DFTLinearFunction(Function):
     torch.compile, torch.export, torch.func and forward-mode AD use :func:`dft_reference` instead."""
 
     @staticmethod
-    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
+    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind, diag=None):
         # one layout into the FFTs (a copy for a strided input): a strided input gives what its contiguous
         # copy gives, to the bit (MKL's FFTs and the batch sums round differently on other layouts)
         x = x.contiguous()
-        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale, None, diag)
-        ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
+        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, kind, None, diag)
+        ctx.plan, ctx.kind, ctx.input_shape = plan, kind, x.shape
         # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double
         # backward; a constant input (the data batch) with its spectrum saved is not kept.
         keep_x = not save_spectrum or x.requires_grad or diag is not None
@@ -344,9 +342,9 @@ class DFTLinearFunction(Function):
         return grad_x, grad_w, grad_b, None, None, None, grad_d
 
 
-def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None = None, diag=None):
+def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind = WEIGHT, diag=None):
     """``z = (d * x) W^T + b`` (``d`` = ``diag``, or 1) with the hand-derived backward (eager autograd)."""
-    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, scale, diag)
+    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, kind, diag)
 
 
 def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
@@ -423,9 +421,9 @@ def dft_matrix(weight: torch.Tensor, in_features: int, out_features: int) -> tor
 
 
 def dense_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, p: int, q: int,
-                  scale: float | None) -> torch.Tensor:
+                  kind: ParamKind) -> torch.Tensor:
     """The dense route in training: ``x @ W^T + b`` with ``W = taps.unfold(0, p, 1)`` (a view; row i is
     ``taps[i : i + p]``), all differentiable torch ops. Autograd saves x and the taps (O(p + q)), not W;
     its backward (the anti-diagonal sums of ``g^T x``, then the cas product) runs in C++, which for
     small layers costs less than a Python backward (measured: 2x faster per call at 64 x 64)."""
-    return torch.nn.functional.linear(x, matrix_taps(param, p, q, scale).unfold(0, p, 1), bias)
+    return torch.nn.functional.linear(x, kind.matrix_taps(param, p, q).unfold(0, p, 1), bias)
