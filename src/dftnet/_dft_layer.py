@@ -8,7 +8,7 @@ from ._checks import check_positive_int
 from ._routes import Circulant
 from ._structured_layer import _StructuredLinear
 from .init import circulant_kaiming_, circulant_magnitude
-from .kernels.circulant import dft_matrix
+from .kernels.circulant_reference import dft_matrix
 from .kernels.taps import ParamKind
 from .plan import make_plan
 

@@ -18,14 +18,9 @@ from ._compat import grad_recorded, version_counter
 from .kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
 from .kernels.block import weight_spectrum as block_weight_spectrum
 from .kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
-from .kernels.circulant import (
-    circulant_view,
-    dense_forward,
-    dft_forward,
-    dft_linear_autograd,
-    dft_matrix,
-    dft_reference,
-)
+from .kernels.circulant import dft_forward
+from .kernels.circulant_autograd import dft_linear_autograd
+from .kernels.circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
 from .kernels.taps import WEIGHT, ParamKind
 from .plan import BlockShape, block_kernel, make_plan, use_dense
 

@@ -20,7 +20,7 @@ from ._checks import check_bias_and_devices, check_positive_int, check_real_tens
 from ._pipeline import structured_linear
 from ._routes import BlockCirculant, Circulant
 from .kernels.block import block_matrix
-from .kernels.circulant import dft_matrix
+from .kernels.circulant_reference import dft_matrix
 from .plan import BlockShape, make_plan
 
 __all__ = ["dft_linear", "block_dft_linear", "dft_matrix", "block_matrix"]

@@ -58,7 +58,7 @@ def _tile(taps: Tensor, in_features: int, out_features: int) -> Tensor:
 def block_dense_forward(x: Tensor, param: Tensor, bias: Tensor | None, shape: BlockShape,
                         kind: ParamKind) -> Tensor:
     """The dense route in training: ``x @ W^T + b`` with W tiled from each block's taps
-    (:meth:`~dftnet.kernels.taps.ParamKind.matrix_taps`, as :func:`~dftnet.kernels.circulant.dense_forward`
+    (:meth:`~dftnet.kernels.taps.ParamKind.matrix_taps`, as :func:`~dftnet.kernels.circulant_reference.dense_forward`
     does for one block), all differentiable torch ops."""
     k = shape.block_size
     W = _tile(kind.matrix_taps(param, k, k), shape.in_features, shape.out_features)
