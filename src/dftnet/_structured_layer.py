@@ -16,7 +16,7 @@ from ._checks import check_method, check_positive_int, check_real_input
 from ._compat import grad_recorded, has_tangent, tracing
 from ._pipeline import route, structured_linear
 from ._signs import apply_signs, register_sign_buffer, reset_signs
-from ._weight import WeightView
+from ._weight import WeightView, like_parameter
 from .kernels.taps import ParamKind
 from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
 
@@ -81,8 +81,8 @@ class _StructuredLinear(nn.Module):
         if grad_recorded(spectrum):
             return WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self)
         # its own memo entry: "weight" is the routes' plain weight, which a write must not reach
-        return self._get_structure().memo.get(
-            "weight_view", spectrum, lambda: WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self))
+        return self._get_structure().memo.get("weight_view", spectrum,
+                                              lambda: WeightView.wrap(self._weight_with_version(spectrum), self))
 
     @weight.setter
     def weight(self, value: Tensor) -> None:
@@ -95,6 +95,12 @@ class _StructuredLinear(nn.Module):
                 "set_weight_(tensor), to load its values"
             )
         self.set_weight_(value)
+
+    def _weight_with_version(self, spectrum: Tensor) -> Tensor:
+        """The weight without autograd, computed outside inference mode even within it: a normal tensor, whose
+        version counter tells :class:`WeightView` of writes (an inference tensor has none)."""
+        with torch.inference_mode(False), torch.no_grad():
+            return spectrum_to_weight(spectrum, self.spectral_scale)
 
     def _plain_weight(self) -> Tensor:
         """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
@@ -116,7 +122,8 @@ class _StructuredLinear(nn.Module):
         """Make the layer's weight equal ``weight`` (same shape as ``spectrum``), in place."""
         if tuple(weight.shape) != tuple(self.spectrum.shape):
             raise ValueError(f"expected a weight of shape {tuple(self.spectrum.shape)}, got {tuple(weight.shape)}")
-        self.spectrum.copy_(weight_to_spectrum(weight.to(self.spectrum), self.spectral_scale))
+        self.spectrum.copy_(like_parameter(weight_to_spectrum(weight.to(self.spectrum), self.spectral_scale),
+                                           self.spectrum))
         return self
 
     def reset_parameters(self) -> None:
