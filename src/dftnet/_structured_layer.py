@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_method, check_positive_int, check_real_input
+from ._checks import check_input, check_method, check_positive_int
 from ._compat import grad_recorded, has_tangent, tracing
 from ._pipeline import route, structured_linear
 from ._signs import apply_signs, register_sign_buffer, reset_signs
@@ -184,7 +184,7 @@ class _StructuredLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         """``dft_linear`` / ``block_dft_linear`` of ``D x`` with the layer's weight and bias, computed from
         the stored spectrum directly (on the circular route no FFT of the weight, forward or backward)."""
-        self._check_input_fully(input)
+        check_input(type(self).__name__, input, self.in_features, self._param("spectrum").device)
         diagonal = self._param("diagonal")
         if diagonal is not None:
             diagonal = diagonal.to(input.dtype)
@@ -207,22 +207,6 @@ class _StructuredLinear(nn.Module):
         an attribute where a tool replaced it (``torch.nn.utils.prune``, ``parametrize``)."""
         value = self._parameters.get(name, _MISSING)
         return getattr(self, name) if value is _MISSING else value
-
-    def _check_input(self, input) -> None:
-        if isinstance(input, Tensor) and (input.dim() == 0 or input.shape[-1] != self.in_features):
-            raise ValueError(
-                f"{type(self).__name__}: expected input of shape (*, {self.in_features}), got {tuple(input.shape)}"
-            )
-
-    def _check_input_fully(self, input) -> None:
-        """:meth:`_check_input`, and what the functional form checks of the input: a real floating-point
-        tensor on the parameters' device (the layer's own parameters were checked when it was built)."""
-        name = type(self).__name__
-        check_real_input(name, input)
-        self._check_input(input)
-        device = self._param("spectrum").device
-        if input.device != device:
-            raise ValueError(f"{name}: expected input on the parameters' device {device}, got {input.device}")
 
     def to_dense(self) -> Tensor:
         """The explicit ``(out_features, in_features)`` matrix ``S diag(sign) diag(diagonal)``."""
