@@ -18,7 +18,7 @@ from ._pipeline import route, structured_linear
 from ._signs import apply_signs, register_sign_buffer, reset_signs
 from ._weight import WeightView, like_parameter
 from .kernels.taps import ParamKind
-from .spectral import SPECTRAL_GAIN, spectrum_to_weight, weight_to_spectrum
+from .spectral import SPECTRAL_GAIN
 
 _MISSING = object()
 
@@ -67,6 +67,12 @@ class _StructuredLinear(nn.Module):
         self.reset_parameters()
 
     @property
+    def _kind(self) -> ParamKind:
+        """What the layer's parameter is (its spectrum, ``spectral_scale``): the one map between ``spectrum`` and
+        ``weight`` that the layer, its structure and the kernels use."""
+        return ParamKind(self.spectral_scale)
+
+    @property
     def weight(self) -> Tensor:
         """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable).
 
@@ -77,9 +83,9 @@ class _StructuredLinear(nn.Module):
         counter, which every in-place update bumps; see :mod:`dftnet._routes`)."""
         spectrum = self.spectrum
         if tracing() or has_tangent(spectrum):
-            return spectrum_to_weight(spectrum, self.spectral_scale)
+            return self._kind.weight(spectrum)
         if grad_recorded(spectrum):
-            return WeightView.wrap(spectrum_to_weight(spectrum, self.spectral_scale), self)
+            return WeightView.wrap(self._kind.weight(spectrum), self)
         # its own memo entry: "weight" is the routes' plain weight, which a write must not reach
         return self._get_structure().memo.get("weight_view", spectrum,
                                               lambda: WeightView.wrap(self._weight_with_version(spectrum), self))
@@ -100,16 +106,15 @@ class _StructuredLinear(nn.Module):
         """The weight without autograd, computed outside inference mode even within it: a normal tensor, whose
         version counter tells :class:`WeightView` of writes (an inference tensor has none)."""
         with torch.inference_mode(False), torch.no_grad():
-            return spectrum_to_weight(spectrum, self.spectral_scale)
+            return self._kind.weight(spectrum)
 
     def _plain_weight(self) -> Tensor:
         """The weight as a plain tensor (what ``to_dense()`` builds on), from the routes' inference memo where
         nothing differentiates the spectrum."""
-        spectrum = self.spectrum
+        spectrum, kind = self.spectrum, self._kind
         if grad_recorded(spectrum) or tracing() or has_tangent(spectrum):
-            return spectrum_to_weight(spectrum, self.spectral_scale)
-        return self._get_structure().memo.get("weight", spectrum,
-                                              lambda: spectrum_to_weight(spectrum, self.spectral_scale))
+            return kind.weight(spectrum)
+        return self._get_structure().memo.get("weight", spectrum, lambda: kind.weight(spectrum))
 
     def __setattr__(self, name: str, value) -> None:
         if name == "weight":  # before nn.Module's Parameter branch, which would raise a bare KeyError
@@ -122,8 +127,7 @@ class _StructuredLinear(nn.Module):
         """Make the layer's weight equal ``weight`` (same shape as ``spectrum``), in place."""
         if tuple(weight.shape) != tuple(self.spectrum.shape):
             raise ValueError(f"expected a weight of shape {tuple(self.spectrum.shape)}, got {tuple(weight.shape)}")
-        self.spectrum.copy_(like_parameter(weight_to_spectrum(weight.to(self.spectrum), self.spectral_scale),
-                                           self.spectrum))
+        self.spectrum.copy_(like_parameter(self._kind.param(weight.to(self.spectrum)), self.spectrum))
         return self
 
     def reset_parameters(self) -> None:
@@ -148,7 +152,7 @@ class _StructuredLinear(nn.Module):
             w = state_dict[old]
             if tuple(w.shape) == tuple(self.spectrum.shape):
                 state_dict = dict(state_dict)
-                state_dict[new] = weight_to_spectrum(w.to(torch.float64), self.spectral_scale).to(w.dtype)
+                state_dict[new] = self._kind.param(w.to(torch.float64)).to(w.dtype)
                 del state_dict[old]
                 if self.diagonal is not None:  # version 1 had no diagonal: the identity
                     state_dict.setdefault(prefix + "diagonal", torch.ones_like(self.diagonal))
@@ -178,7 +182,7 @@ class _StructuredLinear(nn.Module):
         settings = self._structure_settings()
         cached = self.__dict__.get("_structure")
         if cached is None or cached[0] != settings:
-            cached = self.__dict__["_structure"] = (settings, self._make_structure(ParamKind(self.spectral_scale)))
+            cached = self.__dict__["_structure"] = (settings, self._make_structure(self._kind))
         return cached[1]
 
     def forward(self, input: Tensor) -> Tensor:

@@ -14,7 +14,14 @@ from functools import lru_cache
 import torch
 
 from ..plan import Plan
-from ..spectral import by_cas_matrix, cas_matrix, conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
+from ..spectral import (
+    by_cas_matrix,
+    cas_matrix,
+    conj_rfft_of_weight,
+    spectrum_grad,
+    spectrum_to_weight,
+    weight_to_spectrum,
+)
 
 __all__ = ["weight_taps", "fold_taps", "weight_spectrum", "ParamKind", "WEIGHT"]
 
@@ -62,6 +69,10 @@ class ParamKind:
     def weight(self, param: torch.Tensor) -> torch.Tensor:
         """The weight w (differentiable): the parameter itself, or ``spectrum_to_weight(param, scale)``."""
         return param if self.scale is None else spectrum_to_weight(param, self.scale)
+
+    def param(self, weight: torch.Tensor) -> torch.Tensor:
+        """The parameter that gives the weight w: the inverse of :meth:`weight`."""
+        return weight if self.scale is None else weight_to_spectrum(weight, self.scale)
 
     def from_weight_grad(self, grad_weight: torch.Tensor) -> torch.Tensor:
         """The parameter's gradient from the weight's (the spectral map is its own adjoint)."""
