@@ -95,7 +95,6 @@ def _plain(a):
         return a.as_subclass(Tensor)
 
 
-
 _WRITE_ERROR = (
     "layer.weight is a DTensor (FSDP2) computed from the sharded parameter `spectrum`; a write to it cannot "
     "reach the shards and would be lost. Load a weight with layer.set_weight_(weight) or load_state_dict instead"
