@@ -106,3 +106,54 @@ def test_fully_shard_on_two_processes_matches_one(tmp_path):
             continue
         assert not torch.equal(v, start[k])  # the parameter moved
         torch.testing.assert_close(two[k], v, rtol=0, atol=1e-12)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of this process alone (world size 1), for DTensors and fully_shard in-process."""
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
+
+
+# each a write to a sharded layer's weight; r: a plain tensor of its shape
+WRITES = {
+    "nn.init.normal_": lambda m, r: nn.init.normal_(m.weight),
+    "data.copy_": lambda m, r: m.weight.data.copy_(m.weight.detach() * 2),
+    "no_grad mul_": lambda m, r: _no_grad(lambda: m.weight.mul_(0)),
+    "setitem": lambda m, r: _no_grad(lambda: m.weight.__setitem__(0, 5.0)),
+    "write to a view": lambda m, r: _no_grad(lambda: m.weight[2:].zero_()),
+    "detach().add_": lambda m, r: m.weight.detach().add_(1),
+    "data assignment": lambda m, r: setattr(m.weight, "data", m.weight.detach().clone()),
+    "out=": lambda m, r: _no_grad(lambda: torch.mul(m.weight.detach(), 2.0, out=m.weight)),
+    "inference_mode mul_": lambda m, r: torch.inference_mode()(lambda: m.weight.mul_(0))(),
+}
+
+
+def test_writes_to_a_sharded_weight_raise_naming_set_weight_(one_process_group):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    layer = DFTLinear(300, 260, dtype=torch.float64)  # n > 256: the weight by FFTs, which DTensors run
+    fully_shard(layer)
+    assert isinstance(layer.spectrum, DTensor)
+    before = layer.spectrum.full_tensor().clone()
+    w = layer.weight
+    assert isinstance(w, DTensor) and w.requires_grad  # still the differentiable weight
+    (g,) = torch.autograd.grad(w.square().sum(), layer.spectrum)
+    assert isinstance(g, DTensor)
+    for name, write in WRITES.items():
+        with pytest.raises(RuntimeError, match="set_weight_"):
+            write(layer, None)
+        assert torch.equal(layer.spectrum.full_tensor(), before), name
+    target = torch.randn(300, dtype=torch.float64)
+    layer.set_weight_(target)  # what the error names works on the sharded layer
+    torch.testing.assert_close(layer.weight.full_tensor(), target, rtol=0, atol=1e-12)

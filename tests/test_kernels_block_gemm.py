@@ -15,6 +15,7 @@ import dftnet._routes as routes
 from dftnet import BlockDFTLinear
 from dftnet.functional import block_dft_linear, block_matrix
 from dftnet.kernels.block_gemm import dft_matrices, packed_weight
+from dftnet.kernels.taps import WEIGHT, ParamKind
 from dftnet.plan import block_costs, block_kernel, use_dense
 
 F64 = torch.float64
@@ -55,8 +56,8 @@ def test_dft_matrices_are_the_packed_rfft_and_irfft():
 
 def test_packed_weight_from_the_spectrum_is_the_weights():
     layer = BlockDFTLinear(40, 24, 8, dtype=F64)
-    Wp = packed_weight(layer.spectrum.detach(), layer.spectral_scale)
-    torch.testing.assert_close(Wp, packed_weight(layer.weight.detach(), None), rtol=0, atol=1e-12)
+    Wp = packed_weight(layer.spectrum.detach(), ParamKind(layer.spectral_scale))
+    torch.testing.assert_close(Wp, packed_weight(layer.weight.detach(), WEIGHT), rtol=0, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)

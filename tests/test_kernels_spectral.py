@@ -11,6 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from dftnet._pipeline import structured_linear
 from dftnet._routes import Circulant
 from dftnet.functional import dft_matrix
+from dftnet.kernels.taps import ParamKind
 from dftnet.spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
 
 F64 = torch.float64
@@ -23,7 +24,7 @@ def routes(p, q):
 
 
 def run(x, s, b, p, q, L, method, recompute=False, memo=False):
-    structure = Circulant(p, q, None if method == "dense" else L, recompute, scale=SCALE, memo=memo)
+    structure = Circulant(p, q, None if method == "dense" else L, recompute, ParamKind(SCALE), memo=memo)
     return structured_linear(structure, x, s, b, method)
 
 
@@ -89,7 +90,7 @@ def test_inference_memo_follows_in_place_updates():
     p = q = 16
     s = torch.randn(q, dtype=F64)
     x = torch.randn(3, p, dtype=F64)
-    structure = Circulant(p, q, None, False, scale=SCALE, memo=True)
+    structure = Circulant(p, q, None, False, ParamKind(SCALE), memo=True)
     for method in ("fft", "dense"):
         with torch.no_grad():
             for _ in range(2):
@@ -109,17 +110,17 @@ def test_block_spectrum_kernels_match_dense(p, q, k, method):
     x = torch.randn(3, 2, p, dtype=F64, requires_grad=True)
     s = torch.randn(shape.out_blocks, shape.in_blocks, k, dtype=F64, requires_grad=True)
     b = torch.randn(q, dtype=F64, requires_grad=True)
-    y = structured_linear(BlockCirculant(shape, scale=SCALE), x, s, b, method)
+    y = structured_linear(BlockCirculant(shape, ParamKind(SCALE)), x, s, b, method)
     y_ref = x @ block_matrix(spectrum_to_weight(s, SCALE), p, q).T + b
     torch.testing.assert_close(y, y_ref, atol=1e-10 * y_ref.abs().max().item(), rtol=0)
     assert_matches_reference(y, y_ref, (x, s, b))
     with torch.no_grad():
-        structure = BlockCirculant(shape, scale=SCALE, memo=True)
+        structure = BlockCirculant(shape, ParamKind(SCALE), memo=True)
         torch.testing.assert_close(structured_linear(structure, x, s, b, method), y_ref,
                                    atol=1e-10 * y_ref.abs().max().item(), rtol=0)
 
     def f(x, s, b):
-        return structured_linear(BlockCirculant(shape, scale=SCALE), x, s, b, method)
+        return structured_linear(BlockCirculant(shape, ParamKind(SCALE)), x, s, b, method)
 
     assert gradcheck(f, (x, s, b))
     assert gradgradcheck(f, (x, s, b))

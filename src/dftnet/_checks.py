@@ -1,13 +1,13 @@
 """The argument checks of the layers and their functional forms, in one place: each raises a one-line
 ``TypeError`` or ``ValueError`` naming the argument. A leaf module (torch alone), imported by
-:mod:`dftnet.layers` and :mod:`dftnet.functional`."""
+the layers (:mod:`dftnet._structured_layer`) and :mod:`dftnet.functional`."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["METHODS", "check_positive_int", "check_block_size", "check_method", "check_real_input",
-           "check_real_tensors", "check_bias_and_devices"]
+__all__ = ["METHODS", "check_positive_int", "check_block_size", "check_method", "check_input", "check_parameters",
+           "check_bias_and_devices"]
 
 METHODS = ("auto", "fft", "dense")
 
@@ -39,17 +39,24 @@ def check_method(method, fn: str | None = None) -> str:
     return method
 
 
-def check_real_input(fn: str, input) -> None:
-    """TypeError unless input is a real floating-point tensor (the layers check their input with it)."""
+def check_input(fn: str, input, in_features: int | None = None, device=None) -> None:
+    """The input check of every call, a layer's and a functional form's, made once: a real floating-point
+    tensor of at least one dimension; of last size ``in_features`` and on ``device`` where given (a layer's;
+    a functional form checks its weight and bias against the input's device instead)."""
     if not isinstance(input, Tensor):
         raise TypeError(f"{fn}: expected input to be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():  # complex dtypes are not floating-point
         raise TypeError(f"{fn}: expected a real floating-point input, got dtype {input.dtype}")
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: expected input of shape (*, {in_features or 'in_features'}), got a 0-d tensor")
+    if in_features is not None and input.shape[-1] != in_features:
+        raise ValueError(f"{fn}: expected input of shape (*, {in_features}), got {tuple(input.shape)}")
+    if device is not None and input.device != device:
+        raise ValueError(f"{fn}: expected input on the parameters' device {device}, got {input.device}")
 
 
-def check_real_tensors(fn: str, input, weight, bias) -> None:
-    """TypeError unless input and weight are tensors and all three (bias may be None) real floating-point."""
-    check_real_input(fn, input)
+def check_parameters(fn: str, weight, bias) -> None:
+    """TypeError unless weight is a tensor and weight and bias (None allowed) are real floating-point."""
     if not isinstance(weight, Tensor):
         raise TypeError(f"{fn}: expected weight to be a torch.Tensor, got {type(weight).__name__}")
     for name, t in (("weight", weight), ("bias", bias)):

@@ -18,15 +18,10 @@ from ._compat import grad_recorded, version_counter
 from .kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
 from .kernels.block import weight_spectrum as block_weight_spectrum
 from .kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
-from .kernels.circulant import (
-    circulant_view,
-    dense_forward,
-    dft_forward,
-    dft_linear_autograd,
-    dft_matrix,
-    dft_reference,
-)
-from .kernels.taps import param_spectrum, param_weight
+from .kernels.circulant import dft_forward
+from .kernels.circulant_autograd import dft_linear_autograd
+from .kernels.circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
+from .kernels.taps import WEIGHT, ParamKind
 from .plan import BlockShape, block_kernel, make_plan, use_dense
 
 __all__ = ["Structure", "Circulant", "BlockCirculant"]
@@ -34,9 +29,10 @@ __all__ = ["Structure", "Circulant", "BlockCirculant"]
 
 class Structure(Protocol):
     """What :func:`dftnet._pipeline.structured_linear` asks of a structure. ``param`` is what the layer
-    stores (the weight, or its spectrum: see :class:`Circulant`)."""
+    stores (the weight, or its spectrum: ``kind`` says which; see :class:`Circulant`)."""
 
     name: str  # the functional form's name, for error messages
+    kind: ParamKind  # what the parameter is
     fuses_diagonal: bool  # whether fft() takes the input's diagonal scaling (an extra argument) itself
 
     def weight(self, param: Tensor) -> Tensor:
@@ -88,14 +84,14 @@ class _Structure:
 
     fuses_diagonal = False
 
-    def __init__(self, scale: float | None, memo: bool):
-        self.scale = scale
+    def __init__(self, kind: ParamKind, memo: bool):
+        self.kind = kind
         self.memo = _InferenceMemo() if memo else None
         self._routes: dict = {}
 
     def weight(self, param: Tensor) -> Tensor:
         """The weight w from the parameter (differentiable)."""
-        return param_weight(param, self.scale)
+        return self.kind.weight(param)
 
     def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
         key = (batch, device_type, training)
@@ -119,17 +115,17 @@ class _Structure:
 class Circulant(_Structure):
     """The q x p DFT layer ``W[i, j] = w[(i + j) % n]`` (see :mod:`dftnet.kernels.circulant`).
 
-    The parameter handed to the routes is the weight w (``scale`` None, the functional form) or the
-    layer's stored spectrum (``scale`` = its spectral scale, :mod:`dftnet.spectral`). A layer keeps
-    one structure: the plan, the route per batch size, and (``memo``) the inference-time derived
+    The parameter handed to the routes is the weight w (``kind`` :data:`~dftnet.kernels.taps.WEIGHT`, the
+    functional form) or the layer's stored spectrum (``ParamKind(spectral_scale)``, :mod:`dftnet.spectral`).
+    A layer keeps one structure: the plan, the route per batch size, and (``memo``) the inference-time derived
     tensors are computed once."""
 
     name = "dft_linear"
     fuses_diagonal = True  # fft() takes the input's diagonal scaling into its autograd Function
 
     def __init__(self, in_features: int, out_features: int, fft_size: int | None, recompute_spectrum: bool | None,
-                 scale: float | None = None, memo: bool = False):
-        super().__init__(scale, memo)
+                 kind: ParamKind = WEIGHT, memo: bool = False):
+        super().__init__(kind, memo)
         self.in_features, self.out_features = in_features, out_features
         self.fft_size, self.recompute_spectrum = fft_size, recompute_spectrum
         self.plan = make_plan(in_features, out_features, fft_size)
@@ -150,7 +146,7 @@ class Circulant(_Structure):
         p, q = self.in_features, self.out_features
         if not training:
             return torch.nn.functional.linear(input, self._derived("matrix", param, self._make_matrix), bias)
-        return dense_forward(input, param, bias, p, q, self.scale)
+        return dense_forward(input, param, bias, p, q, self.kind)
 
     def save_spectrum(self, input: Tensor, diagonal: Tensor | None) -> bool:
         """Whether backward gets the input's spectrum X (L + 2 reals a row) saved, or recomputes it from the
@@ -166,10 +162,10 @@ class Circulant(_Structure):
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         plan = self.plan
         if grad_recorded(input, param, bias, diagonal):  # autograd records: the Function
-            return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.scale,
+            return dft_linear_autograd(input, param, bias, plan, self.save_spectrum(input, diagonal), self.kind,
                                        diagonal)
-        cWf = self._derived("spectrum", param, lambda p: param_spectrum(p, plan, self.scale))
-        return dft_forward(input, param, bias, plan, self.scale, cWf, diagonal)  # inference: no autograd records
+        cWf = self._derived("spectrum", param, lambda p: self.kind.conj_spectrum(p, plan))
+        return dft_forward(input, param, bias, plan, self.kind, cWf, diagonal)  # inference: no autograd records
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         return dft_reference(input, self.weight(param), bias, self.plan)
@@ -183,8 +179,8 @@ class BlockCirculant(_Structure):
 
     name = "block_dft_linear"
 
-    def __init__(self, shape: BlockShape, scale: float | None = None, memo: bool = False):
-        super().__init__(scale, memo)
+    def __init__(self, shape: BlockShape, kind: ParamKind = WEIGHT, memo: bool = False):
+        super().__init__(kind, memo)
         self.shape = shape
         self.in_features, self.out_features = shape.in_features, shape.out_features
         self._kernels: dict = {}
@@ -211,7 +207,7 @@ class BlockCirculant(_Structure):
     def dense(self, input: Tensor, param: Tensor, bias: Tensor | None, training: bool) -> Tensor:
         if not training:
             return torch.nn.functional.linear(input, self._derived("matrix", param, self.matrix), bias)
-        return block_dense_forward(input, param, bias, self.shape, self.scale)
+        return block_dense_forward(input, param, bias, self.shape, self.kind)
 
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         assert diagonal is None, "BlockCirculant does not fuse the diagonal: the pipeline multiplies it in first"
@@ -219,12 +215,12 @@ class BlockCirculant(_Structure):
         training = grad_recorded(input, param, bias)
         gemm = self.kernel(x2.shape[0], x2.device.type, training) == "gemm"
         if training:
-            out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.scale)
+            out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.kind)
         elif gemm:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
-            Wp = self._derived("packed", param, lambda w: packed_weight(w, self.scale))
+            Wp = self._derived("packed", param, lambda w: packed_weight(w, self.kind))
             out = gemm_forward(x2, Wp, bias, self.shape)
         else:
-            Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.scale))
+            Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.kind))
             out = block_forward(x2, Wf, bias, self.shape)
         return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
 

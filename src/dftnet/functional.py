@@ -7,7 +7,8 @@ FFTs in O(n log n) per example.
 Block-circulant layer (block size k, weight (R, C, k) with R = ceil(q/k), C = ceil(p/k)):
 ``W[i, j] = w[i // k, j // k, (i + j) % k]``, computed by batched FFTs of length k.
 
-Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`), then
+Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`; the layers
+check their input with the same :func:`~dftnet._checks.check_input`), then
 autocast and half types, the route choice from one cost model (:func:`dftnet.plan.use_dense`), and exact
 handling of inf, nan and extreme magnitudes.
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._checks import check_bias_and_devices, check_positive_int, check_real_tensors
+from ._checks import check_bias_and_devices, check_input, check_parameters, check_positive_int
 from ._pipeline import structured_linear
 from ._routes import BlockCirculant, Circulant
 from .kernels.block import block_matrix
-from .kernels.circulant import dft_matrix
+from .kernels.circulant_reference import dft_matrix
 from .plan import BlockShape, make_plan
 
 __all__ = ["dft_linear", "block_dft_linear", "dft_matrix", "block_matrix"]
@@ -60,11 +61,10 @@ def dft_linear(
         autocast dtype.
     """
     fn = "dft_linear"
-    check_real_tensors(fn, input, weight, bias)
+    check_input(fn, input)
+    check_parameters(fn, weight, bias)
     if weight.dim() != 1:
         raise ValueError(f"{fn}: expected a 1-D weight of shape (n,), got shape {tuple(weight.shape)}")
-    if input.dim() == 0:
-        raise ValueError(f"{fn}: expected input of shape (*, in_features), got a 0-d tensor")
     p, n = input.shape[-1], weight.shape[0]
     q = n if out_features is None else check_positive_int(f"{fn}: out_features", out_features)
     if max(p, q) != n:
@@ -103,14 +103,13 @@ def block_dft_linear(
         ``(*, q)`` tensor, computed as :func:`dft_linear` is (autocast, half types, extreme values).
     """
     fn = "block_dft_linear"
-    check_real_tensors(fn, input, weight, bias)
+    check_input(fn, input)
+    check_parameters(fn, weight, bias)
     if weight.dim() != 3 or weight.shape[-1] < 1:
         raise ValueError(
             f"{fn}: expected a 3-D weight of shape (out_blocks, in_blocks, block_size), "
             f"got shape {tuple(weight.shape)}"
         )
-    if input.dim() == 0:
-        raise ValueError(f"{fn}: expected input of shape (*, in_features), got a 0-d tensor")
     R, C, k = weight.shape
     p = input.shape[-1]
     q = R * k if out_features is None else check_positive_int(f"{fn}: out_features", out_features)

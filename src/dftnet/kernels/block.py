@@ -14,9 +14,10 @@ grad_weight, a convolution: S[r, c, f] = sum_batch G[f, b, r] X[f, b, c],      g
 with ``G = rfft(grad_output_blocks)``: one batched rfft, one batched complex matmul over frequencies
 (F, B, C) @ (F, C, R), one batched irfft. ``W^T`` is the p x q block layer with ``weight.transpose(0, 1)``.
 
-As for DFT layers (:mod:`dftnet.kernels.circulant`), the kernels take the weight (``scale`` None) or the
-layer's stored spectrum; from the latter ``Wf`` and the parameter's gradient are elementwise maps
-(:func:`dftnet.spectral.conj_rfft_of_weight`, :func:`dftnet.spectral.spectrum_grad`), no FFT of the weight.
+As for DFT layers (:mod:`dftnet.kernels.circulant`), the kernels take the weight or the layer's stored
+spectrum, as a :class:`~dftnet.kernels.taps.ParamKind` says; from the latter ``Wf`` and the parameter's
+gradient are elementwise maps (:func:`dftnet.spectral.conj_rfft_of_weight`,
+:func:`dftnet.spectral.spectrum_grad`), no FFT of the weight.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from ..plan import BlockShape
-from ..spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
-from .taps import matrix_taps, param_weight
+from .taps import WEIGHT, ParamKind
 
 __all__ = ["block_matrix", "block_dense_forward", "block_forward", "weight_spectrum",
            "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
@@ -42,7 +42,7 @@ def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
             f"weight of shape {tuple(weight.shape)} does not tile a {out_features} x {in_features} matrix "
             f"with block size {k}: expected ({shape.out_blocks}, {shape.in_blocks}, {k})"
         )
-    return _tile(matrix_taps(weight, k, k, None), in_features, out_features)
+    return _tile(WEIGHT.matrix_taps(weight, k, k), in_features, out_features)
 
 
 def _tile(taps: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -56,12 +56,12 @@ def _tile(taps: Tensor, in_features: int, out_features: int) -> Tensor:
 
 
 def block_dense_forward(x: Tensor, param: Tensor, bias: Tensor | None, shape: BlockShape,
-                        scale: float | None) -> Tensor:
+                        kind: ParamKind) -> Tensor:
     """The dense route in training: ``x @ W^T + b`` with W tiled from each block's taps
-    (:func:`~dftnet.kernels.taps.matrix_taps`, as :func:`~dftnet.kernels.circulant.dense_forward`
+    (:meth:`~dftnet.kernels.taps.ParamKind.matrix_taps`, as :func:`~dftnet.kernels.circulant_reference.dense_forward`
     does for one block), all differentiable torch ops."""
     k = shape.block_size
-    W = _tile(matrix_taps(param, k, k, scale), shape.in_features, shape.out_features)
+    W = _tile(kind.matrix_taps(param, k, k), shape.in_features, shape.out_features)
     return torch.nn.functional.linear(x, W, bias)
 
 
@@ -84,17 +84,15 @@ def _inverse(Z: Tensor, k: int, length: int) -> Tensor:
     return z if z.shape[-1] == length else z[:, :length].contiguous()
 
 
-def weight_spectrum(param: Tensor, scale: float | None) -> Tensor:
+def weight_spectrum(param: Tensor, kind: ParamKind) -> Tensor:
     """(R, C, k) weight or stored spectrum -> (F, C, R): the per-frequency C x R matrices of the forward
     product, ``rfft(w)`` (elementwise from a stored spectrum)."""
-    Wf = torch.fft.rfft(param, dim=-1) if scale is None else conj_rfft_of_weight(param, scale).conj_physical()
-    return Wf.permute(2, 1, 0).contiguous()
+    return kind.rfft(param).permute(2, 1, 0).contiguous()
 
 
-def _param_from_spectrum(S: Tensor, k: int, scale: float | None) -> Tensor:
+def _param_from_spectrum(S: Tensor, k: int, kind: ParamKind) -> Tensor:
     """(F, R, C) spectrum of the weight's gradient -> (R, C, k) gradient of the weight or stored spectrum."""
-    S = S.permute(1, 2, 0)
-    return torch.fft.irfft(S, k, dim=-1) if scale is None else spectrum_grad(S.contiguous(), k, scale)
+    return kind.grad_from_rfft(S.permute(1, 2, 0), k)
 
 
 def block_forward(x: Tensor, Wf: Tensor, bias: Tensor | None, shape: BlockShape) -> Tensor:
@@ -121,19 +119,19 @@ class BlockDFTFunction(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, param, bias, shape: BlockShape, scale: float | None = None):
+    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT):
         x = x.contiguous()  # one layout into the FFTs: a strided input gives what its copy gives, to the bit
         k = shape.block_size
         X = _spectrum(x, shape.in_blocks, k)
-        Wf = weight_spectrum(param, scale)
-        ctx.shape, ctx.scale = shape, scale
+        Wf = weight_spectrum(param, kind)
+        ctx.shape, ctx.kind = shape, kind
         ctx.save_for_backward(x, param, X, Wf)
         return _add_bias(_inverse(torch.matmul(X.conj(), Wf), k, shape.out_features), bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, param, X, Wf = ctx.saved_tensors
-        shape, scale = ctx.shape, ctx.scale
+        shape, kind = ctx.shape, ctx.kind
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         grad_out = grad_out.contiguous()  # as the input: one layout into the FFTs and the bias's sum
@@ -141,19 +139,18 @@ class BlockDFTFunction(Function):
             grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():
             # create_graph=True: build the gradients from differentiable pieces (double backward).
-            weight = param_weight(param, scale)
+            weight = kind.weight(param)
             if need_x:
                 grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
-                grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
-                grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
+                grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
             return grad_x, grad_w, grad_b, None, None
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)  # (F, B, R)
         if need_x:
             grad_x = _inverse(torch.matmul(G.conj(), Wf.transpose(1, 2)), k, shape.in_features)
         if need_w:
-            grad_w = _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, scale)
+            grad_w = _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, kind)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -171,7 +168,7 @@ class BlockWeightGradFunction(Function):
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)
         X = _spectrum(x, shape.in_blocks, k)
-        return _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, None)
+        return _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, WEIGHT)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -40,9 +40,8 @@ from torch.autograd import Function
 
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
-from ..spectral import spectrum_to_weight
 from .block import BlockWeightGradFunction
-from .taps import param_weight
+from .taps import WEIGHT, ParamKind
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
 
@@ -67,19 +66,19 @@ def dft_matrices(k: int, device: torch.device, dtype: torch.dtype) -> tuple[Tens
 
 
 @lru_cache(maxsize=64)
-def param_matrix(k: int, scale: float | None, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(P^T, D P^T)``: ``param @ P`` is the weight's packed spectrum (P = A for a weight, ``scale`` None;
-    for a stored Hartley spectrum the map through :func:`~dftnet.spectral.spectrum_to_weight`), and
+def param_matrix(k: int, kind: ParamKind, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(P^T, D P^T)``: ``param @ P`` is the weight's packed spectrum (P = A for a weight; for a stored
+    Hartley spectrum the map through :func:`~dftnet.spectral.spectrum_to_weight` first), and
     ``grad_Wp_raw @ (D P^T)`` the parameter's gradient. Built in float64."""
     A, _, d = dft_matrices(k, torch.device("cpu"), torch.float64)
-    P = A if scale is None else spectrum_to_weight(torch.eye(k, dtype=torch.float64), scale) @ A
+    P = kind.composed(A)
     return P.T.contiguous().to(device=device, dtype=dtype), (d[:, None] * P.T).to(device=device, dtype=dtype)
 
 
-def packed_weight(param: Tensor, scale: float | None) -> Tensor:
+def packed_weight(param: Tensor, kind: ParamKind = WEIGHT) -> Tensor:
     """(R, C, k) weight or stored spectrum -> its packed spectrum ``Wp`` (k, R, C), one k x k GEMM."""
     R, C, k = param.shape
-    PT = cached(param_matrix, k, scale, param.device, param.dtype)[0]
+    PT = cached(param_matrix, k, kind, param.device, param.dtype)[0]
     return torch.mm(PT, param.reshape(R * C, k).t()).view(k, R, C)
 
 
@@ -169,10 +168,10 @@ def _weight_product(G: Tensor, X: Tensor) -> Tensor:
     return S
 
 
-def _param_grad(S: Tensor, k: int, scale: float | None) -> Tensor:
+def _param_grad(S: Tensor, k: int, kind: ParamKind) -> Tensor:
     """(k, R, C) from :func:`_weight_product` -> the (R, C, k) gradient of the weight or stored spectrum."""
     _, R, C = S.shape
-    DPT = cached(param_matrix, k, scale, S.device, S.dtype)[1]
+    DPT = cached(param_matrix, k, kind, S.device, S.dtype)[1]
     if not S.is_contiguous():  # transposed by _weight_product: (k, C, R) in memory
         return torch.mm(S.transpose(1, 2).reshape(k, C * R).t(), DPT).view(C, R, k).transpose(0, 1).contiguous()
     return torch.mm(S.view(k, R * C).t(), DPT).view(R, C, k)
@@ -197,12 +196,12 @@ class BlockGemmFunction(Function):
     :class:`~dftnet.kernels.block.BlockDFTFunction` does."""
 
     @staticmethod
-    def forward(ctx, x, param, bias, shape: BlockShape, scale: float | None = None):
+    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT):
         k = shape.block_size
         x = x.contiguous()  # one layout into the GEMMs: a strided input gives what its copy gives, to the bit
         X = _packed(x, shape.in_blocks, k)
-        Wp = packed_weight(param, scale)
-        ctx.shape, ctx.scale = shape, scale
+        Wp = packed_weight(param, kind)
+        ctx.shape, ctx.kind = shape, kind
         ctx.save_for_backward(x, param, X, Wp)
         return _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features), bias)
 
@@ -214,24 +213,23 @@ class BlockGemmFunction(Function):
     @staticmethod
     def _backward(ctx, grad_out):
         x, param, X, Wp = ctx.saved_tensors
-        shape, scale = ctx.shape, ctx.scale
+        shape, kind = ctx.shape, ctx.kind
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous()  # as the input: one layout into the GEMMs and the bias's sum
         grad_x = grad_w = grad_b = None
         if need_b:
             grad_b = grad_out.sum(0)
         if torch.is_grad_enabled():
-            weight = param_weight(param, scale)
+            weight = kind.weight(param)
             if need_x:
                 grad_x = BlockGemmFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
-                grad_w = BlockWeightGradFunction.apply(grad_out, x, shape)
-                grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # its own adjoint
+                grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
             return grad_x, grad_w, grad_b, None, None
         k = shape.block_size
         G = _packed(grad_out, shape.out_blocks, k)  # (k, B, R)
         if need_x:
             grad_x = _product(G, Wp, shape.in_features)
         if need_w:
-            grad_w = _param_grad(_weight_product(G, X), k, scale)
+            grad_w = _param_grad(_weight_product(G, X), k, kind)
         return grad_x, grad_w, grad_b, None, None

@@ -1,4 +1,4 @@
-"""The FFT kernels of a DFT layer and their exact, hand-derived gradients.
+"""The FFT kernels of a DFT layer, forward and backward, row chunk by row chunk.
 
 Notation: input ``x`` has shape (..., p), weight ``w`` shape (n,), n = max(p, q), and the layer is the
 q x p matrix ``W[i, j] = w[(i + j) % n]``. ``L`` is the FFT length (:mod:`dftnet.plan`), ``F = L // 2 + 1``.
@@ -9,27 +9,29 @@ grad_weight, a convolution:  gw[k]  = sum_batch sum_{(i+j)%n=k} g[i] x[j]
                                     = fold_n(irfft(sum_batch G * X, L))
 
 with X = rfft(x, L), G = rfft(g, L) and Wf the spectrum of the weight's taps
-(:func:`~dftnet.kernels.taps.weight_taps`).
+(:func:`~dftnet.kernels.taps.weight_taps`). Here: the kernels on rows (inference calls :func:`dft_forward`);
+their autograd Function is in :mod:`dftnet.kernels.circulant_autograd`, the plain-torch forms (explicit
+matrix, dense route, FFT reference) in :mod:`dftnet.kernels.circulant_reference`.
 ``W^T`` is the p x q layer with the same weight, so grad_input is the forward of the transposed layer.
 The batch sum of grad_weight happens in the frequency domain, then ONE inverse FFT.
 
-The kernels take the layer's parameter as it is stored: the weight itself (``scale=None``, the
-functional form) or its scaled Hartley spectrum (``scale`` = the layer's spectral scale,
-:mod:`dftnet.spectral`). On the circular route the latter needs no FFT at all: ``conj(Wf)`` and the
+The kernels take the layer's parameter as it is stored, the weight itself (the functional form) or its
+scaled Hartley spectrum (:mod:`dftnet.spectral`), and a :class:`~dftnet.kernels.taps.ParamKind` that says
+which. On the circular route the latter needs no FFT at all: ``conj(Wf)`` and the
 parameter's gradient are elementwise maps of the coefficients and of ``sum_batch G * X``.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
-from torch.autograd import Function
 
-from .._compat import batched_grad
 from ..plan import Plan
-from ..spectral import spectrum_to_weight
-from .taps import fold_taps, inverts_gradient, matrix_taps, param_grad, param_spectrum, param_weight, weight_taps
+from .circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
+from .taps import WEIGHT, ParamKind, weight_taps
+
+__all__ = ["transpose_plan", "dft_forward", "CHUNK_BYTES", "MIN_CHUNK_ROWS", "SMALL_BATCH_ROWS",
+           # the reference forms, from their own module
+           "circulant_view", "dense_forward", "dft_matrix", "dft_reference"]
 
 
 def transpose_plan(plan: Plan) -> Plan:
@@ -61,17 +63,17 @@ def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
     return max(1, -(-M // chunks)) if chunks > 1 else rows
 
 
-def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, scale: float | None, cWf: torch.Tensor | None
+def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, kind: ParamKind, cWf: torch.Tensor | None
              ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(X, conj(Wf))``: for a few rows, X = rfft(x2, L) and, where the weight needs an FFT, its spectrum
     from one batched FFT of [x2; taps]; otherwise X is None (computed chunk by chunk). ``cWf`` may be
     given (a cached one)."""
     M, p = x2.shape
     small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
-    if cWf is not None or not small or not inverts_gradient(plan, scale):
+    if cWf is not None or not small or not kind.inverts_gradient(plan):
         return (torch.fft.rfft(x2, plan.fft_size) if small else None), (
-            param_spectrum(param, plan, scale) if cWf is None else cWf)
-    taps = weight_taps(param_weight(param, scale), plan)
+            kind.conj_spectrum(param, plan) if cWf is None else cWf)
+    taps = weight_taps(kind.weight(param), plan)
     buf = x2.new_zeros(M + 1, max(p, taps.shape[0]))
     buf[:M, :p] = x2
     buf[M, : taps.shape[0]] = taps
@@ -205,60 +207,25 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def dft_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, plan: Plan,
-                scale: float | None = None, cWf: torch.Tensor | None = None,
+                kind: ParamKind = WEIGHT, cWf: torch.Tensor | None = None,
                 diag: torch.Tensor | None = None) -> torch.Tensor:
     """The forward kernel alone (no autograd bookkeeping): for inference, of ``x * diag`` where ``diag`` is
-    given. ``cWf`` may be given (``param_spectrum(param, plan, scale)``, cached by the caller)."""
-    return _forward(x, param, bias, plan, False, scale, cWf, diag)[0]
+    given. ``cWf`` may be given (``kind.conj_spectrum(param, plan)``, cached by the caller)."""
+    return _forward(x, param, bias, plan, False, kind, cWf, diag)[0]
 
 
-def _forward(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, cWf=None, diag=None):
+def _forward(x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind, cWf=None, diag=None):
     """(z, X, conj(Wf)): the layer's output for the input ``x * diag`` (``diag`` None: 1), the input
     spectrum (empty unless ``save_spectrum``; shape (rows, L // 2 + 1), the leading dimensions flattened)
     and the conjugate weight spectrum."""
     x2 = _rows(x)
     if diag is not None and x2.shape[0] <= _chunk_rows(plan.fft_size, x2.dtype.to_complex(), x2.shape[0]):
         x2, diag = x2 * diag, None  # one chunk: the product whole
-    X, cWf = _spectra(x2, param, plan, scale, cWf)
+    X, cWf = _spectra(x2, param, plan, kind, cWf)
     z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X, diag)
     if x.dim() != 2:
         z = z.reshape(*x.shape[:-1], plan.out_features)
     return z, (X if save_spectrum else cWf.new_empty(0)), cWf
-
-
-def _backward(ctx, grad_out):
-    x, param, cWf, X, diag = ctx.saved_tensors
-    if batched_grad(grad_out):  # the autograd engine's vmap (is_grads_batched): out-of-place ops only
-        return _backward_batched(ctx, grad_out, x, param, X, diag)
-    plan, scale = ctx.plan, ctx.scale
-    need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
-        ctx.needs_input_grad[6]
-    grad_x = grad_w = grad_b = gxd = None
-    grad_out = grad_out.contiguous()  # one layout into the FFTs and the bias's sum, as for the input
-    if need_b:
-        grad_b = _rows(grad_out).sum(0)
-    if torch.is_grad_enabled():
-        # create_graph=True: build the gradients from differentiable pieces (double backward).
-        weight = param_weight(param, scale)
-        if need_x or need_d:
-            gxd = dft_linear_autograd(grad_out, weight, None, transpose_plan(plan), False)
-        if need_w:
-            if x is None:  # a constant input: rebuild it from its spectrum (exact to rounding)
-                xd = torch.fft.irfft(X, plan.fft_size)[:, : plan.in_features].reshape(ctx.input_shape)
-            else:
-                xd = x if diag is None else x * diag
-            grad_w = DFTWeightGradFunction.apply(grad_out, xd, plan)
-            grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)
-        return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
-    x2 = None if x is None or X is not None or not need_w else _rows(x)
-    invert = inverts_gradient(plan, scale)
-    grad_x, grad_d, S = _backward_rows(_rows(grad_out), x2, X, cWf, plan, need_x, need_w, invert, diag,
-                                       None if x is None else _rows(x), need_d)
-    if need_w:
-        grad_w = param_grad(S, plan, scale)
-    if grad_x is not None and len(ctx.input_shape) != 2:
-        grad_x = grad_x.reshape(ctx.input_shape)
-    return grad_x, grad_d, grad_w, grad_b
 
 
 def _sum_rows_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -271,161 +238,3 @@ def _sum_rows_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for s in range(0, M, rows):
         out += (a[s:s + rows] * b[s:s + rows]).sum(0)
     return out
-
-
-def _diagonal_chain(gxd, x, diag, need_x: bool, need_d: bool) -> tuple:
-    """``(grad_x, grad_diag)`` from the gradient ``gxd`` of the kernel's input ``x * diag``."""
-    if diag is None:
-        return gxd if need_x else None, None
-    grad_x = gxd * diag if need_x else None
-    grad_d = (gxd * x).reshape(-1, diag.shape[-1]).sum(0) if need_d else None
-    return grad_x, grad_d
-
-
-def _backward_batched(ctx, grad_out, x, param, X, diag):
-    """The gradients from plain out-of-place torch ops: :func:`dft_reference` of W^T, and the weight
-    gradient's convolution from the input (or its saved spectrum X). For gradients batched by the autograd
-    engine's vmap, whose fallback cannot run the kernels' in-place and ``out=`` ops; differentiable, so
-    ``create_graph=True`` works too."""
-    plan, scale = ctx.plan, ctx.scale
-    need_x, need_w, need_b, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2], \
-        ctx.needs_input_grad[6]
-    grad_w = grad_b = gxd = None
-    if need_b:
-        grad_b = _rows(grad_out).sum(0)
-    if need_x or need_d:
-        gxd = dft_reference(grad_out, param_weight(param, scale), None, transpose_plan(plan)).contiguous()
-    if need_w:
-        xd = None if x is None else (x if diag is None else x * diag)
-        grad_w = _weight_grad(grad_out, X if xd is None else torch.fft.rfft(_rows(xd), plan.fft_size), plan)
-        grad_w = grad_w if scale is None else spectrum_to_weight(grad_w, scale)  # the map is its own adjoint
-    return (*_diagonal_chain(gxd, x, diag, need_x, need_d), grad_w, grad_b)
-
-
-def _weight_grad(grad_out: torch.Tensor, X: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """``fold_n(irfft(sum_batch G * X, L))`` with ``G = rfft(grad_out, L)`` and X the input's (rows, F)
-    spectrum: the weight gradient from plain out-of-place ops."""
-    L = plan.fft_size
-    return fold_taps(torch.fft.irfft((torch.fft.rfft(_rows(grad_out), L) * X).sum(0), L), plan)
-
-
-class DFTLinearFunction(Function):
-    """z = W (d * x) + b for the q x p DFT matrix W with the hand-derived backward, for eager autograd.
-
-    ``param`` is the weight (``scale`` None) or the layer's stored spectrum; ``diag`` an optional (p,)
-    diagonal applied to the input first (the layer's learned diagonal: its product with x is a temporary,
-    rebuilt in backward where needed, not a second saved copy of the input). Saved for backward: the
-    input x where it is needed (for the diagonal's gradient, to rebuild X, or as a graph input for double
-    backward), the parameter, the conjugate weight spectrum (O(L), reused by grad_input) and, if
-    ``save_spectrum``, the input spectrum X, so that backward needs 2 batched FFTs instead of 3. X has
-    L + 2 reals per row against p for x: the layers save it only where x is not kept anyway
-    (:meth:`dftnet._routes.Circulant.fft`).
-
-    The classic ``forward(ctx, ...)`` form: ``apply`` of a ``setup_context`` Function binds its arguments
-    with ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured).
-    torch.compile, torch.export, torch.func and forward-mode AD use :func:`dft_reference` instead."""
-
-    @staticmethod
-    def forward(ctx, x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None, diag=None):
-        # one layout into the FFTs (a copy for a strided input): a strided input gives what its contiguous
-        # copy gives, to the bit (MKL's FFTs and the batch sums round differently on other layouts)
-        x = x.contiguous()
-        z, X, cWf = _forward(x, param, bias, plan, save_spectrum, scale, None, diag)
-        ctx.plan, ctx.scale, ctx.input_shape = plan, scale, x.shape
-        # x itself is needed to rebuild X, for the diagonal's gradient, or as a graph input for double
-        # backward; a constant input (the data batch) with its spectrum saved is not kept.
-        keep_x = not save_spectrum or x.requires_grad or diag is not None
-        ctx.save_for_backward(x if keep_x else None, param, cWf, X if save_spectrum else None, diag)
-        return z
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_d, grad_w, grad_b = _backward(ctx, grad_out)
-        return grad_x, grad_w, grad_b, None, None, None, grad_d
-
-
-def dft_linear_autograd(x, param, bias, plan: Plan, save_spectrum: bool, scale: float | None = None, diag=None):
-    """``z = (d * x) W^T + b`` (``d`` = ``diag``, or 1) with the hand-derived backward (eager autograd)."""
-    return DFTLinearFunction.apply(x, param, bias, plan, save_spectrum, scale, diag)
-
-
-def dft_reference(x, weight, bias, plan: Plan) -> torch.Tensor:
-    """``z = x W^T + b`` from plain differentiable torch ops: ``irfft(conj(rfft(x)) * rfft(taps))``.
-
-    What tracers and transforms see (torch.compile, torch.export, torch.func, forward-mode AD): no custom
-    Function, no in-place tricks, no branch on the batch size; autograd derives every gradient."""
-    L = plan.fft_size
-    Wf = torch.fft.rfft(weight_taps(weight, plan), L)
-    z = torch.fft.irfft(torch.fft.rfft(x, L).conj() * Wf, L)
-    z = z if L == plan.out_features else z[..., : plan.out_features]  # no alias: see taps.fold_taps
-    return z if bias is None else z + bias
-
-
-class DFTWeightGradFunction(Function):
-    """gw = sum_batch conv_n(g, x): the weight gradient as a differentiable bilinear map of (g, x).
-
-    Its own gradients are DFT layers with the incoming gradient u as weight:
-    d<u, gw>/dg = W_u x (q x p layer), d<u, gw>/dx = W_u^T g (p x q layer).
-    """
-
-    @staticmethod
-    def forward(grad_out, x, plan: Plan):
-        return _weight_grad(grad_out, torch.fft.rfft(_rows(x), plan.fft_size), plan)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad_out, x, plan = inputs
-        ctx.plan = plan
-        ctx.save_for_backward(grad_out, x)
-
-    @staticmethod
-    def backward(ctx, u):
-        grad_out, x = ctx.saved_tensors
-        plan = ctx.plan
-        need_g, need_x = ctx.needs_input_grad[:2]
-        if batched_grad(u):  # the autograd engine's vmap: the reference form (out-of-place ops)
-            dg = dft_reference(x, u, None, plan) if need_g else None
-            dx = dft_reference(grad_out, u, None, transpose_plan(plan)) if need_x else None
-            return dg, dx, None
-        dg = dx = None
-        if need_g:
-            dg = dft_linear_autograd(x, u, None, plan, False)
-        if need_x:
-            dx = dft_linear_autograd(grad_out, u, None, transpose_plan(plan), False)
-        return dg, dx, None
-
-
-def circulant_view(weight: torch.Tensor, p: int, q: int) -> torch.Tensor:
-    """The q x p matrix ``w[(i + j) % n]`` as a strided view of ``[w, w]`` (row i starts at i):
-    no index tensor, no gather. Differentiable (cat and as_strided), so double backward can use it."""
-    return torch.cat([weight, weight]).as_strided((q, p), (1, 1)).contiguous()  # BLAS needs unit stride
-
-
-@lru_cache(maxsize=64)
-def _dense_index(in_features: int, out_features: int, n: int, device: torch.device) -> torch.Tensor:
-    i = torch.arange(out_features, device=device).unsqueeze(1)
-    j = torch.arange(in_features, device=device).unsqueeze(0)
-    return (i + j) % n
-
-
-def dft_matrix(weight: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
-    """The explicit q x p matrix ``W[i, j] = weight[(i + j) % n]`` (differentiable in ``weight``)."""
-    n = weight.shape[-1]
-    if max(in_features, out_features) != n:
-        raise ValueError(
-            f"weight must have max(in_features, out_features) = {max(in_features, out_features)} "
-            f"elements, got {n}"
-        )
-    # uncached for large index tensors (not worth keeping) and under dynamo (which warns about lru_cache)
-    uncached = in_features * out_features > 2**22 or torch.compiler.is_compiling()
-    index = _dense_index.__wrapped__ if uncached else _dense_index
-    return weight[..., index(in_features, out_features, n, weight.device)]
-
-
-def dense_forward(x: torch.Tensor, param: torch.Tensor, bias: torch.Tensor | None, p: int, q: int,
-                  scale: float | None) -> torch.Tensor:
-    """The dense route in training: ``x @ W^T + b`` with ``W = taps.unfold(0, p, 1)`` (a view; row i is
-    ``taps[i : i + p]``), all differentiable torch ops. Autograd saves x and the taps (O(p + q)), not W;
-    its backward (the anti-diagonal sums of ``g^T x``, then the cas product) runs in C++, which for
-    small layers costs less than a Python backward (measured: 2x faster per call at 64 x 64)."""
-    return torch.nn.functional.linear(x, matrix_taps(param, p, q, scale).unfold(0, p, 1), bias)
