@@ -20,6 +20,7 @@ from dftnet.experiments.harness import loop
 from dftnet.experiments.harness.checkpoint import load_checkpoint
 from dftnet.experiments.lm import measure as lm_measure
 from dftnet.experiments.lm import train as lm_mod
+from dftnet.experiments.mnist import net_run
 from dftnet.experiments.mnist import train as train_mod
 
 # 8 steps per epoch, 2 epochs, a checkpoint every 2 steps; the first layer takes the FFT route
@@ -103,9 +104,9 @@ TRAIN_POINTS = {
     "after step 8 (end of epoch 1)": (loop, "train_step", 8, False, False),
     "after step 9 (first step of epoch 2)": (loop, "train_step", 9, False, True),
     "after step 16 (the last step)": (loop, "train_step", 16, False, False),
-    "in epoch 1's validation": (train_mod, "evaluate", 1, True, True),
-    "in epoch 2's validation (the last)": (train_mod, "evaluate", 2, True, False),
-    "in the final test evaluation": (train_mod, "evaluate", 3, True, False),
+    "in epoch 1's validation": (net_run, "evaluate", 1, True, True),
+    "in epoch 2's validation (the last)": (net_run, "evaluate", 2, True, False),
+    "in the final test evaluation": (train_mod, "evaluate", 1, True, False),
     "in the first periodic checkpoint write": (loop, "save_atomic", 1, True, True),
     "in epoch 1's best.pt write": (loop, "save_atomic", 4, True, True),
     "in epoch 1's last.pt write": (loop, "save_atomic", 5, True, False),
