@@ -4,7 +4,7 @@
     python benchmarks/user_loop.py                       # 784-16384-16384-10, lr 1e-3 and 3e-3, 300 steps
     python benchmarks/user_loop.py --widths 784,4096,4096,10 --lrs 3e-3 --steps 100
 
-What the README's "Large nets that learn" reports: test accuracy on MNIST after the steps, and the
+What docs/training.md's "A user's own loop" reports: test accuracy on MNIST after the steps, and the
 fraction of each hidden layer's units that are alive (positive for at least one test image). With the
 weight itself as the parameter (dftnet 0.1), the second hidden layer of the 16384-wide net died in the
 first step at lr 3e-3.
