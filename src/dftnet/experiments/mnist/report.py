@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..tables import format_bytes, new_figure, text_table
 
-__all__ = ["train_table", "plot_curves", "sweep_table", "plot_widths", "plot_frontier"]
+__all__ = ["train_table", "plot_curves", "sweep_table", "plot_widths", "plot_accuracy_frontier"]
 
 
 def train_table(results: list[dict]) -> str:
@@ -88,7 +88,7 @@ def plot_widths(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_frontier(rows: list[dict], path: Path) -> None:
+def plot_accuracy_frontier(rows: list[dict], path: Path) -> None:
     """Test accuracy against parameters, one panel per dataset, each point named by its variant."""
     datasets = sorted({r["dataset"] for r in rows})
     fig = new_figure((6 * len(datasets), 4.5))

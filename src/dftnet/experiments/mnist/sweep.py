@@ -26,7 +26,7 @@ from ..harness.runfolder import claim
 from ..harness.writes import atomic_path, write_text_atomic
 from ..tables import write_csv
 from .models import SEED_WIDTHS
-from .report import plot_frontier, plot_widths, sweep_table
+from .report import plot_accuracy_frontier, plot_widths, sweep_table
 
 __all__ = ["configure_parser", "run", "expand_widths", "dense_parameters", "FRONTIER_VARIANTS"]
 
@@ -158,4 +158,4 @@ def write_outputs(rows: list[dict], out: Path, args) -> None:
     if done:
         name = "frontier.png" if args.frontier else "sweep.png"
         with atomic_path(out / name) as tmp:
-            (plot_frontier if args.frontier else plot_widths)(done, tmp)
+            (plot_accuracy_frontier if args.frontier else plot_widths)(done, tmp)
