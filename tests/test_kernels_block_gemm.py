@@ -11,7 +11,7 @@ from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
-import dftnet._routes as routes
+import dftnet._dispatch.routes as routes
 from dftnet import BlockDFTLinear
 from dftnet.functional import block_dft_linear, block_matrix
 from dftnet.kernels.block_gemm import dft_matrices, packed_weight

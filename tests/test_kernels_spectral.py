@@ -8,8 +8,8 @@ import torch
 from layer_checks import assert_matches_reference
 from torch.autograd import gradcheck, gradgradcheck
 
-from dftnet._pipeline import structured_linear
-from dftnet._routes import Circulant
+from dftnet._dispatch.pipeline import structured_linear
+from dftnet._dispatch.routes import Circulant
 from dftnet.functional import dft_matrix
 from dftnet.kernels.taps import ParamKind
 from dftnet.spectral import conj_rfft_of_weight, spectrum_grad, spectrum_to_weight
@@ -102,7 +102,7 @@ def test_inference_memo_follows_in_place_updates():
 @pytest.mark.parametrize("method", ["fft", "dense"])
 @pytest.mark.parametrize("p,q,k", [(8, 8, 4), (10, 7, 4), (7, 10, 3), (5, 5, 5), (9, 6, 1)])
 def test_block_spectrum_kernels_match_dense(p, q, k, method):
-    from dftnet._routes import BlockCirculant
+    from dftnet._dispatch.routes import BlockCirculant
     from dftnet.functional import block_matrix
     from dftnet.plan import BlockShape
 

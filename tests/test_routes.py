@@ -1,4 +1,4 @@
-"""dftnet._routes: the structures' routes, their choice (``layer.route``) and the inference memo."""
+"""dftnet._dispatch.routes: the structures' routes, their choice (``layer.route``) and the inference memo."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Writes to ``layer.weight`` take effect (they load the weight into ``spectrum``, as ``set_weight_`` does):
 afterwards forward, ``to_dense()`` and ``weight`` agree, in grad mode, under ``no_grad`` and in inference
-mode, on the FFT and dense routes of both layers (``dftnet._weight``)."""
+mode, on the FFT and dense routes of both layers (``dftnet.layers._weight``)."""
 
 import io
 

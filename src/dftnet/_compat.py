@@ -15,10 +15,10 @@ that this vmap can batch. Also private, the same policy.
 The others, each with no public equivalent in torch 2.4-2.13:
 
 * ``Tensor._version`` (:func:`version_counter`): the counter every in-place write bumps; the layers' inference
-  memo and the weight's write tracking (:mod:`dftnet._weight`) key on it.
+  memo and the weight's write tracking (:mod:`dftnet.layers._weight`) key on it.
 * ``torch._C.DisableTorchFunctionSubclass`` (:data:`no_torch_function_subclass`) and
   ``torch.utils._pytree`` (:func:`tree_flatten`, :func:`tree_map`): the weight's tensor subclass
-  (:class:`dftnet._weight.WeightView`), as PyTorch's own subclasses use them.
+  (:class:`dftnet.layers._weight.WeightView`), as PyTorch's own subclasses use them.
 
 The application's own private-API shims (fake tensors, the memory tracker) are in
 :mod:`dftnet.experiments.harness._compat`.

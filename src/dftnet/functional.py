@@ -7,8 +7,9 @@ FFTs in O(n log n) per example.
 Block-circulant layer (block size k, weight (R, C, k) with R = ceil(q/k), C = ceil(p/k)):
 ``W[i, j] = w[i // k, j // k, (i + j) % k]``, computed by batched FFTs of length k.
 
-Both run through one pipeline (:mod:`dftnet._pipeline`): validation here (:mod:`dftnet._checks`; the layers
-check their input with the same :func:`~dftnet._checks.check_input`), then
+Both run through one pipeline (:mod:`dftnet._dispatch.pipeline`): validation here
+(:mod:`dftnet._dispatch.checks`; the layers check their input with the same
+:func:`~dftnet._dispatch.checks.check_input`), then
 autocast and half types, the route choice from one cost model (:func:`dftnet.plan.use_dense`), and exact
 handling of inf, nan and extreme magnitudes.
 """
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._checks import check_bias_and_devices, check_input, check_parameters, check_positive_int
-from ._pipeline import structured_linear
-from ._routes import BlockCirculant, Circulant
+from ._dispatch.checks import check_bias_and_devices, check_input, check_parameters, check_positive_int
+from ._dispatch.pipeline import structured_linear
+from ._dispatch.routes import BlockCirculant, Circulant
 from .kernels.block import block_matrix
 from .kernels.circulant_reference import dft_matrix
 from .plan import BlockShape, make_plan
@@ -54,7 +55,7 @@ def dft_linear(
             backward instead of 3); None (default), the spectrum only where the input would not be kept
             anyway (it needs no gradient) and is not the smaller (p = n). The linear route always recomputes.
         exact_extremes: check the input and weight for inf, nan and extreme magnitudes (one host sync
-            per call) and give exactly what the dense product gives there; see :mod:`dftnet._pipeline`.
+            per call) and give exactly what the dense product gives there; see :mod:`dftnet._dispatch.pipeline`.
 
     Returns:
         ``(*, q)`` tensor. Under ``torch.autocast`` the product runs in float32 and the result has the

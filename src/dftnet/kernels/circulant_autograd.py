@@ -96,7 +96,7 @@ class DFTLinearFunction(Function):
     backward), the parameter, the conjugate weight spectrum (O(L), reused by grad_input) and, if
     ``save_spectrum``, the input spectrum X, so that backward needs 2 batched FFTs instead of 3. X has
     L + 2 reals per row against p for x: the layers save it only where x is not kept anyway
-    (:meth:`dftnet._routes.Circulant.fft`).
+    (:meth:`dftnet._dispatch.routes.Circulant.fft`).
 
     The classic ``forward(ctx, ...)`` form: ``apply`` of a ``setup_context`` Function binds its arguments
     with ``inspect.signature`` on every call, which cost ~100 us per forward+backward here (measured).

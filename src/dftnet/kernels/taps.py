@@ -61,7 +61,7 @@ def weight_spectrum(weight: torch.Tensor, plan: Plan) -> torch.Tensor:
 class ParamKind:
     """What a structure's parameter is: the weight w itself (``scale`` None, :data:`WEIGHT`: the functional
     forms) or a layer's stored spectrum ``H(w) / scale`` (:mod:`dftnet.spectral`). A structure holds one
-    (:mod:`dftnet._routes`) and the kernels ask it for the weight, its spectrum and the parameter's gradient.
+    (:mod:`dftnet._dispatch.routes`) and the kernels ask it for the weight, its spectrum and the parameter's gradient.
     Frozen and hashable: a cache key."""
 
     scale: float | None = None

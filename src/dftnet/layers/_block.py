@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._checks import check_block_size, check_positive_int
-from ._routes import BlockCirculant
-from ._structured_layer import _StructuredLinear
-from .init import block_circulant_kaiming_, block_magnitude
-from .kernels.block import block_matrix
-from .kernels.taps import ParamKind
-from .plan import BlockShape
+from .._dispatch.checks import check_block_size, check_positive_int
+from .._dispatch.routes import BlockCirculant
+from ..init import block_circulant_kaiming_, block_magnitude
+from ..kernels.block import block_matrix
+from ..kernels.taps import ParamKind
+from ..plan import BlockShape
+from ._structured import _StructuredLinear
 
 __all__ = ["BlockDFTLinear"]
 

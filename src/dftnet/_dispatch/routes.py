@@ -1,6 +1,6 @@
 """How each structure computes its product: the dense route, the FFT route and its explicit matrix.
 
-A *structure* is one layer shape of one kind (circulant or block-circulant). :mod:`dftnet._pipeline` runs
+A *structure* is one layer shape of one kind (circulant or block-circulant). :mod:`dftnet._dispatch.pipeline` runs
 every call through the same steps (dtypes, autocast, route choice, extreme values) and asks the
 structure only for what :class:`Structure` lists: its cost model, its explicit matrix, its dense and FFT
 routes for eager autograd, and its *reference* form (plain differentiable torch ops, for tracers and
@@ -14,21 +14,21 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ._compat import grad_recorded, version_counter
-from .kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
-from .kernels.block import weight_spectrum as block_weight_spectrum
-from .kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
-from .kernels.circulant import dft_forward
-from .kernels.circulant_autograd import dft_linear_autograd
-from .kernels.circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
-from .kernels.taps import WEIGHT, ParamKind
-from .plan import BlockShape, block_kernel, make_plan, use_dense
+from .._compat import grad_recorded, version_counter
+from ..kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
+from ..kernels.block import weight_spectrum as block_weight_spectrum
+from ..kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
+from ..kernels.circulant import dft_forward
+from ..kernels.circulant_autograd import dft_linear_autograd
+from ..kernels.circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
+from ..kernels.taps import WEIGHT, ParamKind
+from ..plan import BlockShape, block_kernel, make_plan, use_dense
 
 __all__ = ["Structure", "Circulant", "BlockCirculant"]
 
 
 class Structure(Protocol):
-    """What :func:`dftnet._pipeline.structured_linear` asks of a structure. ``param`` is what the layer
+    """What :func:`dftnet._dispatch.pipeline.structured_linear` asks of a structure. ``param`` is what the layer
     stores (the weight, or its spectrum: ``kind`` says which; see :class:`Circulant`)."""
 
     name: str  # the functional form's name, for error messages

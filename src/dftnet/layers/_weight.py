@@ -29,7 +29,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from ._compat import no_torch_function_subclass, tree_flatten, tree_map, version_counter
+from .._compat import no_torch_function_subclass, tree_flatten, tree_map, version_counter
 
 __all__ = ["WeightView"]
 

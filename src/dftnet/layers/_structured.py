@@ -12,13 +12,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_input, check_method, check_positive_int
-from ._compat import grad_recorded, has_tangent, tracing
-from ._pipeline import route, structured_linear
-from ._signs import apply_signs, register_sign_buffer, reset_signs
+from .._compat import grad_recorded, has_tangent, tracing
+from .._dispatch.checks import check_input, check_method, check_positive_int
+from .._dispatch.pipeline import route, structured_linear
+from .._signs import apply_signs, register_sign_buffer, reset_signs
+from ..kernels.taps import ParamKind
+from ..spectral import SPECTRAL_GAIN
 from ._weight import WeightView, like_parameter
-from .kernels.taps import ParamKind
-from .spectral import SPECTRAL_GAIN
 
 _MISSING = object()
 
@@ -76,11 +76,11 @@ class _StructuredLinear(nn.Module):
     def weight(self) -> Tensor:
         """The structured weight, ``H(spectrum) * spectral_scale / n`` (differentiable).
 
-        In eager mode a :class:`~dftnet._weight.WeightView`: a write to it (``nn.init.normal_(layer.weight)``,
+        In eager mode a :class:`~dftnet.layers._weight.WeightView`: a write to it (``nn.init.normal_(layer.weight)``,
         ``layer.weight.data.copy_(w)``, an in-place op under ``torch.no_grad()``) loads it into ``spectrum``,
         as :meth:`set_weight_` does. Without autograd (inference) it is computed once per value of
         ``spectrum`` and reused, in the layer's inference memo (keyed on the tensor and its version
-        counter, which every in-place update bumps; see :mod:`dftnet._routes`)."""
+        counter, which every in-place update bumps; see :mod:`dftnet._dispatch.routes`)."""
         spectrum = self.spectrum
         if tracing() or has_tangent(spectrum):
             return self._kind.weight(spectrum)
@@ -177,7 +177,7 @@ class _StructuredLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def _get_structure(self):
-        """The layer's structure (plan, routes, inference memo; :mod:`dftnet._routes`), rebuilt when a
+        """The layer's structure (plan, routes, inference memo; :mod:`dftnet._dispatch.routes`), rebuilt when a
         setting it depends on (``_structure_settings``) changed."""
         settings = self._structure_settings()
         cached = self.__dict__.get("_structure")
@@ -198,7 +198,7 @@ class _StructuredLinear(nn.Module):
 
     def route(self, batch: int, training: bool | None = None) -> str:
         """The route a call on ``batch`` rows (``input.numel() // in_features``) takes, "fft" or "dense": the
-        decision the forward itself makes (:func:`dftnet._pipeline.route`). ``training``: whether autograd
+        decision the forward itself makes (:func:`dftnet._dispatch.pipeline.route`). ``training``: whether autograd
         records the call; None, whether it would now for an input that needs no gradient (grad mode on and
         a parameter requiring grad)."""
         spectrum = self._param("spectrum")

@@ -1,6 +1,6 @@
 """The argument checks of the layers and their functional forms, in one place: each raises a one-line
 ``TypeError`` or ``ValueError`` naming the argument. A leaf module (torch alone), imported by
-the layers (:mod:`dftnet._structured_layer`) and :mod:`dftnet.functional`."""
+the layers (:mod:`dftnet.layers._structured`) and :mod:`dftnet.functional`."""
 
 from __future__ import annotations
 

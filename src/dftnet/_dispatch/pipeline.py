@@ -1,7 +1,7 @@
 """The one path every structured layer call takes: dtypes, autocast, route choice, extreme values.
 
 ``structured_linear(structure, input, weight, bias, method)`` computes ``input @ W.T + bias`` for a
-:mod:`dftnet._routes` structure (circulant or block-circulant), after the functional form has checked
+:mod:`dftnet._dispatch.routes` structure (circulant or block-circulant), after the functional form has checked
 shapes and types:
 
 1. Under ``torch.autocast`` (float32 and below) the product runs in float32 and returns the autocast
@@ -27,8 +27,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._compat import grad_recorded, has_tangent, in_dual_level, tracing
-from ._routes import Structure
+from .._compat import grad_recorded, has_tangent, in_dual_level, tracing
+from .routes import Structure
 
 __all__ = ["structured_linear", "route"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._checks import check_positive_int
-from ._routes import Circulant
-from ._structured_layer import _StructuredLinear
-from .init import circulant_kaiming_, circulant_magnitude
-from .kernels.circulant_reference import dft_matrix
-from .kernels.taps import ParamKind
-from .plan import make_plan
+from .._dispatch.checks import check_positive_int
+from .._dispatch.routes import Circulant
+from ..init import circulant_kaiming_, circulant_magnitude
+from ..kernels.circulant_reference import dft_matrix
+from ..kernels.taps import ParamKind
+from ..plan import make_plan
+from ._structured import _StructuredLinear
 
 __all__ = ["DFTLinear"]
 
