@@ -56,7 +56,7 @@ _LABELS = {"dft": "DFT net step", "dense": "dense net step", "floor": "DFT net f
            "dft_over_floor": "DFT/floor", "dft_over_floor_opt": "DFT/(floor+optimizer)"}
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+def _adamw_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
     def step():
         loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
@@ -123,7 +123,7 @@ def bench_end_to_end(
     opt_only = copy.deepcopy(dft)  # its gradients stay set: the optimizer step alone
     F.cross_entropy(opt_only(x), y, label_smoothing=0.1).backward()
     floor, layers = _floor(dft, batch, device, dtype)
-    fns = {"dft": _train_step(dft, _adamw(dft), x, y), "dense": _train_step(dense, _adamw(dense), x, y),
+    fns = {"dft": _adamw_step(dft, _adamw(dft), x, y), "dense": _adamw_step(dense, _adamw(dense), x, y),
            "floor": floor, "optimizer": _adamw(opt_only).step}
     gc_was_enabled = gc.isenabled()
     gc.collect(1)
