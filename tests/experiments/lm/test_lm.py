@@ -177,7 +177,7 @@ def test_resume_equals_uninterrupted(tmp_path, use_small, monkeypatch, stop_afte
         (["--eval-every", "0"], "--eval-every: expected a positive integer"),
         (["--d-model", "30", "--heads", "4"], "--d-model 30 must be a multiple of --heads 4"),
         (["--d-model", "8", "--variants", "block-64"], "block size must be at most"),
-        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto, got 'tpu'"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],
 )

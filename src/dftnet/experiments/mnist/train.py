@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     with dist_mod.job(resolve_device(cfg.device), cfg.out, "train", default_name=cfg.dataset, resume=cfg.resume,
                       overwrite=cfg.overwrite, log=log) as (ctx, out_dir, log):
         if cfg.resume:  # the model and the examples (and their order) must be the run's
-            dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, asdict(cfg), RESUME_KEYS))
+            dist_mod.on_main(ctx, lambda: refuse_changed_config(out_dir, config_dict(cfg), RESUME_KEYS))
         return _run(cfg, ctx, out_dir, log)
 
 
