@@ -33,8 +33,9 @@ from ._compat import batched_grad, cached
 __all__ = ["SPECTRAL_GAIN", "hartley", "cas_matrix", "by_cas_matrix", "spectrum_to_weight", "weight_to_spectrum",
            "conj_rfft_of_weight", "spectrum_grad"]
 
-# Chosen by measurement (docs/training.md, "A user's own loop"): 4, 16, 32 and 64 were tried; with AdamW at
-# lr 1e-3 ... 3e-3, 32 moves every layer's spectrum by about 3-10% of its initial magnitude per step.
+# Chosen by measurement (CHANGELOG.md, "A user's own loop, version 0.1 and prototypes"): 4, 16, 32 and 64
+# were tried; with AdamW at lr 1e-3 ... 3e-3, 32 moves every layer's spectrum by about 3-10% of its initial
+# magnitude per step.
 SPECTRAL_GAIN = 32.0
 
 

@@ -31,7 +31,8 @@ class DFTLinear(_StructuredLinear):
             (Cheng et al., ICCV 2015); D is the buffer ``sign`` and is saved in the state_dict.
         diagonal: learn a diagonal scaling of the input, ``y = W diag(d) x + b`` (diagonal-circulant
             layers, Araujo et al., 2020): p more parameters, initialised to 1. On by default: it raised
-            the seed MNIST net's test accuracy by about half a point (docs/training.md, "Earlier levers").
+            the seed MNIST net's test accuracy by about half a point (CHANGELOG.md, "Recipe levers with
+            version 0.1's layer").
 
     Attributes:
         spectrum: the parameter, ``(n,)``: the weight's Hartley spectrum over ``spectral_scale``
