@@ -171,7 +171,7 @@ def fit(run: Run, ctx: dist_mod.Context, folder: Path | None, *, quiet: bool = F
                 run.record(loss, output, y, seconds)
                 if not bar.disable:
                     bar.update()
-                    bar.set_postfix(run.postfix())
+                    bar.set_postfix(run.postfix(), refresh=False)  # drawn at the bar's own pace
                 problem = guard.diverged(loss, run.classes, run.grad_norm)
                 stopping, bad = dist_mod.any_rank(ctx, stop.check(), problem is not None)
                 if bad:  # nothing is written: the last checkpoint is the last finite one
