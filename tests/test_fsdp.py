@@ -157,3 +157,26 @@ def test_writes_to_a_sharded_weight_raise_naming_set_weight_(one_process_group):
     target = torch.randn(300, dtype=torch.float64)
     layer.set_weight_(target)  # what the error names works on the sharded layer
     torch.testing.assert_close(layer.weight.full_tensor(), target, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: DFTLinear(100, 60, dtype=torch.float64),
+                                  lambda: BlockDFTLinear(64, 96, 16, dtype=torch.float64)],
+                         ids=["dft, n <= 256", "block-16"])
+def test_the_weight_of_a_small_sharded_layer_is_its_weight(one_process_group, make):
+    """Small layers map spectrum to weight by a product with the cas matrix: under FSDP2 that matrix is
+    replicated over the spectrum's mesh, so the weight is the unsharded layer's, differentiable and guarded."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    layer = make()
+    expected = copy.deepcopy(layer).weight.detach()
+    fully_shard(layer)
+    w = layer.weight
+    assert isinstance(w, DTensor)
+    torch.testing.assert_close(w.full_tensor(), expected, rtol=0, atol=1e-12)
+    (g,) = torch.autograd.grad(w.square().sum(), layer.spectrum)
+    assert isinstance(g, DTensor) and g.shape == layer.spectrum.shape
+    with pytest.raises(RuntimeError, match="set_weight_"):
+        WRITES["no_grad mul_"](layer, None)

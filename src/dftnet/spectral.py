@@ -23,6 +23,7 @@ The matrix is unchanged: still built from one length-n vector w (per block for b
 from __future__ import annotations
 
 import math
+import sys
 from functools import lru_cache
 
 import torch
@@ -65,10 +66,20 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
         return spectrum_to_weight(spectrum.float(), scale).to(spectrum.dtype)
     n = spectrum.shape[-1]
     if by_cas_matrix(spectrum):
-        return spectrum @ cas_matrix(n, float(scale), spectrum.device, spectrum.dtype)
+        return spectrum @ _replicated_like(cas_matrix(n, float(scale), spectrum.device, spectrum.dtype), spectrum)
     # scaled first: the spectrum's gradient is then the scaling's fresh, contiguous product, not the real
     # part of the FFT's complex gradient (a view with stride 2)
     return hartley(spectrum * (scale / n))
+
+
+def _replicated_like(matrix: Tensor, spectrum: Tensor) -> Tensor:
+    """``matrix`` as a DTensor replicated over the mesh of ``spectrum`` where that is a DTensor (a sharded
+    layer under FSDP2: a product needs both operands distributed), else as is."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # not imported: spectrum cannot be a DTensor
+    if dtensor is None or not isinstance(spectrum, dtensor.DTensor):
+        return matrix
+    mesh = spectrum.device_mesh
+    return dtensor.DTensor.from_local(matrix, mesh, [dtensor.Replicate()] * mesh.ndim, run_check=False)
 
 
 def by_cas_matrix(spectrum: Tensor) -> bool:
