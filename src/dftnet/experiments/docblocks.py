@@ -131,6 +131,46 @@ def transformer_table(root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _runs(values: list[float]) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return _x(values[0])
+    return f"{_x(statistics.median(values))} [{_x(min(values))}–{_x(max(values))}]"
+
+
+def quiet_table(root: Path) -> str:
+    """fwd+bwd at 1,024 rows on an idle machine (docs/results/quiet/): each layer's speed-up over nn.Linear
+    at 1 and 2 threads, median [range] over runs of ``benchmarks/block_routes.py --preset transformer``
+    (block layers) and ``dftnet bench --preset transformer`` (DFTLinear, also its time over its floor)."""
+    import json
+
+    quiet = root / "docs" / "results" / "quiet"
+    speed: dict[tuple, list[float]] = {}
+    floor: dict[tuple, list[float]] = {}
+    for path in sorted(quiet.glob("block_transformer_t*_r*.json")):
+        for r in json.loads(path.read_text()):
+            if r["mode"] == "fwd+bwd":
+                speed.setdefault((r["p"], r["q"], r["k"], r["threads"]), []).append(r["speedup"])
+    shapes = sorted({k[:2] for k in speed}, key=lambda s: (max(s), s[0] > s[1]))
+    for path in sorted(quiet.glob("bench_t*_r*/bench.json")):
+        doc = json.loads(path.read_text())
+        for r in doc["rows"]:
+            if r["mode"] == "fwd+bwd" and r["layer"] == "dft" and (r["p"], r["q"]) in shapes:
+                key = (r["p"], r["q"], 0, doc["machine"]["torch_threads"])
+                speed.setdefault(key, []).append(r["linear_over_layer"])
+                floor.setdefault(key, []).append(r["layer_over_floor"])
+    out = ["| shape | layer | 1 thread: ×nn.Linear | 2 threads: ×nn.Linear | DFTLinear ×floor (1 / 2 threads) |",
+           "|---|---|---:|---:|---:|"]
+    for p, q in shapes:
+        for k in sorted({key[2] for key in speed if key[:2] == (p, q)}):
+            cell = [speed.get((p, q, k, t)) for t in (1, 2)]
+            floors = " / ".join(_runs(floor[(p, q, k, t)]) for t in (1, 2) if (p, q, k, t) in floor) or "–"
+            out.append(f"| {p}→{q} | {'DFTLinear' if k == 0 else f'block-{k}'} | "
+                       + " | ".join(_runs(c) if c else "–" for c in cell) + f" | {floors} |")
+    return "\n".join(out) + "\n"
+
+
 DEFAULT_LEVER = "shift1-lr6e-3-ep10"  # the mnist_recipe.csv rows made with dftnet train's defaults
 
 # block name -> (the files it appears in, what draws it)
@@ -140,6 +180,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[Path], str]]] = {
     "study:headline": (("README.md",), study_headline),
     "study:full": (("docs/lm.md",), study_full),
     "bench:transformer": (("README.md", "docs/performance.md"), transformer_table),
+    "bench:quiet": (("docs/performance.md",), quiet_table),
 }
 
 
