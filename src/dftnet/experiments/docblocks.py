@@ -171,6 +171,28 @@ def quiet_table(root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def gpt_step_table(root: Path) -> str:
+    """The GPT's training step at d = 512 (the study's configuration, 1 thread) on an idle machine: per
+    variant, its time and peak memory against dense's in the same run, median [range] over runs
+    (docs/results/quiet/gpt_step_d512_r*.json, written by :func:`.study.cost.measure_costs`)."""
+    import json
+
+    ratios: dict[str, list[float]] = {}
+    memory: dict[str, list[float]] = {}
+    for path in sorted((root / "docs" / "results" / "quiet").glob("gpt_step_d512_r*.json")):
+        costs = json.loads(path.read_text())
+        dense = costs["dense@d512"]
+        for key, c in costs.items():
+            if key != "machine" and key != "dense@d512":
+                ratios.setdefault(key, []).append(c["seconds"] / dense["seconds"])
+                memory.setdefault(key, []).append(c["peak_memory_bytes"] / dense["peak_memory_bytes"])
+    out = ["| MLP variant (structure) | step time vs dense | peak memory vs dense |", "|---|---:|---:|"]
+    for key in ratios:
+        name = key.split("@")[0].replace("+attn", " (mlp+attn)")
+        out.append(f"| {name} | {_runs(ratios[key])} | {_runs(memory[key])} |")
+    return "\n".join(out) + "\n"
+
+
 DEFAULT_LEVER = "shift1-lr6e-3-ep10"  # the mnist_recipe.csv rows made with dftnet train's defaults
 
 # block name -> (the files it appears in, what draws it)
@@ -181,6 +203,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[Path], str]]] = {
     "study:full": (("docs/lm.md",), study_full),
     "bench:transformer": (("README.md", "docs/performance.md"), transformer_table),
     "bench:quiet": (("docs/performance.md",), quiet_table),
+    "bench:quiet-gpt": (("docs/performance.md",), gpt_step_table),
 }
 
 
