@@ -103,6 +103,10 @@ def _unpacked(Z: Tensor, k: int, length: int) -> Tensor:
 # A batched GEMM whose output rows are this short or shorter runs up to 9x slower on CPU than the same
 # product transposed (measured at (1,024 x 32) @ (32 x 8), k = 64): such products are computed transposed.
 NARROW = 16
+# Block sizes whose packed input is recomputed in backward for an input that needs a gradient: the
+# transform costs k multiply-adds per entry, about 1% of the GPT's training step at d = 512 and k = 16
+# (peak memory 1.08x -> 0.90x dense's), but 15-20% of a layer's fwd+bwd at k = 64 (measured, 1 thread).
+RECOMPUTE_MAX_K = 16
 
 
 def _product(X: Tensor, Wp: Tensor, length: int) -> Tensor:
@@ -190,10 +194,11 @@ def gemm_forward(x: Tensor, Wp: Tensor, bias: Tensor | None, shape: BlockShape) 
 
 class BlockGemmFunction(Function):
     """z = W x + b for a q x p block-circulant W, x (B, p), by the real GEMM kernels, with the hand-derived
-    backward. Saved: x and the parameter (for double backward), the packed input X (k, B, C) and weight Wp
-    (k, R, C); backward transforms the output gradient once and runs eight batched GEMMs and one inverse
-    transform. Double backward (``create_graph``) builds the gradients from differentiable pieces, as
-    :class:`~dftnet.kernels.block.BlockDFTFunction` does."""
+    backward. Saved: x and the parameter (for double backward), the packed weight Wp (k, R, C) and the
+    packed input X (k, B, C), except for an input that needs a gradient at k <= ``RECOMPUTE_MAX_K``, whose X
+    is recomputed from x in backward. Backward transforms the output gradient once and runs eight batched
+    GEMMs and one inverse transform. Double backward (``create_graph``) builds the gradients from
+    differentiable pieces, as :class:`~dftnet.kernels.block.BlockDFTFunction` does."""
 
     @staticmethod
     def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT):
@@ -202,7 +207,10 @@ class BlockGemmFunction(Function):
         X = _packed(x, shape.in_blocks, k)
         Wp = packed_weight(param, kind)
         ctx.shape, ctx.kind = shape, kind
-        ctx.save_for_backward(x, param, X, Wp)
+        # an input that needs a gradient is an activation, kept anyway: up to RECOMPUTE_MAX_K its packed
+        # form X (as large again) is recomputed in backward instead of kept
+        recompute = x.requires_grad and k <= RECOMPUTE_MAX_K
+        ctx.save_for_backward(x, param, None if recompute else X, Wp)
         return _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features), bias)
 
     @staticmethod
@@ -231,5 +239,7 @@ class BlockGemmFunction(Function):
         if need_x:
             grad_x = _product(G, Wp, shape.in_features)
         if need_w:
+            if X is None:
+                X = _packed(x, shape.in_blocks, k)
             grad_w = _param_grad(_weight_product(G, X), k, kind)
         return grad_x, grad_w, grad_b, None, None
