@@ -144,12 +144,17 @@ def report_text(study: dict) -> str:
 
 
 def headline_text(study: dict) -> str:
-    """The README's table: the largest size with results, every budget and variant."""
-    rows = arm_rows(study)
-    if not rows:
-        return "(no finished budget yet)\n"
-    largest = max(r["d_model"] for r in rows)
-    return "\n".join(_table([r for r in rows if r["d_model"] == largest], full=False)) + "\n"
+    """The README's table: the largest size with a finished comparison (dense and another variant with
+    every seed at one budget), every such budget's finished rows."""
+    seeds = study["config"]["seeds"]
+    rows = [r for r in arm_rows(study) if r["seeds"] == seeds]
+    compared = {(r["d_model"], r["budget"]) for r in rows if r["arm"] != "dense"} & \
+        {(r["d_model"], r["budget"]) for r in rows if r["arm"] == "dense"}
+    if not compared:
+        return "(no finished comparison yet)\n"
+    largest = max(d for d, _ in compared)
+    return "\n".join(_table([r for r in rows if (r["d_model"], r["budget"]) in compared and r["d_model"] == largest],
+                            full=False)) + "\n"
 
 
 def plot_study(study: dict, path: Path) -> None:
