@@ -81,6 +81,13 @@ def study_headline(root: Path) -> str:
     return headline_text(study) if study else NO_STUDY
 
 
+def study_answer(root: Path) -> str:
+    from .study.report import answer_text
+
+    study = _study(root)
+    return answer_text(study) if study else NO_STUDY
+
+
 def study_full(root: Path) -> str:
     from .study.report import report_text
 
@@ -200,6 +207,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[Path], str]]] = {
     "mnist:default": (("README.md",), mnist_table),
     "width:default": (("README.md", "docs/training.md"), width_table),
     "study:headline": (("README.md",), study_headline),
+    "study:answer": (("README.md",), study_answer),
     "study:full": (("docs/lm.md",), study_full),
     "bench:transformer": (("README.md", "docs/performance.md"), transformer_table),
     "bench:quiet": (("docs/performance.md",), quiet_table),

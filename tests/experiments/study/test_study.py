@@ -20,7 +20,7 @@ from dftnet.experiments.study.cells import train_cell
 from dftnet.experiments.study.flops import layer_flops, layer_routes, step_flops
 from dftnet.experiments.study.frontier import budget_to_reach
 from dftnet.experiments.study.plan import QUICK, Arm, StudyConfig, plan_cells, search_ks, steps_for
-from dftnet.experiments.study.report import arm_rows
+from dftnet.experiments.study.report import answer_text, arm_rows
 from dftnet.peers import LowRankLinear, MonarchLinear
 
 TINY = {**QUICK, "sizes": (16, 32), "heads": (2, 2), "budgets": ((6, 24), (6,)), "variants": ("dense", "dft"),
@@ -157,7 +157,7 @@ def _hand_study():
         cells.append({**cells[-2], "phase": "seed", "seed": 1, "test_bpb": tests[1]})
     costs = {"machine": {"cpu": "test"}, "dense@d8": _cost(1.0, 10.0, 100), "v@d8": _cost(0.5, 2.0, 50)}
     config = {"sizes": [8], "heads": [1], "budgets": [[100, 400]], "variants": ["dense", "v"], "attn_variants": [],
-              "layers": 1, "context": 4, "batch_size": 1, "eval_windows": 1, "test_windows": 1}
+              "layers": 1, "context": 4, "batch_size": 1, "eval_windows": 1, "test_windows": 1, "seeds": 2}
     return {"config": config, "costs": costs, "cells": cells}
 
 
@@ -183,6 +183,23 @@ def test_reach_interpolates_between_budgets():
     (v4,) = [r for r in arm_rows(study) if (r["arm"], r["budget"]) == ("v", 400)]
     assert v4["reach_seconds"] == ["=", pytest.approx(100 * 4 ** 0.75 / 400)]
     assert v4["reach_flops"] == ["=", pytest.approx(100 * 4 ** 0.75 * 4 / 4000)]  # v: 4 FLOPs a second, dense 10
+
+
+def test_answer_names_winners_where_dense_overtakes_and_the_target():
+    text = answer_text(_hand_study())
+    # v: better at 100 (3.5..3.6 against 4.0..4.2), worse at 400 (3.3..3.4 against 3.0..3.2)
+    assert "At 100 dense steps (100 s) v has the lowest, 13.4% below dense (better: v)" in text
+    assert "at 400 dense steps (400 s) dense has the lowest test bpb (worse: v)" in text
+    assert "dense catches up between 100 and 400 dense steps" in text
+    assert "d = 8, 400 dense steps (400 s)): v reaches dense's test bpb in >1.00×" in text
+    assert "target ≤ 0.6×: missed" in text and "0.50× its peak step memory (target ≤ 1.0×: met)" in text
+    study = _hand_study()
+    for c in study["cells"]:  # v: 2.55 at 400 s reaches dense's 3.1 at 100 * 4**0.45 s = 0.47 of 400 s
+        if c["arm"] == "v" and c["budget"] == 400 and c["k"] == 0:
+            c["test_bpb"] -= 0.8
+    text = answer_text(study)
+    assert f"in {100 * 4 ** 0.45 / 400:.2f}× dense's time (target ≤ 0.6×: met)" in text
+    assert "v: ≤1.00× at 100, 0.47× at 400" in text.replace("<=", "≤")
 
 
 # --- the held-out split, routes and FLOPs ----------------------------------------------------------------

@@ -16,7 +16,10 @@ from statistics import mean
 from ..tables import new_figure
 from .frontier import budget_to_reach
 
-__all__ = ["arm_rows", "report_text", "headline_text", "plot_study"]
+__all__ = ["arm_rows", "report_text", "headline_text", "answer_text", "plot_study"]
+
+PEERS = ("lowrank", "monarch")  # the structures DFTnet is compared with, not its own
+TARGET_TIME, TARGET_MEMORY = 0.6, 1.0  # the frontier target: dense's bpb in this much of its time and memory
 
 
 def _arms(study: dict) -> list[str]:
@@ -155,6 +158,96 @@ def headline_text(study: dict) -> str:
     largest = max(d for d, _ in compared)
     return "\n".join(_table([r for r in rows if (r["d_model"], r["budget"]) in compared and r["d_model"] == largest],
                             full=False)) + "\n"
+
+
+def _budget_label(r: dict) -> str:
+    seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
+    return f"{r['budget']:,} dense steps ({seconds})"
+
+
+def _is_dftnet(arm: str) -> bool:
+    return arm != "dense" and not arm.startswith(PEERS)
+
+
+def answer_text(study: dict) -> str:
+    """The README's answer, in words, from the finished rows (every seed): per size and budget the variant
+    with the lowest test bpb and each variant's verdict against dense; per size where dense overtakes each
+    structured variant; and the frontier target (dense's bpb in <= 0.6x its time, <= 1.0x its peak memory)
+    at the largest size and budget with a finished comparison, with its trend over the budgets."""
+    cfg = study["config"]
+    rows = [r for r in arm_rows(study) if r["seeds"] == cfg["seeds"]]
+    at = {(r["d_model"], r["budget"], r["arm"]): r for r in rows}
+    out, finished = [], []
+    for d, budgets in zip(cfg["sizes"], cfg["budgets"]):
+        parts, verdicts = [], {}
+        for budget in budgets:
+            here = sorted((r for r in rows if (r["d_model"], r["budget"]) == (d, budget)), key=lambda r: r["mean"])
+            if (d, budget, "dense") not in at or len(here) < 2:
+                parts.append(f"at {budget:,} dense steps the comparison is not finished")
+                continue
+            finished.append((d, budget))
+            best = here[0]
+            lead = ("dense has the lowest test bpb" if best["arm"] == "dense" else
+                    f"{_label(best['arm'])} has the lowest, {-100 * best['vs_dense']:.1f}% below dense")
+            groups = {}
+            for r in here:
+                if r["arm"] != "dense":
+                    groups.setdefault(r["verdict"], []).append(_label(r["arm"]))
+                    verdicts.setdefault(r["arm"], []).append((budget, r["verdict"]))
+            rest = "; ".join(f"{v}: {', '.join(a)}" for v, a in sorted(groups.items()))
+            missing = [_label(a) for a in _arms(study) if (d, budget, a) not in at and (a == "dense" or "+" not in a
+                                                                                  or d == cfg["sizes"][-1])]
+            rest += f"; not finished: {', '.join(missing)}" if missing else ""
+            parts.append(f"at {_budget_label(at[(d, budget, 'dense')])} {lead} ({rest})")
+        overtakes = [_overtake(_label(a), v) for a, v in verdicts.items()]
+        text = "; ".join(parts)
+        out.append(f"- **d = {d}.** " + text[:1].upper() + text[1:] + "." +
+                   (f" Against dense over the budgets: {'; '.join(overtakes)}." if overtakes else ""))
+    out += _target_lines(rows, finished)
+    return "\n".join(out) + "\n"
+
+
+def _overtake(arm: str, verdicts: list[tuple[int, str]]) -> str:
+    """Where dense overtakes ``arm``, from its verdicts at increasing budgets."""
+    seq = ", ".join(f"{v} at {b:,}" for b, v in verdicts)
+    ahead = [b for b, v in verdicts if v == "better"]
+    if verdicts and all(v == "better" for _, v in verdicts):
+        return f"{arm} {seq}: dense does not overtake it in the range measured"
+    if ahead and ahead[-1] != verdicts[-1][0]:
+        after = [b for b, _ in verdicts if b > ahead[-1]][0]
+        return f"{arm} {seq}: dense catches up between {ahead[-1]:,} and {after:,} dense steps"
+    return f"{arm} {seq}"
+
+
+def _target_lines(rows: list[dict], finished: list[tuple[int, int]]) -> list[str]:
+    if not finished:
+        return ["- No comparison has every seed yet."]
+    d = max(s for s, _ in finished)
+    budgets = sorted(b for s, b in finished if s == d)
+    at = {(r["budget"], r["arm"]): r for r in rows if r["d_model"] == d}
+    top = budgets[-1]
+    ours = [r for (b, a), r in at.items() if b == top and _is_dftnet(a)]
+    if not ours:
+        return [f"- **Target** at d = {d}: no DFTnet variant has every seed at {top:,} dense steps yet."]
+    # a ratio interpolated between budgets first, then an upper bound (lowest bpb first), then a lower bound
+    best = min(ours, key=lambda r: ({"=": 0, "<=": 1, ">": 2}[r["reach_seconds"][0]],
+                                    r["mean"] if r["reach_seconds"][0] == "<=" else r["reach_seconds"][1]))
+    sign, ratio = best["reach_seconds"]
+    met_time = ("met" if ratio <= TARGET_TIME and sign != ">" else
+                "not determined: no smaller budget was trained" if sign == "<=" else "missed")
+    met_mem = "met" if best["memory_vs_dense"] <= TARGET_MEMORY else "missed"
+    bound = {"<=": " (below dense's bpb already at its smallest budget: an upper bound)",
+             ">": " (not reached within the largest budget trained: a lower bound)"}.get(sign, "")
+    trend = "; ".join(
+        f"{_label(a)}: " + ", ".join(f"{_fmt_reach(at[(b, a)]['reach_seconds'])} at {b:,}" for b in budgets
+                                     if (b, a) in at)
+        for a in sorted({a for (_, a) in at if a != "dense"}, key=lambda a: (not _is_dftnet(a), a)))
+    return [f"- **Target** (the largest size and budget with every seed, d = {d}, {_budget_label(best)}): "
+            f"{_label(best['arm'])} reaches dense's test bpb in {_fmt_reach(best['reach_seconds'])} dense's "
+            f"time{bound} (target ≤ {TARGET_TIME}×: {met_time}) with {best['memory_vs_dense']:.2f}× its peak "
+            f"step memory (target ≤ {TARGET_MEMORY}×: {met_mem}).",
+            f"- **Trend** at d = {d}, time to dense's test bpb as a fraction of dense's, by budget in dense "
+            f"steps (DFTnet's variants, then the peers): {trend}."]
 
 
 def plot_study(study: dict, path: Path) -> None:
