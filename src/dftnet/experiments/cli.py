@@ -148,13 +148,13 @@ def main(argv=None) -> int:
         return 2
     from .harness.allocator import keep_freed_memory
     from .harness.checkpoint import CheckpointError
+    from .harness.errors import DataError
     from .harness.guard import EXIT_DIVERGED, EXIT_OUT_OF_MEMORY, OutOfMemory, TrainingDiverged
     from .harness.interrupt import Terminated, terminate_on_sigterm
     from .harness.preflight import MemoryRefused
     from .harness.reproduce import pin_numerics
     from .harness.runfolder import RunFolderError
     from .harness.writes import WriteError, write_error
-    from .mnist.data import DataError
 
     user_errors = (UsageError, ValueError, DataError, CheckpointError, RunFolderError, MemoryRefused,
                    PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)

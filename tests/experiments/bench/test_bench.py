@@ -31,15 +31,6 @@ def _args(tmp_path, *argv):
     return parser.parse_args([*argv, "--out", str(tmp_path / "out")] if "--out" not in argv else list(argv))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On a loaded machine, multi-threaded tiny ops stall waiting for a core: keep these smoke runs fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def rows():
     # 16 and 64: the dense route (tiny layers); 1024x600: non-square, FFT route.

@@ -13,14 +13,6 @@ from dftnet.experiments import bench
 from dftnet.experiments.bench import transformer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mlp_shapes_are_both_projections():
     assert transformer.mlp_shapes([512, 1024]) == [(512, 2048), (2048, 512), (1024, 4096), (4096, 1024)]
     assert transformer.QUICK_DIMS == (512,) and transformer.QUICK_ROWS == (1024,)

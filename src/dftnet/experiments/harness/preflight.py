@@ -35,7 +35,7 @@ from ..tables import format_bytes
 from ._compat import fake_tensor_mode
 from .memory import _mem_tracker_peak, _one_step
 
-__all__ = ["MemoryRefused", "Estimate", "estimate", "available", "refuse_if_too_big", "check_train", "check_lm"]
+__all__ = ["MemoryRefused", "Estimate", "estimate", "available", "refuse_if_too_big", "moved"]
 
 
 class MemoryRefused(Exception):
@@ -92,7 +92,7 @@ def estimate(build, make_batch, batch: int, eval_batch: int) -> Estimate | None:
     return Estimate(step=step, resident=4 * params, evaluation=evaluation, param_bytes=params)
 
 
-def _moved(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def moved(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model.to(device)`` for a model of fake tensors (``Module.to`` swaps fake parameters, which fails
     on tied weights): every parameter (once, so tied weights stay tied) and buffer remade on ``device``."""
     if device.type == "cpu":
@@ -191,31 +191,3 @@ def refuse_if_too_big(name: str, est: Estimate | None, device: torch.device, bat
         f"{name} would need about {format_bytes(need)} at its peak{each} (a training step at batch {batch}: "
         f"{format_bytes(est.step)}, estimated), more than the {format_bytes(have[0])} of {have[1]}: lower {lower}, "
         "or pass --no-memory-check to try anyway")
-
-
-def check_train(kind: str, cfg, ctx, local_batch: int) -> None:
-    """``dftnet train``'s check for one net (rank 0 runs it; the refusal reaches every rank)."""
-    from ..mnist.models import build_model
-
-    widths = tuple(cfg.widths)
-    est = estimate(lambda: build_model(kind, widths, cfg.recompute_spectrum, ctx.device),
-                   lambda n: (torch.empty(n, widths[0], device=ctx.device),
-                              torch.zeros(n, dtype=torch.long, device=ctx.device)),
-                   local_batch, cfg.eval_batch_size)
-    lower = "--batch-size or --widths" + (", add --recompute-spectrum" if kind.startswith("dft") else "")
-    refuse_if_too_big(kind, est, ctx.device, cfg.batch_size, ctx.distributed, lower)
-
-
-def check_lm(variant: str, cfg, ctx, local_batch: int) -> None:
-    """``dftnet lm``'s check for one variant."""
-    from ..lm.gpt import GPT
-    from ..lm.measure import _FlatLogits
-
-    def batch(n):
-        return (torch.zeros(n, cfg.context, dtype=torch.long, device=ctx.device),
-                torch.zeros(n * cfg.context, dtype=torch.long, device=ctx.device))
-
-    est = estimate(lambda: _moved(_FlatLogits(GPT(cfg.gpt(variant), seed=cfg.seed)), ctx.device), batch,
-                   local_batch, 2 * cfg.batch_size)
-    refuse_if_too_big(variant, est, ctx.device, cfg.batch_size, ctx.distributed,
-                      "--batch-size, --context, --d-model or --layers")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..mnist.data import DataError
+from ..harness.errors import DataError
 
 __all__ = ["Corpus", "STDLIB_ROOT", "EXCLUDED_DIRS", "VAL_PERMILLE", "TEST_PERMILLE", "stdlib_root",
            "corpus_files", "split_of", "is_validation", "split_files", "load_corpus", "batch_indices", "get_batch",

@@ -39,12 +39,11 @@ from ..harness.loop import Run, fit, maybe_resume, train_step
 from ..harness.reproduce import changed_environment, environment
 from ..harness.runfolder import refuse_changed_config
 from ..harness.writes import atomic_path, write_text_atomic
-from ..mnist.recipe import param_groups
 from ..tables import write_csv
 from . import corpus as corpus_mod
 from .config import DEFAULT_VARIANTS, LMConfig
 from .gpt import GPT, VOCAB
-from .measure import bpb_at, evaluate_bpb, finish_variant
+from .measure import _FlatLogits, bpb_at, evaluate_bpb, finish_variant
 from .report import lm_table, plot_lm
 
 __all__ = ["LMConfig", "TrainingInterrupted", "run", "train_variant", "DEFAULT_VARIANTS", "PROMPT"]
@@ -155,7 +154,7 @@ def build_variant(variant: str, cfg: LMConfig, ctx: dist_mod.Context, corpus=Non
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
                          f"({ctx.world_size})")
     model = GPT(cfg.gpt(variant), seed=cfg.seed).to(ctx.device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr), lr=cfg.lr, betas=(0.9, 0.95),
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                             weight_decay=cfg.weight_decay)
     warmup, total = cfg.warmup, cfg.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
@@ -228,7 +227,7 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
         if note:
             log(note)
     for variant in cfg.variants if cfg.memory_check else ():  # before anything is allocated or written
-        dist_mod.on_main(ctx, partial(preflight.check_lm, variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
+        dist_mod.on_main(ctx, partial(check_memory, variant, cfg, ctx, max(1, cfg.batch_size // ctx.world_size)))
     steps = {v: cfg.max_steps for v in cfg.variants}
     if cfg.budget is not None:  # measured once; a resumed run keeps the step counts it started with
         recorded = json.loads((out_dir / "config.json").read_text()).get("steps_by_variant") if cfg.resume and \
@@ -264,3 +263,16 @@ def _run(cfg: LMConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     log(f"wrote {out_dir}/: config.json metrics.csv summary.json lm.png "
         + " ".join(f"{v}/last.pt" for v in cfg.variants))
     return summary
+
+
+def check_memory(variant: str, cfg: LMConfig, ctx, local_batch: int) -> None:
+    """Refuse, before anything is allocated, a variant whose training step would not fit
+    (:mod:`..harness.preflight`)."""
+    def batch(n):
+        return (torch.zeros(n, cfg.context, dtype=torch.long, device=ctx.device),
+                torch.zeros(n * cfg.context, dtype=torch.long, device=ctx.device))
+
+    est = preflight.estimate(lambda: preflight.moved(_FlatLogits(GPT(cfg.gpt(variant), seed=cfg.seed)), ctx.device),
+                             batch, local_batch, 2 * cfg.batch_size)
+    preflight.refuse_if_too_big(variant, est, ctx.device, cfg.batch_size, ctx.distributed,
+                                "--batch-size, --context, --d-model or --layers")

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..harness.errors import DataError
+
 __all__ = ["DataError", "PARTS", "IMAGE_SHAPE", "idx_md5", "read_idx", "find_idx_dir"]
-
-
-class DataError(RuntimeError):
-    """A dataset could not be found or failed a structural/integrity check."""
 
 
 # The four parts of a dataset: key -> (standard IDX file name, IDX magic, standard count).

@@ -22,7 +22,7 @@ from . import data as data_mod
 from .config import TrainConfig
 from .evaluate import evaluate
 from .models import build_model
-from .recipe import default_lr, param_groups
+from .recipe import default_lr
 
 __all__ = ["NetRun", "build_net_run"]
 
@@ -175,14 +175,14 @@ def build_net_run(kind: str, cfg: TrainConfig, splits, ctx: dist_mod.Context, ne
     torch.manual_seed(cfg.seed)
     model = build_model(kind, cfg.widths, cfg.recompute_spectrum, ctx.device)
     lr = cfg.lr if cfg.lr is not None else default_lr(kind)
-    groups = param_groups(model, lr)
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    # one group: the layers' spectral parametrisation (dftnet.spectral) makes the same lr right at every width
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     n_local = len(_epoch_order(len(splits.train_x), cfg.seed, 0, ctx))
     steps_per_epoch = math.ceil(n_local / local_batch)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
                                                 total_steps=max(total_steps, 1))
     dropout = augment.HiddenDropout(model, cfg.dropout, ctx.device) if cfg.dropout else None
     return NetRun(kind, model, opt, sched, total_steps, cfg=cfg, splits=splits, ctx=ctx, net_dir=net_dir,

@@ -1,12 +1,10 @@
-"""The training recipe's learning rates: the peak lr of each layer kind, and the AdamW parameter groups."""
+"""The training recipe's learning rates: the peak lr of each layer kind."""
 
 from __future__ import annotations
 
-import torch
-
 from .models import parse_layer_spec
 
-__all__ = ["DEFAULT_LR", "default_lr", "param_groups"]
+__all__ = ["DEFAULT_LR", "default_lr"]
 
 # Peak one-cycle lr per layer kind, with AdamW (weight decay 0.01), label smoothing 0.1 and random shifts of
 # 1 pixel (docs/training.md, "Training recipe"); DFT and block layers store their spectra (dftnet.spectral),
@@ -17,8 +15,3 @@ DEFAULT_LR = {"dft": 6e-3, "dense": 1e-3, "block": 1e-3}
 def default_lr(spec: str) -> float:
     return DEFAULT_LR[parse_layer_spec(spec)[0]]
 
-
-def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
-    """One AdamW parameter group: the layers' spectral parametrisation (:mod:`dftnet.spectral`) makes the
-    same lr right at every width, so training uses exactly what a user's own loop gets."""
-    return [{"params": list(model.parameters()), "lr": lr}]

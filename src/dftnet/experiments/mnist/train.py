@@ -21,6 +21,8 @@ import math
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from ..configflags import config_dict
 from ..harness import distributed as dist_mod
 from ..harness import preflight
@@ -120,7 +122,7 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
                          f"end with {info.num_classes} (its classes), got {','.join(map(str, cfg.widths))}")
     for kind in cfg.kinds if cfg.memory_check else ():  # before anything is allocated or written
         local_batch = max(1, cfg.batch_size // ctx.world_size)
-        dist_mod.on_main(ctx, partial(preflight.check_train, kind, cfg, ctx, local_batch))
+        dist_mod.on_main(ctx, partial(check_memory, kind, cfg, ctx, local_batch))
     if ctx.is_main:
         write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     log(f"data: {splits.source}: {len(splits.train_x)} train / {len(splits.val_x)} val / "
@@ -145,3 +147,15 @@ def _run(cfg: TrainConfig, ctx: dist_mod.Context, out_dir: Path, log) -> dict:
     log(f"wrote {out_dir}/: config.json metrics.csv summary.json curves.png "
         + " ".join(f"{k}/best.pt {k}/last.pt {k}/model.safetensors" for k in cfg.kinds))
     return summary
+
+
+def check_memory(kind: str, cfg: TrainConfig, ctx, local_batch: int) -> None:
+    """Refuse, before anything is allocated, a net whose training step would not fit
+    (:mod:`..harness.preflight`; rank 0 runs it, the refusal reaches every rank)."""
+    widths = tuple(cfg.widths)
+    est = preflight.estimate(lambda: build_model(kind, widths, cfg.recompute_spectrum, ctx.device),
+                             lambda n: (torch.empty(n, widths[0], device=ctx.device),
+                                        torch.zeros(n, dtype=torch.long, device=ctx.device)),
+                             local_batch, cfg.eval_batch_size)
+    lower = "--batch-size or --widths" + (", add --recompute-spectrum" if kind.startswith("dft") else "")
+    preflight.refuse_if_too_big(kind, est, ctx.device, cfg.batch_size, ctx.distributed, lower)
