@@ -204,6 +204,9 @@ def answer_text(study: dict) -> str:
         out.append(f"- **d = {d}.** " + text[:1].upper() + text[1:] + "." +
                    (f" Against dense over the budgets: {'; '.join(overtakes)}." if overtakes else ""))
     out += _target_lines(rows, finished)
+    hours = sum(c.get("wall_s", 0.0) for c in study["cells"]) / 3600
+    out.append(f"- **Progress:** {len(study['cells'])} cells trained, {hours:.1f} hours of 1-thread training "
+               f"(two cells run side by side on 2 cores).")
     return "\n".join(out) + "\n"
 
 
