@@ -20,7 +20,7 @@ from dftnet.experiments.study.cells import train_cell
 from dftnet.experiments.study.flops import layer_flops, layer_routes, step_flops
 from dftnet.experiments.study.frontier import budget_to_reach
 from dftnet.experiments.study.plan import QUICK, Arm, StudyConfig, plan_cells, search_ks, steps_for
-from dftnet.experiments.study.report import answer_text, arm_rows
+from dftnet.experiments.study.report import _overtake, answer_text, arm_rows
 from dftnet.peers import LowRankLinear, MonarchLinear
 
 TINY = {**QUICK, "sizes": (16, 32), "heads": (2, 2), "budgets": ((6, 24), (6,)), "variants": ("dense", "dft"),
@@ -191,6 +191,9 @@ def test_answer_names_winners_where_dense_overtakes_and_the_target():
     assert "At 100 dense steps (100 s) v has the lowest, 13.4% below dense (better: v)" in text
     assert "at 400 dense steps (400 s) dense has the lowest test bpb (worse: v)" in text
     assert "dense catches up between 100 and 400 dense steps" in text
+    assert _overtake("v", [(1, "worse"), (4, "within spread"), (16, "worse")]).endswith(
+        "dense pulls ahead again between 4 and 16 dense steps")
+    assert _overtake("v", [(1, "worse"), (4, "worse")]) == "v worse at 1, worse at 4"
     assert "d = 8, 400 dense steps (400 s)): v reaches dense's test bpb in >1.00×" in text
     assert "target ≤ 0.6×: missed" in text and "0.50× its peak step memory (target ≤ 1.0×: met)" in text
     study = _hand_study()

@@ -219,6 +219,10 @@ def _overtake(arm: str, verdicts: list[tuple[int, str]]) -> str:
     if ahead and ahead[-1] != verdicts[-1][0]:
         after = [b for b, _ in verdicts if b > ahead[-1]][0]
         return f"{arm} {seq}: dense catches up between {ahead[-1]:,} and {after:,} dense steps"
+    level = [b for b, v in verdicts if v != "worse"]
+    if level and level[-1] != verdicts[-1][0]:
+        after = [b for b, _ in verdicts if b > level[-1]][0]
+        return f"{arm} {seq}: dense pulls ahead again between {level[-1]:,} and {after:,} dense steps"
     return f"{arm} {seq}"
 
 
