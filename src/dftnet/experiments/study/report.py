@@ -102,6 +102,10 @@ def _fmt_reach(reach) -> str:
     return f"{'' if sign == '=' else sign}{x:.2f}×"
 
 
+def _seconds(r: dict) -> str:
+    return f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
+
+
 def _fmt_bpb(r: dict) -> str:
     return f"{r['mean']:.3f} ± {(r['hi'] - r['lo']) / 2:.3f}" if r["seeds"] > 1 else f"{r['mean']:.3f}"
 
@@ -117,8 +121,7 @@ def _table(rows: list[dict], full: bool) -> list[str]:
              "rates tried"] if full else []
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
-        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({seconds})", _label(r["arm"]),
+        cols = [str(r["d_model"]), f"{r['budget']} dense steps ({_seconds(r)})", _label(r["arm"]),
                 f"{r['steps']:,}", f"{r['lr']:.3g}", f"{_fmt_bpb(r)} ({r['seeds']})",
                 "–" if r["arm"] == "dense" else f"{100 * r['vs_dense']:+.1f}%", r["verdict"],
                 _fmt_reach(r["reach_seconds"]), _fmt_reach(r["reach_flops"])]
@@ -161,8 +164,7 @@ def headline_text(study: dict) -> str:
 
 
 def _budget_label(r: dict) -> str:
-    seconds = f"{r['budget_s']:.{0 if r['budget_s'] >= 10 else 1}f} s"
-    return f"{r['budget']:,} dense steps ({seconds})"
+    return f"{r['budget']:,} dense steps ({_seconds(r)})"
 
 
 def _is_dftnet(arm: str) -> bool:
@@ -195,7 +197,8 @@ def answer_text(study: dict) -> str:
                     groups.setdefault(r["verdict"], []).append(_label(r["arm"]))
                     verdicts.setdefault(r["arm"], []).append((budget, r["verdict"]))
             rest = "; ".join(f"{v}: {', '.join(a)}" for v, a in sorted(groups.items()))
-            missing = [_label(a) for a in _arms(study) if (d, budget, a) not in at and (a == "dense" or "+" not in a
+            # the (+attn) arms run at the largest size only
+            missing = [_label(a) for a in _arms(study) if (d, budget, a) not in at and ("+" not in a
                                                                                   or d == cfg["sizes"][-1])]
             rest += f"; not finished: {', '.join(missing)}" if missing else ""
             parts.append(f"at {_budget_label(at[(d, budget, 'dense')])} {lead} ({rest})")
