@@ -15,8 +15,14 @@ import torch
 from torch import Tensor
 
 from .._compat import grad_recorded, version_counter
-from ..kernels.block import BlockDFTFunction, block_dense_forward, block_forward, block_matrix, block_reference
-from ..kernels.block import weight_spectrum as block_weight_spectrum
+from ..kernels.block import (
+    BlockDFTFunction,
+    block_dense_forward,
+    block_forward,
+    block_matrix,
+    block_reference,
+    embedded_spectrum,
+)
 from ..kernels.block_gemm import BlockGemmFunction, gemm_forward, packed_weight
 from ..kernels.circulant import dft_forward
 from ..kernels.circulant_autograd import dft_linear_autograd
@@ -220,8 +226,8 @@ class BlockCirculant(_Structure):
             Wp = self._derived("packed", param, lambda w: packed_weight(w, self.kind))
             out = gemm_forward(x2, Wp, bias, self.shape)
         else:
-            Wf = self._derived("spectrum", param, lambda w: block_weight_spectrum(w, self.kind))
-            out = block_forward(x2, Wf, bias, self.shape)
+            We = self._derived("spectrum", param, lambda w: embedded_spectrum(w, self.kind))
+            out = block_forward(x2, We, bias, self.shape)
         return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:

@@ -1,0 +1,77 @@
+"""Could block-64 take its transforms from ``torch.fft`` instead of DFT-matrix GEMMs? The GEMM kernel
+(:mod:`dftnet.kernels.block_gemm`) wants packed spectra frequency-major, ``(k, rows, blocks)``; a
+k x k GEMM transforms and transposes in one call (k multiply-adds per entry). ``torch.fft`` costs
+O(log k) per entry but writes frequency innermost, so the same packed layout needs a strided copy.
+Timed at the output side of 512->2048 with k = 64 on 1,024 rows (32 blocks): thread CPU time, 1 thread,
+medians and [min-max] of 3 rounds of 15 interleaved calls.
+
+    python benchmarks/block_transform_layouts.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from dftnet.kernels.block_gemm import dft_matrices
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows, blocks, k = 1024, 32, 64
+    F, Fi = k // 2 + 1, (k - 1) // 2
+    A, E, _ = dft_matrices(k, torch.device("cpu"), torch.float32)
+    y = torch.randn(rows, blocks * k)
+    Z = torch.randn(k, rows, blocks)
+
+    def gemm_pack():
+        return torch.mm(A.t(), y.view(rows * blocks, k).t()).view(k, rows, blocks)
+
+    def fft_pack():
+        X = torch.view_as_real(torch.fft.rfft(y.view(rows, blocks, k)))
+        P = torch.empty(k, rows, blocks)
+        P[:F].copy_(X[..., 0].permute(2, 0, 1))
+        P[F:].copy_(X[:, :, 1:1 + Fi, 1].permute(2, 0, 1))
+        return P
+
+    def gemm_unpack():
+        return torch.mm(Z.view(k, rows * blocks).t(), E).view(rows, blocks * k)
+
+    def fft_unpack():
+        c = torch.empty(rows, blocks, F, 2)
+        c[..., 0].copy_(Z[:F].permute(1, 2, 0))
+        c[:, :, 0, 1].zero_()
+        c[:, :, F - 1, 1].zero_()
+        c[:, :, 1:1 + Fi, 1].copy_(Z[F:].permute(1, 2, 0))
+        return torch.fft.irfft(torch.view_as_complex(c), k).view(rows, blocks * k)
+
+    spectrum = torch.fft.rfft(y.view(rows, blocks, k))
+    cases = {
+        "pack: GEMM (k x k)": gemm_pack,
+        "pack: rfft + layout copy": fft_pack,
+        "unpack: GEMM (k x k)": gemm_unpack,
+        "unpack: layout copy + irfft": fft_unpack,
+        "rfft alone": lambda: torch.fft.rfft(y.view(rows, blocks, k)),
+        "irfft alone": lambda: torch.fft.irfft(spectrum, k),
+        "plain transpose copy": lambda: y.view(rows * blocks, k).t().contiguous(),
+    }
+    torch.testing.assert_close(fft_pack(), gemm_pack(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fft_unpack(), gemm_unpack(), atol=1e-4, rtol=1e-4)
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(3):
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(15):
+            for name, fn in cases.items():
+                t0 = time.thread_time()
+                fn()
+                times[name].append(time.thread_time() - t0)
+        for name in cases:
+            results[name].append(statistics.median(times[name]) * 1e3)
+    for name, ms in results.items():
+        print(f"{name:<30} {statistics.median(ms):6.2f} ms  [{min(ms):.2f}-{max(ms):.2f}]")
+
+
+if __name__ == "__main__":
+    main()
