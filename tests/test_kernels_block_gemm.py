@@ -114,6 +114,24 @@ def test_functional_gradgradcheck_both_product_orientations(kernel, rows):
     assert gradgradcheck(lambda x, w, b: block_dft_linear(x, w, b, q, method="fft"), (x, w, b))
 
 
+@pytest.mark.parametrize("rows", [5, 7])
+def test_rows_in_chunks_match_the_matrix(kernel, monkeypatch, rows):
+    """Past ``block_chunk_rows`` the route calls its kernel on chunks of rows (7 = 3 + 3 + 1 here): the
+    result, both gradients, double backward and batched gradients are the whole call's."""
+    monkeypatch.setattr(routes, "block_chunk_rows", lambda *args: 3)
+    p, q, k = 9, 13, 4
+    layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
+    x = torch.randn(rows, p, dtype=F64, requires_grad=True)
+    assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    f = lambda x, w, b: block_dft_linear(x, w, b, q, method="fft")  # noqa: E731
+    assert gradcheck(f, (x, w, b), check_batched_grad=True)
+    assert gradgradcheck(f, (x, w, b), check_batched_grad=True)
+
+
 def test_layer_gradgradcheck_and_batched_grads(kernel):
     layer = BlockDFTLinear(10, 7, 4, method="fft", dtype=F64)
     names = [n for n, _ in layer.named_parameters()]

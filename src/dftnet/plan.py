@@ -176,6 +176,19 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
+# A block layer's FFT route calls its kernel on chunks of rows, each BLOCK_CHUNK_BYTES of input and output
+# rows or BLOCK_CHUNK_MIN_ROWS rows, whichever is more. fwd+bwd on 8,192 rows (512->2048 and 2048->512,
+# k = 16 ... 64, 1 thread, AMD EPYC): one call took 1.1-1.3x (GEMM kernel) and 1.4-1.6x (torch.fft kernel)
+# as long as calls on chunks of 1,024 rows. Chunks of 204 rows made 2048->8192 on 1,024 rows 1.1-1.2x slower.
+BLOCK_CHUNK_BYTES = 8 << 20
+BLOCK_CHUNK_MIN_ROWS = 1024
+
+
+def block_chunk_rows(in_features: int, out_features: int, itemsize: int) -> int:
+    """Rows per call of a block layer's kernel on its FFT route (see ``BLOCK_CHUNK_BYTES``)."""
+    return max(BLOCK_CHUNK_MIN_ROWS, BLOCK_CHUNK_BYTES // ((in_features + out_features) * itemsize))
+
+
 def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
                  training: bool = True) -> str:
     """The block layer's kernel on its FFT route: "gemm" or "fft", whichever :func:`block_costs` says is

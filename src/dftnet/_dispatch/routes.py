@@ -28,7 +28,7 @@ from ..kernels.circulant import dft_forward
 from ..kernels.circulant_autograd import dft_linear_autograd
 from ..kernels.circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
 from ..kernels.taps import WEIGHT, ParamKind
-from ..plan import BlockShape, block_kernel, make_plan, use_dense
+from ..plan import BlockShape, block_chunk_rows, block_kernel, make_plan, use_dense
 
 __all__ = ["Structure", "Circulant", "BlockCirculant"]
 
@@ -218,6 +218,10 @@ class BlockCirculant(_Structure):
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         assert diagonal is None, "BlockCirculant does not fuse the diagonal: the pipeline multiplies it in first"
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
+        rows = block_chunk_rows(self.in_features, self.out_features, x2.element_size())
+        if x2.shape[0] > rows:  # one call per chunk of rows: a chunk's spectra stay in cache
+            out = torch.cat([self.fft(chunk, param, bias) for chunk in x2.split(rows)])
+            return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
         training = grad_recorded(input, param, bias)
         gemm = self.kernel(x2.shape[0], x2.device.type, training) == "gemm"
         if training:
