@@ -10,7 +10,7 @@ import torch
 
 from dftnet import BlockDFTLinear
 from dftnet.experiments.bench.timing import time_contenders
-from dftnet.plan import block_costs, fft_cost
+from dftnet.plan import block_chunk_rows, block_costs
 
 SMALL = [(256, 256, 16, b) for b in (1, 32, 128)] + [(256, 256, 64, 128), (784, 300, 32, 32), (784, 300, 32, 128),
                                                      (1024, 1024, 64, 1), (1024, 1024, 64, 128),
@@ -46,8 +46,10 @@ def measure_block(rows_max: int, cells: list[tuple[int, int, int, int]] | None =
         for training in (False, True):
             x = torch.randn(B, p, requires_grad=training)
             g = torch.randn(B, q)
+            chunk = block_chunk_rows(p, q, x.element_size())  # the route's calls: chunks of rows and the rest
             for name in ("gemm", "fft"):  # each layer's FFT route held to one kernel
-                layers[name]._get_structure()._kernels[(B, "cpu", training)] = name
+                for n in {B, min(B, chunk), B % chunk}:
+                    layers[name]._get_structure()._kernels[(n, "cpu", training)] = name
             model = block_costs(p, q, k, B, training)
             names = ["gemm", "fft"] + (["dense"] if model["dense"] <= DENSE_SKIP * min(model["gemm"], model["fft"])
                                        else [])
@@ -78,7 +80,7 @@ def features(r: dict) -> tuple[list[float], list[float], list[float]]:
     C, R = -(-p // k), -(-q // k)
     dense = [1.0, p * q, B * p * q]
     gemm = [1.0, B * (C + R) * k * k, B * 2 * k * C * R, B * (C + R) * k]
-    fft = [1.0, B * (C + R) * fft_cost(k) / 2, B * C * R * (k // 2 + 1)]
+    fft = [1.0, B * (C + R) * k, B * C * R * (k // 2 + 1)]
     return dense, gemm, fft
 
 

@@ -143,16 +143,18 @@ _FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-uni
 # Block layers, fitted by `benchmarks/fit_routes.py --block` (1 thread, float32; 256x256 ... 4096x4096 at
 # batches 1 ... 128 and the MLP shapes d -> 4d, 4d -> d of transformers, d = 512 ... 4096, k = 4 ... 64, 1,024
 # and 8,192 rows; the rows are docs/results/fit_block_routes.json). Each way has its own constants:
-# - the torch.fft kernel (:mod:`dftnet.kernels.block`): fixed, per unit of fft_cost (its rfft and irfft of
-#   k-blocks), per complex multiply-add of the per-frequency C x R products;
+# - the torch.fft kernel (:mod:`dftnet.kernels.block`): fixed, per entry of the blocks' spectra ((C + R) k a
+#   row: its transforms and the copies that make them frequency-major) and per complex multiply-add of the
+#   per-frequency C x R products;
 # - the GEMM kernel (:mod:`dftnet.kernels.block_gemm`): fixed, per multiply-add of the transforms
 #   ((C + R) k^2 a row) and of the real per-frequency products (2 k C R a row), and per entry of the
 #   spectra those products read and write ((C + R) k a row: small per-frequency GEMMs, at k = 64 and
 #   d = 512 C or R is 8, are bound by it);
 # - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
-_BLOCK_FFT_US = {False: (124.0, 0.00118, 0.000295), True: (867.0, 0.00321, 0.000839)}
-_BLOCK_GEMM_US = {False: (134.0, 5.46e-05, 3.66e-05, 0.00137), True: (745.0, 0.000135, 0.000127, 0.00189)}
-_BLOCK_DENSE_US = {False: (26.2, 6.54e-05, 3.32e-05), True: (201.0, 0.0058, 9.6e-05)}
+# On the fit's grid the refitted model's pick was within 1.02x of the fastest way in every cell.
+_BLOCK_FFT_US = {False: (120.0, 0.00314, 0.000123), True: (690.0, 0.00735, 0.000331)}
+_BLOCK_GEMM_US = {False: (89.6, 2.52e-05, 1.93e-05, 0.00246), True: (456.0, 4.67e-05, 5.42e-05, 0.00672)}
+_BLOCK_DENSE_US = {False: (18.9, 8.04e-05, 2.61e-05), True: (105.0, 0.00428, 7.48e-05)}
 
 
 def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
@@ -169,8 +171,8 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     C, R = -(-p // k), -(-q // k)
     fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
     dense = fixed + per_entry * p * q + per_row_entry * batch * p * q
-    fixed, per_unit, per_cmac = _BLOCK_FFT_US[training]
-    fft = fixed + batch * (per_unit * (C + R) * fft_cost(k) / 2 + per_cmac * C * R * (k // 2 + 1))
+    fixed, per_entry, per_cmac = _BLOCK_FFT_US[training]
+    fft = fixed + batch * (per_entry * (C + R) * k + per_cmac * C * R * (k // 2 + 1))
     fixed, per_tmac, per_pmac, per_entry = _BLOCK_GEMM_US[training]
     gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R + per_entry * (C + R) * k)
     return {"dense": dense, "gemm": gemm, "fft": fft}
