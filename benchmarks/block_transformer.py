@@ -13,7 +13,7 @@ SHAPES = [(512, 2048), (2048, 512), (2048, 8192)]
 BLOCKS = (4, 16, 64)
 # aten ops of the GEMM kernel (dftnet.kernels.block_gemm): the transforms and the weight's k x k map are
 # mm, the per-frequency products bmm / baddbmm_; the torch.fft kernel's transforms are _fft_r2c / _fft_c2r
-# and its products (complex) bmm
+# and its products bmm (real, on (real, imaginary) pairs)
 TRANSFORM_OPS = {"aten::mm", "aten::_fft_r2c", "aten::_fft_c2r"}
 PRODUCT_OPS = {"aten::bmm", "aten::baddbmm_"}
 
