@@ -49,7 +49,7 @@ def measure_block(rows_max: int, cells: list[tuple[int, int, int, int]] | None =
             chunk = block_chunk_rows(p, q, x.element_size())  # the route's calls: chunks of rows and the rest
             for name in ("gemm", "fft"):  # each layer's FFT route held to one kernel
                 for n in {B, min(B, chunk), B % chunk}:
-                    layers[name]._get_structure()._kernels[(n, "cpu", training)] = name
+                    layers[name]._get_structure()._kernels[(n, "cpu", training, torch.get_num_threads())] = name
             model = block_costs(p, q, k, B, training)
             names = ["gemm", "fft"] + (["dense"] if model["dense"] <= DENSE_SKIP * min(model["gemm"], model["fft"])
                                        else [])

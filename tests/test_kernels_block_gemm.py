@@ -163,6 +163,24 @@ def test_float32_accuracy_at_a_transformer_shape(kernel):
         assert ((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
+def test_kernel_choice_follows_the_thread_count():
+    """GEMMs gain from threads, the torch.fft kernel's transforms and copies do not: block-64 at d = 512
+    takes the torch.fft kernel on 1 thread and the GEMM kernel on 2, in the model and in the layer."""
+    one, two = (block_costs(512, 2048, 64, 1024, True, threads=t) for t in (1, 2))
+    assert one["fft"] < one["gemm"] and two["gemm"] < two["fft"]
+    assert two["fft"] == one["fft"] and two["gemm"] < one["gemm"] and two["dense"] < one["dense"]
+    structure = BlockDFTLinear(512, 2048, 64)._get_structure()
+    n = torch.get_num_threads()
+    try:
+        picks = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            picks.append(structure.kernel(1024, "cpu", True))
+    finally:
+        torch.set_num_threads(n)
+    assert picks == ["fft", "gemm"]
+
+
 def test_cost_model_picks_a_kernel_and_a_route():
     cpu = torch.device("cpu")
     assert block_kernel(512, 2048, 16, 1024, cpu, True) == "gemm"  # short blocks: the DFT matrices

@@ -162,19 +162,30 @@ def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
     return fixed + per_entry * p * q + per_row_entry * batch * p * q
 
 
+# With T threads the per-row costs of the ways made of GEMMs (the dense route, the GEMM kernel) are divided
+# by T ** GEMM_THREAD_EXPONENT; the torch.fft kernel's are not (its FFTs and copies ran no faster on 2 threads
+# than on 1). On 2 threads the torch.fft kernel's time over the GEMM kernel's grew 1.4-2.0x (geometric mean
+# 1.58 = 2 ** 0.66) from 1 thread (512->2048 and 2048->512 at k = 64, 512->2048 at k = 32, 2048->8192 at k = 64,
+# 1,024 rows, fwd+bwd, AMD EPYC).
+GEMM_THREAD_EXPONENT = 0.66
+
+
 def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
-                training: bool = True) -> dict[str, float]:
+                training: bool = True, threads: int | None = None) -> dict[str, float]:
     """The cost model's estimates (microseconds, CPU) of a block layer's three ways: "dense" (the
     materialised matrix), "gemm" (:mod:`dftnet.kernels.block_gemm`: transforms and products as real GEMMs)
-    and "fft" (:mod:`dftnet.kernels.block`: torch.fft and complex products)."""
+    and "fft" (:mod:`dftnet.kernels.block`: torch.fft, products as real GEMMs), with ``threads`` threads
+    (default: torch's)."""
     p, q, k = in_features, out_features, block_size
     C, R = -(-p // k), -(-q // k)
+    gemm_speed = (torch.get_num_threads() if threads is None else threads) ** GEMM_THREAD_EXPONENT
     fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
-    dense = fixed + per_entry * p * q + per_row_entry * batch * p * q
+    dense = fixed + per_entry * p * q + per_row_entry * batch * p * q / gemm_speed
     fixed, per_entry, per_cmac = _BLOCK_FFT_US[training]
     fft = fixed + batch * (per_entry * (C + R) * k + per_cmac * C * R * (k // 2 + 1))
     fixed, per_tmac, per_pmac, per_entry = _BLOCK_GEMM_US[training]
-    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R + per_entry * (C + R) * k)
+    gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R
+                            + per_entry * (C + R) * k) / gemm_speed
     return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
@@ -194,7 +205,7 @@ def block_chunk_rows(in_features: int, out_features: int, itemsize: int) -> int:
 def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
                  training: bool = True) -> str:
     """The block layer's kernel on its FFT route: "gemm" or "fft", whichever :func:`block_costs` says is
-    cheaper (the same rule on CUDA, not measured there)."""
+    cheaper with torch's threads (the same rule on CUDA, not measured there)."""
     costs = block_costs(in_features, out_features, block_size, batch, training)
     return "gemm" if costs["gemm"] <= costs["fft"] else "fft"
 

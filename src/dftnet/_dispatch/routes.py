@@ -100,7 +100,7 @@ class _Structure:
         return self.kind.weight(param)
 
     def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
-        key = (batch, device_type, training)
+        key = (batch, device_type, training, torch.get_num_threads())
         dense = self._routes.get(key)
         if dense is None:
             dense = self._dense_cheaper(batch, torch.device(device_type), training)
@@ -196,8 +196,9 @@ class BlockCirculant(_Structure):
         return use_dense(s.in_features, s.out_features, batch, device, training, block_size=s.block_size)
 
     def kernel(self, batch: int, device_type: str, training: bool) -> str:
-        """The FFT route's kernel for this call: "gemm" or "fft" (kept per batch, device type, training)."""
-        key = (batch, device_type, training)
+        """The FFT route's kernel for this call: "gemm" or "fft" (kept per batch, device type, training and
+        number of threads)."""
+        key = (batch, device_type, training, torch.get_num_threads())
         kernel = self._kernels.get(key)
         if kernel is None:
             s = self.shape
