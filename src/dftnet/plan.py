@@ -134,12 +134,13 @@ def _plan(p: int, q: int, fft_size: int | None) -> Plan:
 
 
 # Cost model of the two routes, in microseconds, fitted (relative least squares) to both routes timed
-# against each other on 2 CPU cores (float32; n = 16 ... 1024 square, and 256x64, 64x10, 1024x256,
-# 785x300, 300x785; batches 1 ... 512; `benchmarks/fit_routes.py`): a fixed cost per call (in training
-# mostly the autograd node and its Function), a cost per matrix entry for the dense route (building W
-# from the spectrum) and a cost per row: B p q multiply-adds against B FFTs of cost fft_cost(L).
-_DENSE_US = {False: (10.0, 8.2e-5, 1.35e-5), True: (149.0, 2.19e-3, 3.56e-5)}  # fixed, per entry, per row-entry
-_FFT_US = {False: (31.0, 1.77e-4), True: (228.0, 3.59e-4)}  # fixed, per row-unit of fft_cost
+# against each other on 1 thread (float32; n = 16 ... 1024 square, and 256x64, 64x10, 1024x256, 785x300,
+# 300x785; batches 1 ... 512; `benchmarks/fit_routes.py`, each cell's median over 3 runs; the rows are
+# docs/results/fit_routes.json): a fixed cost per call (in training mostly the autograd node and its
+# Function), a cost per matrix entry for the dense route (building W from the spectrum) and a cost per
+# row: B p q multiply-adds against B FFTs of cost fft_cost(L).
+_DENSE_US = {False: (17.7, 1.06e-4, 2.59e-5), True: (245.0, 2.84e-3, 7.6e-5)}  # fixed, per entry, per row-entry
+_FFT_US = {False: (55.0, 2.88e-4), True: (396.0, 8.6e-4)}  # fixed, per row-unit of fft_cost
 # Block layers, fitted by `benchmarks/fit_routes.py --block` (1 thread, float32; 256x256 ... 4096x4096 at
 # batches 1 ... 128 and the MLP shapes d -> 4d, 4d -> d of transformers, d = 512 ... 4096, k = 4 ... 64, 1,024
 # and 8,192 rows; the rows are docs/results/fit_block_routes.json). Each way has its own constants:
@@ -220,8 +221,8 @@ def use_dense(
     entry (building W, and in training folding its gradient) and B p q multiply-adds. The FFT route
     costs a larger fixed amount (more kernels, the weight's spectrum) and per row: for a DFT layer two
     FFTs of the plan's length L (``fft_cost(L)``); for k x k blocks the cheaper of its two kernels
-    (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.16x of the faster
-    one in training and 1.04x in inference over the fit's grid (its last run); for block layers see
+    (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.00x of the faster
+    one in training and 1.01x in inference over the fit's grid (its last fit); for block layers see
     docs/performance.md (block-circulant layers). On CUDA the same rule is used (not measured here).
     """
     p, q = in_features, out_features
