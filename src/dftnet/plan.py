@@ -190,7 +190,7 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
-# A block layer's FFT route calls its kernel on chunks of rows, each BLOCK_CHUNK_BYTES of input and output
+# On CPU a block layer's FFT route calls its kernel on chunks of rows, each BLOCK_CHUNK_BYTES of input and output
 # rows or BLOCK_CHUNK_MIN_ROWS rows, whichever is more. fwd+bwd on 8,192 rows (512->2048 and 2048->512,
 # k = 16 ... 64, 1 thread, AMD EPYC): one call took 1.1-1.3x (GEMM kernel) and 1.4-1.6x (torch.fft kernel)
 # as long as calls on chunks of 1,024 rows. Chunks of 204 rows made 2048->8192 on 1,024 rows 1.1-1.2x slower.

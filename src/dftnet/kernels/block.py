@@ -160,10 +160,11 @@ class BlockDFTFunction(Function):
     """z = W x + b for a q x p block-circulant W, x of shape (B, p), ``bias`` b or None, with the
     hand-derived backward (eager autograd; tracers and transforms use :func:`block_reference`).
 
-    Saved for backward: x and the parameter (for double backward), the weight spectrum Wf (F, C, R) and
-    the input spectrum X (F, B, C), so that backward needs one rfft (of the output gradient), two batched
-    matmuls and two irffts. The classic ``forward(ctx, ...)`` form, as ``DFTLinearFunction``: ``apply`` of
-    a ``setup_context`` Function binds its arguments with ``inspect.signature`` on every call.
+    Saved for backward: x and the parameter (for double backward), the embedded weight spectrum
+    (F, 2 C, 2 R) and the input spectrum X (F, B, C), so that backward needs one rfft (of the output
+    gradient), two batched matmuls and two irffts. The classic ``forward(ctx, ...)`` form, as
+    ``DFTLinearFunction``: ``apply`` of a ``setup_context`` Function binds its arguments with
+    ``inspect.signature`` on every call.
     """
 
     @staticmethod
