@@ -2,14 +2,19 @@
 (:mod:`dftnet.kernels.block_gemm`) wants packed spectra frequency-major, ``(k, rows, blocks)``; a
 k x k GEMM transforms and transposes in one call (k multiply-adds per entry). ``torch.fft`` costs
 O(log k) per entry but writes frequency innermost, so the same packed layout needs a strided copy.
-Timed at the output side of 512->2048 with k = 64 on 1,024 rows (32 blocks): thread CPU time, 1 thread,
-medians and [min-max] of 3 rounds of 15 interleaved calls.
+Timed at the output side of 512->2048 with k = 64 on 1,024 rows (32 blocks): medians and [min-max] of
+3 rounds of 15 interleaved calls, thread CPU time on 1 thread, wall time on more (run it on an idle
+machine then). Also timed: the spectra's transpose copy as a 2-D transpose and as a 3-D permute (the
+torch.fft kernel's two layouts), and the k x k GEMM in the orientation the GEMM kernel cannot use
+(rows-major in and out) beside ``nn.Linear``'s GEMM at the same layer, in GFLOP/s: what bounds the
+GEMM kernel's transforms.
 
-    python benchmarks/block_transform_layouts.py
+    python benchmarks/block_transform_layouts.py --threads 1   # and --threads 2
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -19,7 +24,11 @@ from dftnet.kernels.block_gemm import dft_matrices
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (default 1)")
+    threads = parser.parse_args().threads
+    torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.perf_counter
     rows, blocks, k = 1024, 32, 64
     F, Fi = k // 2 + 1, (k - 1) // 2
     A, E, _ = dft_matrices(k, torch.device("cpu"), torch.float32)
@@ -48,6 +57,8 @@ def main() -> None:
         return torch.fft.irfft(torch.view_as_complex(c), k).view(rows, blocks * k)
 
     spectrum = torch.fft.rfft(y.view(rows, blocks, k))
+    flat = spectrum.view(rows * blocks, k // 2 + 1)
+    x, w = torch.randn(rows, 512), torch.randn(512, blocks * k)
     cases = {
         "pack: GEMM (k x k)": gemm_pack,
         "pack: rfft + layout copy": fft_pack,
@@ -56,7 +67,13 @@ def main() -> None:
         "rfft alone": lambda: torch.fft.rfft(y.view(rows, blocks, k)),
         "irfft alone": lambda: torch.fft.irfft(spectrum, k),
         "plain transpose copy": lambda: y.view(rows * blocks, k).t().contiguous(),
+        "spectra: 2-D transpose copy": lambda: flat.t().contiguous(),
+        "spectra: 3-D permute copy": lambda: spectrum.permute(2, 0, 1).contiguous(),
+        "GEMM k x k, rows-major out": lambda: torch.mm(y.view(rows * blocks, k), A),
+        "nn.Linear's GEMM (512->2048)": lambda: torch.mm(x, w),
     }
+    flops = {name: 2 * rows * blocks * k * k for name in cases if "GEMM (k x k)" in name or "rows-major" in name}
+    flops["nn.Linear's GEMM (512->2048)"] = 2 * rows * 512 * blocks * k
     torch.testing.assert_close(fft_pack(), gemm_pack(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fft_unpack(), gemm_unpack(), atol=1e-4, rtol=1e-4)
     results: dict[str, list[float]] = {name: [] for name in cases}
@@ -64,13 +81,16 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(15):
             for name, fn in cases.items():
-                t0 = time.thread_time()
+                t0 = clock()
                 fn()
-                times[name].append(time.thread_time() - t0)
+                times[name].append(clock() - t0)
         for name in cases:
             results[name].append(statistics.median(times[name]) * 1e3)
+    print(f"{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time")
     for name, ms in results.items():
-        print(f"{name:<30} {statistics.median(ms):6.2f} ms  [{min(ms):.2f}-{max(ms):.2f}]")
+        med = statistics.median(ms)
+        rate = f"  {flops[name] / med / 1e6:6.1f} GFLOP/s" if name in flops else ""
+        print(f"{name:<30} {med:6.2f} ms  [{min(ms):.2f}-{max(ms):.2f}]{rate}")
 
 
 if __name__ == "__main__":

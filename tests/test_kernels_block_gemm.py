@@ -12,6 +12,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
 import dftnet._dispatch.routes as routes
+import dftnet.kernels.block as block_kernels
 from dftnet import BlockDFTLinear
 from dftnet.functional import block_dft_linear, block_matrix
 from dftnet.kernels.block_gemm import dft_matrices, packed_weight
@@ -130,6 +131,38 @@ def test_rows_in_chunks_match_the_matrix(kernel, monkeypatch, rows):
     f = lambda x, w, b: block_dft_linear(x, w, b, q, method="fft")  # noqa: E731
     assert gradcheck(f, (x, w, b), check_batched_grad=True)
     assert gradgradcheck(f, (x, w, b), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("p,q,k", [(9, 13, 4), (13, 9, 6)])
+def test_permuted_spectrum_copies_match_the_matrix(monkeypatch, p, q, k):
+    """The torch.fft kernel's spectra transposed by 3-D permutes (its layout on more than one CPU thread):
+    forward, both gradients, double backward and batched gradients equal the explicit matrix's."""
+    monkeypatch.setattr(routes, "block_kernel", lambda *args, **kwargs: "fft")
+    monkeypatch.setattr(block_kernels, "_parallel_copies", lambda t: True)
+    layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
+    x = torch.randn(5, p, dtype=F64, requires_grad=True)
+    assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
+    b = torch.randn(q, dtype=F64, requires_grad=True)
+    f = lambda x, w, b: block_dft_linear(x, w, b, q, method="fft")  # noqa: E731
+    assert gradcheck(f, (x, w, b), check_batched_grad=True)
+    assert gradgradcheck(f, (x, w, b), check_batched_grad=True)
+
+
+def test_permuted_and_transposed_copies_agree_to_the_bit(monkeypatch):
+    """The two layouts of the spectra's copies move the same numbers: float32 results identical."""
+    monkeypatch.setattr(routes, "block_kernel", lambda *args, **kwargs: "fft")
+    layer = BlockDFTLinear(96, 160, 16, method="fft", diagonal=False)
+    x = torch.randn(33, 96, requires_grad=True)
+    results = []
+    for parallel in (False, True):
+        monkeypatch.setattr(block_kernels, "_parallel_copies", lambda t, parallel=parallel: parallel)
+        z = layer(x)
+        results.append((z, *torch.autograd.grad(z.square().sum(), (x, layer.spectrum, layer.bias))))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_layer_gradgradcheck_and_batched_grads(kernel):
