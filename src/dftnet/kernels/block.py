@@ -227,7 +227,7 @@ class BlockWeightGradFunction(Function):
         k = shape.block_size
         G = _spectrum(grad_out, shape.out_blocks, k)
         X = _spectrum(x, shape.in_blocks, k)
-        return _param_from_spectrum(torch.matmul(G.transpose(1, 2), X), k, WEIGHT)
+        return _param_from_spectrum(_batch_product(G, X), k, WEIGHT)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
