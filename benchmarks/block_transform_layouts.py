@@ -7,9 +7,11 @@ Timed at the output side of 512->2048 with k = 64 on 1,024 rows (32 blocks): med
 machine then). Also timed: the spectra's transpose copy as a 2-D transpose and as a 3-D permute (the
 torch.fft kernel's two layouts), and the k x k GEMM in the orientation the GEMM kernel cannot use
 (rows-major in and out) beside ``nn.Linear``'s GEMM at the same layer, in GFLOP/s: what bounds the
-GEMM kernel's transforms.
+GEMM kernel's transforms. With ``--layers``: fwd+bwd of whole layers at d = 512 and 1024 (k = 16 and 64,
+1,024 rows), the torch.fft kernel with each copy layout and the GEMM kernel, beside ``nn.Linear``.
 
     python benchmarks/block_transform_layouts.py --threads 1   # and --threads 2
+    python benchmarks/block_transform_layouts.py --threads 2 --layers
 """
 
 from __future__ import annotations
@@ -20,15 +22,62 @@ import time
 
 import torch
 
-from dftnet.kernels.block_gemm import dft_matrices
+import dftnet.kernels.block as block_kernel
+from dftnet.kernels.block_gemm import BlockGemmFunction, dft_matrices
+from dftnet.plan import BlockShape
+
+
+def _median_ms(cases: dict, clock, turns: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(turns):
+        for name, fn in cases.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def layers(clock, threads: int) -> None:
+    """fwd+bwd of BlockDFTFunction with 2-D transposes and with 3-D permutes, and of BlockGemmFunction."""
+    rows = 1024
+    print(f"{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time, fwd+bwd, {rows} rows, "
+          "median of 15 interleaved turns; x = nn.Linear / layer")
+    for p, q, k in [(512, 2048, 16), (2048, 512, 16), (512, 2048, 64), (2048, 512, 64), (1024, 4096, 64)]:
+        shape = BlockShape(p, q, k)
+        x = torch.randn(rows, p, requires_grad=True)
+        w = torch.randn(shape.out_blocks, shape.in_blocks, k, requires_grad=True)
+        b = torch.randn(q, requires_grad=True)
+        g = torch.randn(rows, q)
+        linear = torch.nn.Linear(p, q)
+
+        def fft(permute: bool):
+            block_kernel._parallel_copies = lambda t: permute  # type: ignore[assignment]
+            return torch.autograd.grad(block_kernel.BlockDFTFunction.apply(x, w, b, shape), (x, w, b), g)
+
+        cases = {
+            "nn.Linear": lambda: torch.autograd.grad(linear(x), (x, linear.weight, linear.bias), g),
+            "torch.fft, 2-D transposes": lambda: fft(False),
+            "torch.fft, 3-D permutes": lambda: fft(True),
+            "GEMM kernel": lambda: torch.autograd.grad(BlockGemmFunction.apply(x, w, b, shape), (x, w, b), g),
+        }
+        for fn in cases.values():
+            fn()
+        ms = _median_ms(cases, clock, 15)
+        print(f"{p}->{q} k={k}: " + "  ".join(
+            f"{name} {t:.2f} ms" + ("" if name == "nn.Linear" else f" ({ms['nn.Linear'] / t:.2f}x)")
+            for name, t in ms.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (default 1)")
-    threads = parser.parse_args().threads
+    parser.add_argument("--layers", action="store_true", help="time whole layers' fwd+bwd instead")
+    args = parser.parse_args()
+    threads = args.threads
     torch.set_num_threads(threads)
     clock = time.thread_time if threads == 1 else time.perf_counter
+    if args.layers:
+        return layers(clock, threads)
     rows, blocks, k = 1024, 32, 64
     F, Fi = k // 2 + 1, (k - 1) // 2
     A, E, _ = dft_matrices(k, torch.device("cpu"), torch.float32)

@@ -164,11 +164,14 @@ def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
 
 
 # With T threads the per-row costs of the ways made of GEMMs (the dense route, the GEMM kernel) are divided
-# by T ** GEMM_THREAD_EXPONENT; the torch.fft kernel's are not (its FFTs and copies ran no faster on 2 threads
-# than on 1). On 2 threads the torch.fft kernel's time over the GEMM kernel's grew 1.4-2.0x (geometric mean
-# 1.58 = 2 ** 0.66) from 1 thread (512->2048 and 2048->512 at k = 64, 512->2048 at k = 32, 2048->8192 at k = 64,
-# 1,024 rows, fwd+bwd, AMD EPYC).
-GEMM_THREAD_EXPONENT = 0.66
+# by T ** GEMM_THREAD_EXPONENT, relative to the torch.fft kernel's: both kernels gain from a second thread,
+# the GEMMs a little more. From 1 to 2 threads (AMD EPYC, idle, 1,024 rows, 9 cells at d = 512-2048 and
+# k = 16-64, 4 runs; `benchmarks/block_thread_rule.py`, rows in docs/results/block_thread_rule/) the GEMM
+# kernel got 1.69x faster in training and 1.62x in inference (geometric means), the torch.fft kernel 1.62x
+# and 1.54x: their time ratio grew by 2 ** 0.07. Exponents from 0.10 to 0.20 put every 2-thread pick within
+# 1.01x of the faster kernel; below 0.10 2048->8192 at k = 64 takes the torch.fft kernel (1.3x slower), above
+# 0.20 1024->4096 (training) and 2048->512 (inference) at k = 64 take the GEMM kernel (1.1-1.2x slower).
+GEMM_THREAD_EXPONENT = 0.15
 
 
 def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
