@@ -87,8 +87,9 @@ def _spectrum(t: Tensor, n_blocks: int, k: int) -> Tensor:
 
 def _parallel_copies(t: Tensor) -> bool:
     """Whether to transpose spectra as a 3-D permute rather than a 2-D transpose. On one CPU thread torch
-    copies the 2-D transpose about 1.5x faster; but that copy runs on one thread only, and on 2 threads the
-    permute's copy took about half its time (AMD EPYC, (32768, 33) complex: 1.2 against 2.2 ms)."""
+    copies the 2-D transpose faster; but that copy runs on one thread only, and on 2 threads the permute's
+    copy is the faster one (AMD EPYC, (32768, 33) complex: 1.2-1.6 against 1.8-2.3 ms;
+    ``benchmarks/block_transform_layouts.py``)."""
     return t.device.type == "cpu" and torch.get_num_threads() > 1
 
 
