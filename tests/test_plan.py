@@ -7,14 +7,33 @@ from dftnet.plan import BlockShape, fast_length, fft_cost, make_plan, use_dense
 
 def test_route_choice_follows_size_batch_and_mode():
     cpu = torch.device("cpu")
-    for training in (False, True):
-        assert use_dense(16, 16, 1024, cpu, training)  # tiny: always the matmul
-        assert not use_dense(4096, 4096, 1, cpu, training)  # wide: always the FFT
-    # more rows per call favour the FFT (its fixed cost is amortised)
-    assert use_dense(256, 256, 8, cpu, False) and not use_dense(256, 256, 1024, cpu, False)
-    # with gradients the dense route also builds W from the spectrum and saves it (measured: FFT faster
-    # from n = 128 up in training, from n = 256 and batch 32 up in inference)
-    assert use_dense(256, 256, 8, cpu, training=False) and not use_dense(256, 256, 8, cpu, training=True)
+    for threads in (1, 2):
+        for training in (False, True):
+            assert use_dense(16, 16, 1024, cpu, training, threads=threads)  # tiny: always the matmul
+            assert not use_dense(4096, 4096, 1, cpu, training, threads=threads)  # wide: always the FFT
+        # more rows per call favour the FFT (its fixed cost is amortised)
+        assert use_dense(256, 256, 8, cpu, False, threads=threads)
+        assert not use_dense(256, 256, 1024, cpu, False, threads=threads)
+        # with gradients the dense route also builds W from the spectrum and saves it (measured: FFT faster
+        # from n = 128 up in training, from n = 256 and batch 32 up in inference)
+        assert not use_dense(256, 256, 8, cpu, training=True, threads=threads)
+
+
+def test_route_choice_follows_the_thread_count():
+    """Both routes' per-row costs shrink with threads, their fixed costs do not: on 2 threads small
+    inference calls the 1-thread fit sends to the FFT route take the dense route (measured faster there)."""
+    cpu = torch.device("cpu")
+    for p, q, batch in [(785, 300, 8), (300, 785, 8), (256, 256, 32)]:
+        assert not use_dense(p, q, batch, cpu, False, threads=1)
+        assert use_dense(p, q, batch, cpu, False, threads=2)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert use_dense(785, 300, 8, cpu, False)  # the default: torch's thread count
+    finally:
+        torch.set_num_threads(n)
+    cuda = torch.device("cuda")  # the rule is for CPU threads only
+    assert use_dense(785, 300, 8, cuda, False, threads=1) == use_dense(785, 300, 8, cuda, False, threads=2)
 
 
 def test_plan_picks_the_cheaper_fft_length():

@@ -158,9 +158,9 @@ _BLOCK_GEMM_US = {False: (89.6, 2.52e-05, 1.93e-05, 0.00246), True: (456.0, 4.67
 _BLOCK_DENSE_US = {False: (18.9, 8.04e-05, 2.61e-05), True: (105.0, 0.00428, 7.48e-05)}
 
 
-def _dense_us(p: int, q: int, batch: int, training: bool) -> float:
+def _dense_us(p: int, q: int, batch: int, training: bool, speed: float = 1.0) -> float:
     fixed, per_entry, per_row_entry = _DENSE_US[training]
-    return fixed + per_entry * p * q + per_row_entry * batch * p * q
+    return fixed + per_entry * p * q + per_row_entry * batch * p * q / speed
 
 
 # With T threads the per-row costs of the ways made of GEMMs (the dense route, the GEMM kernel) are divided
@@ -214,9 +214,20 @@ def block_kernel(in_features: int, out_features: int, block_size: int, batch: in
     return "gemm" if costs["gemm"] <= costs["fft"] else "fft"
 
 
+# DFT layers on CPU with T threads: both routes' per-row costs are divided by T ** ROW_THREAD_EXPONENT, their
+# fixed costs are not. Refitting _DENSE_US and _FFT_US to the same grid on 2 threads (AMD EPYC, idle, 2 runs of
+# `benchmarks/fit_routes.py --threads 2`, rows in docs/results/fit_routes_t2_r{1,2}.json) gave per-row costs
+# 1.81-1.99x (dense) and 1.66-1.88x (FFT) smaller than on 1 thread, about 2 ** 0.9, and fixed costs within
+# 12%. Without the rule the 1-thread constants picked the FFT route up to 1.18x slower on 2 threads (inference
+# at batch 8-32, 256-785 wide; the runs' geometric mean); with it every pick was within 1.02x (1.00x and 1.11x
+# in the single runs, where a refit to that run did no better). Measured on 1 and 2 threads only: more threads
+# extrapolate.
+ROW_THREAD_EXPONENT = 0.9
+
+
 def use_dense(
     in_features: int, out_features: int, batch: int, device: torch.device, training: bool = True,
-    block_size: int | None = None,
+    block_size: int | None = None, threads: int | None = None,
 ) -> bool:
     """Whether multiplying by the materialised q x p matrix is cheaper than the FFT route.
 
@@ -227,11 +238,14 @@ def use_dense(
     (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.00x of the faster
     one in training and 1.01x in inference over the fit's grid (its last fit); for block layers see
     docs/performance.md (block-circulant layers). On CUDA the same rule is used (not measured here).
+    ``threads``: torch's intra-op threads (default: the current number), for CPU.
     """
     p, q = in_features, out_features
+    threads = torch.get_num_threads() if threads is None else threads
     if block_size is None or block_size >= max(p, q):
+        speed = threads ** ROW_THREAD_EXPONENT if device.type == "cpu" else 1.0
         fixed, per_row_unit = _FFT_US[training]
-        row = per_row_unit * fft_cost(make_plan(p, q).fft_size)
-        return _dense_us(p, q, batch, training) <= fixed + batch * row
-    costs = block_costs(p, q, block_size, batch, training)
+        row = per_row_unit * fft_cost(make_plan(p, q).fft_size) / speed
+        return _dense_us(p, q, batch, training, speed) <= fixed + batch * row
+    costs = block_costs(p, q, block_size, batch, training, threads)
     return costs["dense"] <= min(costs["gemm"], costs["fft"])
