@@ -1,16 +1,18 @@
-"""The block cost model's thread rule (``GEMM_THREAD_EXPONENT`` in ``dftnet.plan``), from timings of the
+"""The block cost model's thread rule (``BLOCK_THREAD_EXPONENTS`` in ``dftnet.plan``), from timings of the
 same cells on 1 and 2 threads by ``benchmarks/fit_routes.py --block --cells``:
 
     CELLS="512,2048,64,1024;2048,512,64,1024;512,2048,32,1024;2048,512,32,1024;2048,8192,64,1024;512,2048,16,1024;2048,512,16,1024;1024,4096,64,1024;1024,4096,32,1024"
     python benchmarks/fit_routes.py --block --cells "$CELLS" --threads 1 --repeats 9 --out block_thread_rule_t1_r1.json
     python benchmarks/fit_routes.py --block --cells "$CELLS" --threads 2 --repeats 9 --out block_thread_rule_t2_r1.json
-    # (and _r2: runs alternate 1 and 2 threads on an idle machine)
-    python benchmarks/block_thread_rule.py docs/results/block_thread_rule
+    # (and _r2 ... _r4: runs alternate 1 and 2 threads on an idle machine)
+    python benchmarks/fit_routes.py --block --threads 2 --out block_route_check_t2.json   # the whole grid
+    python benchmarks/block_thread_rule.py docs/results/block_thread_rule --grid docs/results/block_route_check_t2.json
 
 Prints, per mode (training, inference): each kernel's speed-up from 1 to 2 threads (geometric mean over
-the cells, and the exponent e with 2 ** e equal to it), the growth of the torch.fft / GEMM time ratio, and
-for exponents 0 ... 1 the worst 2-thread pick of the model over the fastest way timed in each cell.
-Each cell's time is the geometric mean over the runs.
+the cells, and the exponent e with 2 ** e equal to it); then the worst 2-thread pick of the model over the
+fastest way timed, with the committed exponents and with the torch.fft kernel's exponent moved (the gap
+to the GEMM kernel's decides between them), on the thread-rule cells (each cell's time the geometric mean
+over the runs) and on the whole grid.
 """
 
 from __future__ import annotations
@@ -45,30 +47,38 @@ def _gmean(xs: list[float]) -> float:
     return math.exp(sum(map(math.log, xs)) / len(xs))
 
 
-def worst_pick(two: dict, training: bool, exponent: float) -> tuple[float, tuple]:
-    """The model's 2-thread pick with this exponent, over the fastest way timed: the worst cell."""
-    saved = plan.GEMM_THREAD_EXPONENT
-    plan.GEMM_THREAD_EXPONENT = exponent
+def worst_pick(cells: dict, training: bool, exponents: dict[str, float]) -> tuple[float, tuple]:
+    """The model's 2-thread pick with these exponents, over the fastest way timed: the worst cell."""
+    saved = plan.BLOCK_THREAD_EXPONENTS
+    plan.BLOCK_THREAD_EXPONENTS = exponents
     try:
         worst = (1.0, ())
-        for (p, q, k, rows, tr), timed in two.items():
+        for (p, q, k, rows, tr), timed in cells.items():
             if tr != training:
                 continue
             model = plan.block_costs(p, q, k, rows, training, threads=2)
             pick = min((w for w in model if w in timed), key=model.get)
             ratio = timed[pick] / min(timed.values())
             if ratio > worst[0]:
-                worst = (ratio, (p, q, k, rows, pick))
+                worst = (round(ratio, 3), (p, q, k, rows, pick))
         return worst
     finally:
-        plan.GEMM_THREAD_EXPONENT = saved
+        plan.BLOCK_THREAD_EXPONENTS = saved
+
+
+def _grid(path: Path) -> dict[tuple, dict[str, float]]:
+    return {(r["p"], r["q"], r["k"], r["B"], r["training"]): {w: r[w] for w in WAYS if r[w] is not None}
+            for r in json.loads(path.read_text())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="holds block_thread_rule_t{1,2}_r*.json")
-    folder = parser.parse_args().folder
-    one, two = _load(folder, 1), _load(folder, 2)
+    parser.add_argument("--grid", type=Path, default=None, help="2-thread rows of fit_routes.py --block (whole grid)")
+    args = parser.parse_args()
+    one, two = _load(args.folder, 1), _load(args.folder, 2)
+    grid = _grid(args.grid) if args.grid else {}
+    current = plan.BLOCK_THREAD_EXPONENTS
     for training in (True, False):
         cells = [c for c in one if c[-1] == training and c in two]
         print("training (fwd+bwd)" if training else "inference (fwd)", f"{len(cells)} cells")
@@ -77,14 +87,13 @@ def main() -> None:
             g = _gmean(gains)
             print(f"  {way}: 1 -> 2 threads {g:.2f}x faster (2 ** {math.log2(g):.2f}); cells "
                   + ", ".join(f"{x:.2f}" for x in gains))
-        growth = _gmean([(two[c]["fft"] / two[c]["gemm"]) / (one[c]["fft"] / one[c]["gemm"]) for c in cells])
-        print(f"  torch.fft / GEMM time ratio grew {growth:.2f}x (2 ** {math.log2(growth):.2f})")
-        rows = [(e / 50, *worst_pick(two, training, e / 50)) for e in range(51)]
-        print("  exponent: worst 2-thread pick over the fastest way (cell)")
-        for e, ratio, cell in rows[::5]:
-            print(f"    {e:.2f}: {ratio:.3f} {cell}")
-        current = plan.GEMM_THREAD_EXPONENT
-        print(f"  current {current}: {worst_pick(two, training, current)}")
+        print(f"  worst 2-thread pick over the fastest way: thread-rule cells | whole grid (exponents {current})")
+        for fft_e in sorted({current["fft"], *(round(current["gemm"] - gap / 20, 2) for gap in range(0, 7))}):
+            exps = {**current, "fft": fft_e}
+            on_grid = worst_pick(grid, training, exps) if grid else "-"
+            mark = "  (committed)" if fft_e == current["fft"] else ""
+            print(f"    fft exponent {fft_e:.2f} (gap {current['gemm'] - fft_e:.2f}): "
+                  f"{worst_pick(two, training, exps)} | {on_grid}{mark}")
 
 
 if __name__ == "__main__":

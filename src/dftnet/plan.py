@@ -163,15 +163,18 @@ def _dense_us(p: int, q: int, batch: int, training: bool, speed: float = 1.0) ->
     return fixed + per_entry * p * q + per_row_entry * batch * p * q / speed
 
 
-# With T threads the per-row costs of the ways made of GEMMs (the dense route, the GEMM kernel) are divided
-# by T ** GEMM_THREAD_EXPONENT, relative to the torch.fft kernel's: both kernels gain from a second thread,
-# the GEMMs a little more. From 1 to 2 threads (AMD EPYC, idle, 1,024 rows, 9 cells at d = 512-2048 and
-# k = 16-64, 4 runs; `benchmarks/block_thread_rule.py`, rows in docs/results/block_thread_rule/) the GEMM
-# kernel got 1.69x faster in training and 1.62x in inference (geometric means), the torch.fft kernel 1.62x
-# and 1.54x: their time ratio grew by 2 ** 0.07. Exponents from 0.10 to 0.20 put every 2-thread pick within
-# 1.01x of the faster kernel; below 0.10 2048->8192 at k = 64 takes the torch.fft kernel (1.3x slower), above
-# 0.20 1024->4096 (training) and 2048->512 (inference) at k = 64 take the GEMM kernel (1.1-1.2x slower).
-GEMM_THREAD_EXPONENT = 0.15
+# With T CPU threads each way's per-row costs (and the dense route's per-entry cost of building W) are divided
+# by T ** BLOCK_THREAD_EXPONENTS[way]; fixed costs are not. From 1 to 2 threads (AMD EPYC, idle, 1,024 rows,
+# 9 cells at d = 512-2048 and k = 16-64, 4 runs; `benchmarks/block_thread_rule.py`, rows in
+# docs/results/block_thread_rule/) the GEMM kernel got 1.69x faster in training and 1.62x in inference
+# (geometric means, about 2 ** 0.7), the torch.fft kernel 1.62x and 1.54x; nn.Linear about 1.9x. What
+# decides the kernel is the gap between the two kernels' exponents: from 0.10 to 0.20 every 2-thread pick of
+# those runs is within 1.01x of the faster kernel (below, 2048->8192 at k = 64 takes the torch.fft kernel,
+# 1.3x slower; above, 1024->4096 and 2048->512 at k = 64 the GEMM kernel, 1.1-1.2x slower). The fit's whole
+# grid on 2 threads (docs/results/block_route_check_t2.json) needs the dense route's costs, fixed ones
+# aside, to shrink as much as a GEMM's: with the GEMM ways' per-row costs alone divided by 2 ** 0.15 it
+# took the GEMM kernel at small layers where the dense route was 1.2-1.5x faster.
+BLOCK_THREAD_EXPONENTS = {"dense": 0.9, "gemm": 0.8, "fft": 0.65}
 
 
 def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
@@ -182,14 +185,15 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     (default: torch's)."""
     p, q, k = in_features, out_features, block_size
     C, R = -(-p // k), -(-q // k)
-    gemm_speed = (torch.get_num_threads() if threads is None else threads) ** GEMM_THREAD_EXPONENT
+    T = torch.get_num_threads() if threads is None else threads
+    speed = {way: T ** e for way, e in BLOCK_THREAD_EXPONENTS.items()}
     fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
-    dense = fixed + per_entry * p * q + per_row_entry * batch * p * q / gemm_speed
+    dense = fixed + (per_entry * p * q + per_row_entry * batch * p * q) / speed["dense"]
     fixed, per_entry, per_cmac = _BLOCK_FFT_US[training]
-    fft = fixed + batch * (per_entry * (C + R) * k + per_cmac * C * R * (k // 2 + 1))
+    fft = fixed + batch * (per_entry * (C + R) * k + per_cmac * C * R * (k // 2 + 1)) / speed["fft"]
     fixed, per_tmac, per_pmac, per_entry = _BLOCK_GEMM_US[training]
     gemm = fixed + batch * (per_tmac * (C + R) * k * k + per_pmac * 2 * k * C * R
-                            + per_entry * (C + R) * k) / gemm_speed
+                            + per_entry * (C + R) * k) / speed["gemm"]
     return {"dense": dense, "gemm": gemm, "fft": fft}
 
 
