@@ -210,11 +210,18 @@ def block_chunk_rows(in_features: int, out_features: int, itemsize: int) -> int:
     return max(BLOCK_CHUNK_MIN_ROWS, BLOCK_CHUNK_BYTES // ((in_features + out_features) * itemsize))
 
 
+def _cpu_threads(device: torch.device, threads: int | None = None) -> int:
+    """The thread count the cost models scale CPU costs by: ``threads`` or torch's; 1 off the CPU."""
+    if device.type != "cpu":
+        return 1
+    return torch.get_num_threads() if threads is None else threads
+
+
 def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,
                  training: bool = True) -> str:
     """The block layer's kernel on its FFT route: "gemm" or "fft", whichever :func:`block_costs` says is
-    cheaper with torch's threads (the same rule on CUDA, not measured there)."""
-    costs = block_costs(in_features, out_features, block_size, batch, training)
+    cheaper, with torch's threads on CPU (elsewhere the 1-thread rule, not measured there)."""
+    costs = block_costs(in_features, out_features, block_size, batch, training, _cpu_threads(device))
     return "gemm" if costs["gemm"] <= costs["fft"] else "fft"
 
 
@@ -242,12 +249,12 @@ def use_dense(
     (:func:`block_costs`). Fitted on CPU: for DFT layers the route it picks was within 1.00x of the faster
     one in training and 1.01x in inference over the fit's grid (its last fit); for block layers see
     docs/performance.md (block-circulant layers). On CUDA the same rule is used (not measured here).
-    ``threads``: torch's intra-op threads (default: the current number), for CPU.
+    ``threads``: torch's intra-op threads on CPU (default: the current number; off the CPU, 1).
     """
     p, q = in_features, out_features
-    threads = torch.get_num_threads() if threads is None else threads
+    threads = _cpu_threads(device, threads)
     if block_size is None or block_size >= max(p, q):
-        speed = threads ** ROW_THREAD_EXPONENT if device.type == "cpu" else 1.0
+        speed = threads ** ROW_THREAD_EXPONENT
         fixed, per_row_unit = _FFT_US[training]
         row = per_row_unit * fft_cost(make_plan(p, q).fft_size) / speed
         return _dense_us(p, q, batch, training, speed) <= fixed + batch * row
