@@ -40,6 +40,7 @@ def _median_ms(cases: dict, clock, turns: int) -> dict[str, float]:
 def layers(clock, threads: int) -> None:
     """fwd+bwd of BlockDFTFunction with 2-D transposes and with 3-D permutes, and of BlockGemmFunction."""
     rows = 1024
+    parallel_copies = block_kernel._parallel_copies
     print(f"{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time, fwd+bwd, {rows} rows, "
           "median of 15 interleaved turns; x = nn.Linear / layer")
     for p, q, k in [(512, 2048, 16), (2048, 512, 16), (512, 2048, 64), (2048, 512, 64), (1024, 4096, 64)]:
@@ -62,7 +63,10 @@ def layers(clock, threads: int) -> None:
         }
         for fn in cases.values():
             fn()
-        ms = _median_ms(cases, clock, 15)
+        try:
+            ms = _median_ms(cases, clock, 15)
+        finally:
+            block_kernel._parallel_copies = parallel_copies  # type: ignore[assignment]
         print(f"{p}->{q} k={k}: " + "  ".join(
             f"{name} {t:.2f} ms" + ("" if name == "nn.Linear" else f" ({ms['nn.Linear'] / t:.2f}x)")
             for name, t in ms.items()))
