@@ -5,14 +5,15 @@ same cells on 1 and 2 threads by ``benchmarks/fit_routes.py --block --cells``:
     python benchmarks/fit_routes.py --block --cells "$CELLS" --threads 1 --repeats 9 --out block_thread_rule_t1_r1.json
     python benchmarks/fit_routes.py --block --cells "$CELLS" --threads 2 --repeats 9 --out block_thread_rule_t2_r1.json
     # (and _r2 ... _r4: runs alternate 1 and 2 threads on an idle machine)
-    python benchmarks/fit_routes.py --block --threads 2 --out block_route_check_t2.json   # the whole grid
-    python benchmarks/block_thread_rule.py docs/results/block_thread_rule --grid docs/results/block_route_check_t2.json
+    python benchmarks/fit_routes.py --block --threads 2 --out block_route_check_t2_r1.json   # the whole grid; and _r2
+    python benchmarks/block_thread_rule.py docs/results/block_thread_rule \
+        --grid docs/results/block_route_check_t2_r*.json
 
 Prints, per mode (training, inference): each kernel's speed-up from 1 to 2 threads (geometric mean over
 the cells, and the exponent e with 2 ** e equal to it); then the worst 2-thread pick of the model over the
 fastest way timed, with the committed exponents and with the torch.fft kernel's exponent moved (the gap
 to the GEMM kernel's decides between them), on the thread-rule cells (each cell's time the geometric mean
-over the runs) and on the whole grid.
+over the runs) and on the whole grid (likewise).
 """
 
 from __future__ import annotations
@@ -66,15 +67,22 @@ def worst_pick(cells: dict, training: bool, exponents: dict[str, float]) -> tupl
         plan.BLOCK_THREAD_EXPONENTS = saved
 
 
-def _grid(path: Path) -> dict[tuple, dict[str, float]]:
-    return {(r["p"], r["q"], r["k"], r["B"], r["training"]): {w: r[w] for w in WAYS if r[w] is not None}
-            for r in json.loads(path.read_text())}
+def _grid(paths: list[Path]) -> dict[tuple, dict[str, float]]:
+    """The whole grid's 2-thread rows: each cell's time the geometric mean over the files (runs)."""
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for path in paths:
+        for r in json.loads(path.read_text()):
+            for w in WAYS:
+                if r[w] is not None:
+                    cells.setdefault((r["p"], r["q"], r["k"], r["B"], r["training"]), {}).setdefault(w, []).append(r[w])
+    return {key: {w: _gmean(ts) for w, ts in ways.items()} for key, ways in cells.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="holds block_thread_rule_t{1,2}_r*.json")
-    parser.add_argument("--grid", type=Path, default=None, help="2-thread rows of fit_routes.py --block (whole grid)")
+    parser.add_argument("--grid", type=Path, nargs="+", default=None,
+                        help="2-thread rows of fit_routes.py --block (whole grid), one file per run")
     args = parser.parse_args()
     one, two = _load(args.folder, 1), _load(args.folder, 2)
     grid = _grid(args.grid) if args.grid else {}

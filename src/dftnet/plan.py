@@ -171,9 +171,10 @@ def _dense_us(p: int, q: int, batch: int, training: bool, speed: float = 1.0) ->
 # decides the kernel is the gap between the two kernels' exponents: from 0.10 to 0.20 every 2-thread pick of
 # those runs is within 1.01x of the faster kernel (below, 2048->8192 at k = 64 takes the torch.fft kernel,
 # 1.3x slower; above, 1024->4096 and 2048->512 at k = 64 the GEMM kernel, 1.1-1.2x slower). The fit's whole
-# grid on 2 threads (docs/results/block_route_check_t2.json) needs the dense route's costs, fixed ones
-# aside, to shrink as much as a GEMM's: with the GEMM ways' per-row costs alone divided by 2 ** 0.15 it
-# took the GEMM kernel at small layers where the dense route was 1.2-1.5x faster.
+# grid on 2 threads (2 runs, docs/results/block_route_check_t2_r*.json) needs the dense route's costs, fixed
+# ones aside, to shrink as much as a GEMM's: with the GEMM ways' per-row costs alone divided by 2 ** 0.15 it
+# took the GEMM kernel at small layers where the dense route was 1.2-1.45x faster. With these exponents the
+# grid's worst 2-thread picks are 1.06x (training) and 1.12x (inference), at a near-tie of the two kernels.
 BLOCK_THREAD_EXPONENTS = {"dense": 0.9, "gemm": 0.8, "fft": 0.65}
 
 
