@@ -120,7 +120,13 @@ def test_rows_in_chunks_match_the_matrix(kernel, monkeypatch, rows):
     """Past ``block_chunk_rows`` the route calls its kernel on chunks of rows (7 = 3 + 3 + 1 here): the
     result, both gradients, double backward and batched gradients are the whole call's."""
     monkeypatch.setattr(routes, "block_chunk_rows", lambda *args: 3)
-    p, q, k = 9, 13, 4
+    check_fft_route_against_matrix(9, 13, 4, rows)
+
+
+def check_fft_route_against_matrix(p, q, k, rows):
+    """The layer's FFT route equals its explicit matrix in float64, in training (forward and both
+    gradients) and in inference; the functional form passes gradcheck and gradgradcheck with batched
+    gradients."""
     layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
     x = torch.randn(rows, p, dtype=F64, requires_grad=True)
     assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias))
@@ -139,16 +145,7 @@ def test_permuted_spectrum_copies_match_the_matrix(monkeypatch, p, q, k):
     forward, both gradients, double backward and batched gradients equal the explicit matrix's."""
     monkeypatch.setattr(routes, "block_kernel", lambda *args, **kwargs: "fft")
     monkeypatch.setattr(block_kernels, "_parallel_copies", lambda t: True)
-    layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
-    x = torch.randn(5, p, dtype=F64, requires_grad=True)
-    assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, (x, layer.spectrum, layer.bias))
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
-    w = torch.randn(nblocks(q, k), nblocks(p, k), k, dtype=F64, requires_grad=True)
-    b = torch.randn(q, dtype=F64, requires_grad=True)
-    f = lambda x, w, b: block_dft_linear(x, w, b, q, method="fft")  # noqa: E731
-    assert gradcheck(f, (x, w, b), check_batched_grad=True)
-    assert gradgradcheck(f, (x, w, b), check_batched_grad=True)
+    check_fft_route_against_matrix(p, q, k, 5)
 
 
 def test_permuted_and_transposed_copies_agree_to_the_bit(monkeypatch):
@@ -207,7 +204,7 @@ def test_kernel_choice_follows_the_thread_count():
     cpu = torch.device("cpu")
     assert not use_dense(784, 300, 32, cpu, False, block_size=32, threads=1)
     assert use_dense(784, 300, 32, cpu, False, block_size=32, threads=2)
-    assert all(block_kernel(512, 2048, 64, 1024, torch.device("cpu"), training) == "fft" for training in (True, False))
+    assert all(block_kernel(512, 2048, 64, 1024, cpu, training) == "fft" for training in (True, False))
     structure = BlockDFTLinear(2048, 8192, 64)._get_structure()
     n = torch.get_num_threads()
     try:
