@@ -30,22 +30,25 @@ WAYS = ("dense", "gemm", "fft")
 
 def _load(folder: Path, threads: int) -> dict[tuple, dict[str, float]]:
     """{(p, q, k, rows, training): {way: microseconds}}, the geometric mean over the runs' files."""
-    runs = [json.loads(f.read_text()) for f in sorted(folder.glob(f"block_thread_rule_t{threads}_r*.json"))]
-    if not runs:
+    files = sorted(folder.glob(f"block_thread_rule_t{threads}_r*.json"))
+    if not files:
         raise SystemExit(f"no block_thread_rule_t{threads}_r*.json in {folder}")
-    cells: dict[tuple, dict[str, list[float]]] = {}
-    for rows in runs:
-        for r in rows:
-            key = (r["p"], r["q"], r["k"], r["B"], r["training"])
-            for way in WAYS:
-                if r[way] is not None:
-                    cells.setdefault(key, {}).setdefault(way, []).append(r[way])
-    return {key: {w: math.exp(sum(map(math.log, ts)) / len(ts)) for w, ts in ways.items()}
-            for key, ways in cells.items()}
+    return _cells(files)
 
 
 def _gmean(xs: list[float]) -> float:
     return math.exp(sum(map(math.log, xs)) / len(xs))
+
+
+def _cells(paths: list[Path]) -> dict[tuple, dict[str, float]]:
+    """Rows of ``fit_routes.py --block``, one file per run: each cell's time the geometric mean over the runs."""
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for path in paths:
+        for r in json.loads(path.read_text()):
+            for w in WAYS:
+                if r[w] is not None:
+                    cells.setdefault((r["p"], r["q"], r["k"], r["B"], r["training"]), {}).setdefault(w, []).append(r[w])
+    return {key: {w: _gmean(ts) for w, ts in ways.items()} for key, ways in cells.items()}
 
 
 def worst_pick(cells: dict, training: bool, exponents: dict[str, float]) -> tuple[float, tuple]:
@@ -67,17 +70,6 @@ def worst_pick(cells: dict, training: bool, exponents: dict[str, float]) -> tupl
         plan.BLOCK_THREAD_EXPONENTS = saved
 
 
-def _grid(paths: list[Path]) -> dict[tuple, dict[str, float]]:
-    """The whole grid's 2-thread rows: each cell's time the geometric mean over the files (runs)."""
-    cells: dict[tuple, dict[str, list[float]]] = {}
-    for path in paths:
-        for r in json.loads(path.read_text()):
-            for w in WAYS:
-                if r[w] is not None:
-                    cells.setdefault((r["p"], r["q"], r["k"], r["B"], r["training"]), {}).setdefault(w, []).append(r[w])
-    return {key: {w: _gmean(ts) for w, ts in ways.items()} for key, ways in cells.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="holds block_thread_rule_t{1,2}_r*.json")
@@ -85,7 +77,7 @@ def main() -> None:
                         help="2-thread rows of fit_routes.py --block (whole grid), one file per run")
     args = parser.parse_args()
     one, two = _load(args.folder, 1), _load(args.folder, 2)
-    grid = _grid(args.grid) if args.grid else {}
+    grid = _cells(args.grid) if args.grid else {}
     current = plan.BLOCK_THREAD_EXPONENTS
     for training in (True, False):
         cells = [c for c in one if c[-1] == training and c in two]

@@ -131,14 +131,8 @@ def main() -> None:
     torch.testing.assert_close(fft_unpack(), gemm_unpack(), atol=1e-4, rtol=1e-4)
     results: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(3):
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(15):
-            for name, fn in cases.items():
-                t0 = clock()
-                fn()
-                times[name].append(clock() - t0)
-        for name in cases:
-            results[name].append(statistics.median(times[name]) * 1e3)
+        for name, ms in _median_ms(cases, clock, 15).items():
+            results[name].append(ms)
     print(f"{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time")
     for name, ms in results.items():
         med = statistics.median(ms)
