@@ -186,7 +186,7 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
     (default: torch's)."""
     p, q, k = in_features, out_features, block_size
     C, R = -(-p // k), -(-q // k)
-    T = torch.get_num_threads() if threads is None else threads
+    T = _cpu_threads(torch.device("cpu"), threads)
     speed = {way: T ** e for way, e in BLOCK_THREAD_EXPONENTS.items()}
     fixed, per_entry, per_row_entry = _BLOCK_DENSE_US[training]
     dense = fixed + (per_entry * p * q + per_row_entry * batch * p * q) / speed["dense"]
