@@ -46,9 +46,9 @@ def measure_block(rows_max: int, cells: list[tuple[int, int, int, int]] | None =
         for training in (False, True):
             x = torch.randn(B, p, requires_grad=training)
             g = torch.randn(B, q)
-            chunk = block_chunk_rows(p, q, x.element_size())  # the route's calls: chunks of rows and the rest
+            chunk = block_chunk_rows(p, q, k, x.element_size(), B)  # the route's calls: chunks of rows
             for name in ("gemm", "fft"):  # each layer's FFT route held to one kernel
-                for n in {B, min(B, chunk), B % chunk}:
+                for n in {B} | {min(chunk, B - s) for s in range(0, B, chunk)}:
                     layers[name]._get_structure()._kernels[(n, "cpu", training, torch.get_num_threads())] = name
             model = block_costs(p, q, k, B, training)
             names = ["gemm", "fft"] + (["dense"] if model["dense"] <= DENSE_SKIP * min(model["gemm"], model["fft"])
@@ -114,7 +114,8 @@ def fit_block(rows: list[dict]) -> None:
 def report_choice(rows: list[dict]) -> None:
     """Per cell: the times of the three ways, the way the current model picks, and its time over the fastest."""
     for r in rows:
-        model = block_costs(r["p"], r["q"], r["k"], r["B"], r["training"])
+        chunk = block_chunk_rows(r["p"], r["q"], r["k"], 4, r["B"])  # the layer picks per call on a chunk
+        model = block_costs(r["p"], r["q"], r["k"], chunk, r["training"])
         timed = {n: r[n] for n in model if r[n] is not None}
         pick = min(model, key=model.get)
         ratio = timed.get(pick, float("inf")) / min(timed.values())

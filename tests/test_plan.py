@@ -2,7 +2,16 @@
 
 import torch
 
-from dftnet.plan import BlockShape, fast_length, fft_cost, make_plan, use_dense
+from dftnet.plan import (
+    BLOCK_CHUNK_MIN_ROWS,
+    BLOCK_SPECTRUM_MAX_BYTES,
+    BlockShape,
+    block_chunk_rows,
+    fast_length,
+    fft_cost,
+    make_plan,
+    use_dense,
+)
 
 
 def test_route_choice_follows_size_batch_and_mode():
@@ -49,3 +58,18 @@ def test_block_shape_counts_blocks():
     shape = BlockShape(100, 33, 16)
     assert (shape.in_blocks, shape.out_blocks) == (7, 3)
     assert shape.transpose() == BlockShape(33, 100, 16)
+
+
+def test_block_chunks_are_equal_and_their_spectra_stay_under_the_cap():
+    """A block layer's calls on many rows run in chunks of equal size, of at least BLOCK_CHUNK_MIN_ROWS rows
+    where the spectra allow it; a chunk's spectra stay under BLOCK_SPECTRUM_MAX_BYTES."""
+    assert block_chunk_rows(512, 2048, 16, 4, 1000) == 1000
+    assert block_chunk_rows(512, 2048, 16, 4, 8192) == BLOCK_CHUNK_MIN_ROWS
+    assert block_chunk_rows(512, 2048, 16, 4, 1500) == 750  # 750 + 750, not 1024 + 476
+    for p, q, k, rows in [(2048, 8192, 64, 1024), (8192, 2048, 16, 8192), (16384, 4096, 4, 300), (65536, 512, 64, 64)]:
+        chunk = block_chunk_rows(p, q, k, 4, rows)
+        spectrum = chunk * -(-max(p, q) // k) * (k // 2 + 1) * 8  # complex64 bytes of the larger side
+        assert chunk >= 1 and spectrum <= BLOCK_SPECTRUM_MAX_BYTES
+        sizes = [min(chunk, rows - s) for s in range(0, rows, chunk)]
+        assert max(sizes) - min(sizes) < len(sizes)  # equal, up to the rounding of rows / chunks
+    assert block_chunk_rows(2048, 8192, 64, 4, 1024) == 512

@@ -202,13 +202,28 @@ def block_costs(in_features: int, out_features: int, block_size: int, batch: int
 # rows or BLOCK_CHUNK_MIN_ROWS rows, whichever is more. fwd+bwd on 8,192 rows (512->2048 and 2048->512,
 # k = 16 ... 64, 1 thread, AMD EPYC): one call took 1.1-1.3x (GEMM kernel) and 1.4-1.6x (torch.fft kernel)
 # as long as calls on chunks of 1,024 rows. Chunks of 204 rows made 2048->8192 on 1,024 rows 1.1-1.2x slower.
+# A chunk's spectra stay under BLOCK_SPECTRUM_MAX_BYTES, whatever its rows: glibc's malloc maps blocks of 32 MiB
+# or more afresh from the OS on every allocation (its largest mmap threshold), and a call whose spectra were that
+# large touched 25-42 thousand fresh pages per fwd+bwd (2048->8192 at k = 64 on 1,024 rows: 34 MiB spectra).
+# Training steps of a d = 2048 block MLP (2048->8192->2048, 1,024 rows, 1 thread, AMD EPYC; 2 processes per arm,
+# `benchmarks/block_chunk_faults.py`, docs/results/block_chunk_faults.json): k = 64 246-284 ms against 300-472 ms
+# without the cap (malloc's thresholds raised as the dftnet commands do), 270-380 against 527-533 ms with glibc's
+# defaults; k = 16 441-513 against 474-568 ms, and 486-590 against 593-615 ms.
 BLOCK_CHUNK_BYTES = 8 << 20
 BLOCK_CHUNK_MIN_ROWS = 1024
+BLOCK_SPECTRUM_MAX_BYTES = 24 << 20
 
 
-def block_chunk_rows(in_features: int, out_features: int, itemsize: int) -> int:
-    """Rows per call of a block layer's kernel on its FFT route (see ``BLOCK_CHUNK_BYTES``)."""
-    return max(BLOCK_CHUNK_MIN_ROWS, BLOCK_CHUNK_BYTES // ((in_features + out_features) * itemsize))
+def block_chunk_rows(in_features: int, out_features: int, block_size: int, itemsize: int, rows: int) -> int:
+    """Rows per call of a block layer's kernel on its FFT route, for a call on ``rows`` rows: chunks of
+    equal size (not 1,000 + 24) of at least ``BLOCK_CHUNK_BYTES`` of input and output rows or
+    ``BLOCK_CHUNK_MIN_ROWS`` rows, whichever is more, each with spectra under ``BLOCK_SPECTRUM_MAX_BYTES``."""
+    target = max(BLOCK_CHUNK_MIN_ROWS, BLOCK_CHUNK_BYTES // ((in_features + out_features) * itemsize))
+    k = block_size
+    spectrum_row = -(-max(in_features, out_features) // k) * (k // 2 + 1) * 2 * itemsize  # complex, a row
+    target = max(1, min(target, BLOCK_SPECTRUM_MAX_BYTES // spectrum_row))
+    chunks = -(-rows // target)
+    return max(1, -(-rows // chunks))
 
 
 def _cpu_threads(device: torch.device, threads: int | None = None) -> int:

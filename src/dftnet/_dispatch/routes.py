@@ -219,7 +219,8 @@ class BlockCirculant(_Structure):
     def fft(self, input: Tensor, param: Tensor, bias: Tensor | None, diagonal: Tensor | None = None) -> Tensor:
         assert diagonal is None, "BlockCirculant does not fuse the diagonal: the pipeline multiplies it in first"
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
-        rows = block_chunk_rows(self.in_features, self.out_features, x2.element_size())
+        s = self.shape
+        rows = block_chunk_rows(s.in_features, s.out_features, s.block_size, x2.element_size(), x2.shape[0])
         if x2.shape[0] > rows and x2.device.type == "cpu":  # a call per chunk of rows: its spectra stay in cache
             out = torch.cat([self.fft(chunk, param, bias) for chunk in x2.split(rows)])
             return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
