@@ -152,8 +152,13 @@ _FFT_US = {False: (55.0, 2.88e-4), True: (396.0, 8.6e-4)}  # fixed, per row-unit
 #   spectra those products read and write ((C + R) k a row: small per-frequency GEMMs, at k = 64 and
 #   d = 512 C or R is 8, are bound by it);
 # - the dense route (the matrix tiled from the taps): fixed, per matrix entry, per row-entry.
-# On the fit's grid the refitted model's pick was within 1.02x of the fastest way in every cell.
-_BLOCK_FFT_US = {False: (120.0, 0.00314, 0.000123), True: (690.0, 0.00735, 0.000331)}
+# On the fit's grid the refitted model's pick was within 1.02x of the fastest way in every cell. Since the chunks'
+# spectra stay under BLOCK_SPECTRUM_MAX_BYTES the torch.fft kernel is faster at wide layers than it was timed
+# for that fit (no fresh pages): the grid timed again on 1 thread (3 runs, rows in
+# docs/results/block_route_check_capped_t1_r*.json) picked the GEMM kernel in inference at 16384->4096, k = 64,
+# 1.25x slower, so its cost per complex multiply-add in inference is 0.8x the fitted one (worst pick on that
+# grid then 1.06x in inference, 1.00x in training; on the cells the change does not touch, as before: 1.01x).
+_BLOCK_FFT_US = {False: (120.0, 0.00314, 9.84e-05), True: (690.0, 0.00735, 0.000331)}
 _BLOCK_GEMM_US = {False: (89.6, 2.52e-05, 1.93e-05, 0.00246), True: (456.0, 4.67e-05, 5.42e-05, 0.00672)}
 _BLOCK_DENSE_US = {False: (18.9, 8.04e-05, 2.61e-05), True: (105.0, 0.00428, 7.48e-05)}
 
@@ -164,18 +169,18 @@ def _dense_us(p: int, q: int, batch: int, training: bool, speed: float = 1.0) ->
 
 
 # With T CPU threads each way's per-row costs (and the dense route's per-entry cost of building W) are divided
-# by T ** BLOCK_THREAD_EXPONENTS[way]; fixed costs are not. From 1 to 2 threads (AMD EPYC, idle, 1,024 rows,
-# 9 cells at d = 512-2048 and k = 16-64, 4 runs; `benchmarks/block_thread_rule.py`, rows in
-# docs/results/block_thread_rule/) the GEMM kernel got 1.69x faster in training and 1.62x in inference
-# (geometric means, about 2 ** 0.7), the torch.fft kernel 1.62x and 1.54x; nn.Linear about 1.9x. What
-# decides the kernel is the gap between the two kernels' exponents: from 0.10 to 0.20 every 2-thread pick of
-# those runs is within 1.01x of the faster kernel (below, 2048->8192 at k = 64 takes the torch.fft kernel,
-# 1.3x slower; above, 1024->4096 and 2048->512 at k = 64 the GEMM kernel, 1.1-1.2x slower). The fit's whole
-# grid on 2 threads (2 runs, docs/results/block_route_check_t2_r*.json) needs the dense route's costs, fixed
-# ones aside, to shrink as much as a GEMM's: with the GEMM ways' per-row costs alone divided by 2 ** 0.15 it
-# took the GEMM kernel at small layers where the dense route was 1.2-1.45x faster. With these exponents the
-# grid's worst 2-thread picks are 1.06x (training) and 1.12x (inference), at a near-tie of the two kernels.
-BLOCK_THREAD_EXPONENTS = {"dense": 0.9, "gemm": 0.8, "fft": 0.65}
+# by T ** BLOCK_THREAD_EXPONENTS[way]; fixed costs are not. The dense route's and the GEMM kernel's exponents
+# are from 9 cells at d = 512-2048 and k = 16-64, 1,024 rows, 4 runs at 1 and 2 threads (AMD EPYC, idle;
+# `benchmarks/block_thread_rule.py`, rows in docs/results/block_thread_rule/), and the fit's whole grid on 2
+# threads (docs/results/block_route_check_t2_r*.json): with the GEMM ways' per-row costs alone divided, the
+# GEMM kernel was taken at small layers where the dense route was 1.2-1.45x faster. The torch.fft kernel's is
+# from the whole grid timed again on 1 and 2 threads with the chunks' spectra under BLOCK_SPECTRUM_MAX_BYTES
+# (docs/results/block_route_check_capped_t*.json; 1 and 4 runs): from 1 to 2 threads, over its cells of
+# 1,024 rows or more, the GEMM kernel got 2 ** 0.78 (inference) and 2 ** 0.77 (training) faster, the torch.fft
+# kernel 2 ** 0.79 and 2 ** 0.74 (before, with fresh pages on every call at wide layers, 2 ** 0.62 and
+# 2 ** 0.70). With 0.75 the worst 2-thread picks on that grid are 1.01x in training and 1.13x in inference
+# (512->2048 at k = 8 on 8,192 rows, a near-tie of the two kernels); with the 0.65 before, 1.06x and 1.16x.
+BLOCK_THREAD_EXPONENTS = {"dense": 0.9, "gemm": 0.8, "fft": 0.75}
 
 
 def block_costs(in_features: int, out_features: int, block_size: int, batch: int,
