@@ -99,7 +99,7 @@ def fit_block(rows: list[dict]) -> None:
             timed = {n: r[n] for n in ("dense", "gemm", "fft") if r[n] is not None}
             best = min(timed.values())
             d, g, f = features(r)
-            current = block_costs(r["p"], r["q"], r["k"], r["B"], training)
+            current = current_model(r)
             refitted = dict(dense=float(np.dot(cd, d)), gemm=float(np.dot(cg, g)), fft=float(np.dot(cf, f)))
             for name, model in (("current", current), ("refitted", refitted)):
                 pick = min((n for n in model if n in timed), key=model.get)
@@ -111,11 +111,16 @@ def fit_block(rows: list[dict]) -> None:
         print(f"  chosen over the fastest, worst cell: current {worst['current']}, refitted {worst['refitted']}")
 
 
+def current_model(r: dict) -> dict[str, float]:
+    """The committed model's costs for a timed cell, at the rows of the layer's calls: it picks per chunk."""
+    chunk = block_chunk_rows(r["p"], r["q"], r["k"], 4, r["B"])
+    return block_costs(r["p"], r["q"], r["k"], chunk, r["training"])
+
+
 def report_choice(rows: list[dict]) -> None:
     """Per cell: the times of the three ways, the way the current model picks, and its time over the fastest."""
     for r in rows:
-        chunk = block_chunk_rows(r["p"], r["q"], r["k"], 4, r["B"])  # the layer picks per call on a chunk
-        model = block_costs(r["p"], r["q"], r["k"], chunk, r["training"])
+        model = current_model(r)
         timed = {n: r[n] for n in model if r[n] is not None}
         pick = min(model, key=model.get)
         ratio = timed.get(pick, float("inf")) / min(timed.values())
