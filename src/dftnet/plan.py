@@ -175,11 +175,11 @@ def _dense_us(p: int, q: int, batch: int, training: bool, speed: float = 1.0) ->
 # threads (docs/results/block_route_check_t2_r*.json): with the GEMM ways' per-row costs alone divided, the
 # GEMM kernel was taken at small layers where the dense route was 1.2-1.45x faster. The torch.fft kernel's is
 # from the whole grid timed again on 1 and 2 threads with the chunks' spectra under BLOCK_SPECTRUM_MAX_BYTES
-# (docs/results/block_route_check_capped_t*.json; 3 and 4 runs): from 1 to 2 threads, over its cells of
-# 1,024 rows or more, the GEMM kernel got 2 ** 0.79 (inference) and 2 ** 0.83 (training) faster, the torch.fft
-# kernel 2 ** 0.81 and 2 ** 0.79 (before, with fresh pages on every call at wide layers, 2 ** 0.62 and
-# 2 ** 0.70). With 0.75 the worst 2-thread picks on that grid are 1.01x in training and 1.13x in inference
-# (512->2048 at k = 8 on 8,192 rows, a near-tie of the two kernels); with the 0.65 before, 1.06x and 1.16x.
+# (docs/results/block_route_check_capped_t*.json; 3 and 7 runs): from 1 to 2 threads, over its cells of
+# 1,024 rows or more, the GEMM kernel got 2 ** 0.79 (inference) and 2 ** 0.84 (training) faster, the torch.fft
+# kernel 2 ** 0.80 and 2 ** 0.79 (before, with fresh pages on every call at wide layers, 2 ** 0.62 and
+# 2 ** 0.70). With 0.75 the worst 2-thread picks on that grid are 1.02x in training and 1.11x in inference
+# (4096->16384 at k = 64, a near-tie of the two kernels: 75 against 84 ms); with the 0.65 before, 1.05x and 1.14x.
 BLOCK_THREAD_EXPONENTS = {"dense": 0.9, "gemm": 0.8, "fft": 0.75}
 
 
