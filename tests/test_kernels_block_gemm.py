@@ -123,6 +123,25 @@ def test_rows_in_chunks_match_the_matrix(kernel, monkeypatch, rows):
     check_fft_route_against_matrix(9, 13, 4, rows)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("p,q,k,rows,chunk", [(9, 13, 4, 7, 3), (8, 12, 4, 7, 3), (9, 12, 4, 50, 20),
+                                              (9, 13, 4, 50, 20)])
+def test_inference_chunks_write_into_the_result(kernel, monkeypatch, parallel, p, q, k, rows, chunk):
+    """In inference each chunk's kernel writes its rows of the result (whole last blocks or truncated ones;
+    at 20 rows and 3 output blocks the GEMM kernel's transposed product): the result equals the explicit
+    matrix's, and to the bit the chunks computed one call each."""
+    monkeypatch.setattr(routes, "block_chunk_rows", lambda *args: chunk)
+    monkeypatch.setattr(block_kernels, "_parallel_copies", lambda t: parallel)
+    layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
+    x = torch.randn(rows, p, dtype=F64)
+    with torch.no_grad():
+        z = layer(x)
+        torch.testing.assert_close(z, x @ layer.to_dense().T + layer.bias, rtol=0, atol=1e-12)
+        assert torch.equal(z, torch.cat([layer(c) for c in x.split(chunk)]))
+    with torch.inference_mode():  # and a (1, rows, p) input
+        assert torch.equal(layer(x.unsqueeze(0)), z.unsqueeze(0))
+
+
 def check_fft_route_against_matrix(p, q, k, rows):
     """The layer's FFT route equals its explicit matrix in float64, in training (forward and both
     gradients) and in inference; the functional form passes gradcheck and gradgradcheck with batched

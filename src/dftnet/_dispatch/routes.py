@@ -221,20 +221,29 @@ class BlockCirculant(_Structure):
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
         s = self.shape
         rows = block_chunk_rows(s.in_features, s.out_features, s.block_size, x2.element_size(), x2.shape[0])
-        if x2.shape[0] > rows and x2.device.type == "cpu":  # a call per chunk of rows: its spectra stay in cache
-            out = torch.cat([self.fft(chunk, param, bias) for chunk in x2.split(rows)])
-            return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
         training = grad_recorded(input, param, bias)
-        gemm = self.kernel(x2.shape[0], x2.device.type, training) == "gemm"
-        if training:
+        if x2.shape[0] > rows and x2.device.type == "cpu":  # a call per chunk of rows: its spectra stay in cache
+            if training:
+                out = torch.cat([self.fft(chunk, param, bias) for chunk in x2.split(rows)])
+            else:  # each chunk's kernel writes its rows of the result: no copy
+                out = x2.new_empty(x2.shape[0], self.out_features)
+                for chunk, chunk_out in zip(x2.split(rows), out.split(rows)):
+                    self._infer(chunk, param, bias, chunk_out)
+        elif training:
+            gemm = self.kernel(x2.shape[0], x2.device.type, True) == "gemm"
             out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.kind)
-        elif gemm:  # inference: no autograd bookkeeping, the weight's spectrum kept while the parameter is unchanged
-            Wp = self._derived("packed", param, lambda w: packed_weight(w, self.kind))
-            out = gemm_forward(x2, Wp, bias, self.shape)
         else:
-            We = self._derived("spectrum", param, lambda w: embedded_spectrum(w, self.kind))
-            out = block_forward(x2, We, bias, self.shape)
+            out = self._infer(x2, param, bias)
         return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)
+
+    def _infer(self, x2: Tensor, param: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
+        """The FFT route in inference, (B, p) -> (B, q), written into ``out`` where given: no autograd
+        bookkeeping, the weight's spectrum kept while the parameter is unchanged."""
+        if self.kernel(x2.shape[0], x2.device.type, False) == "gemm":
+            Wp = self._derived("packed", param, lambda w: packed_weight(w, self.kind))
+            return gemm_forward(x2, Wp, bias, self.shape, out)
+        We = self._derived("spectrum", param, lambda w: embedded_spectrum(w, self.kind))
+        return block_forward(x2, We, bias, self.shape, out)
 
     def reference(self, input: Tensor, param: Tensor, bias: Tensor | None) -> Tensor:
         return block_reference(input, self.weight(param), bias, self.shape)

@@ -92,11 +92,16 @@ def _packed(t: Tensor, n_blocks: int, k: int) -> Tensor:
     return torch.mm(A.t(), t.reshape(B * n_blocks, k).t()).view(k, B, n_blocks)
 
 
-def _unpacked(Z: Tensor, k: int, length: int) -> Tensor:
-    """Packed spectra (k, B, n_blocks) -> ``Z^T E``, the inverse transform per block -> (B, n_blocks k)[:, :length]."""
+def _unpacked(Z: Tensor, k: int, length: int, out: Tensor | None = None) -> Tensor:
+    """Packed spectra (k, B, n_blocks) -> ``Z^T E``, the inverse transform per block -> (B, n_blocks k)[:, :length],
+    written into ``out`` (B, length), contiguous, where given."""
     _, B, n = Z.shape
     E = cached(dft_matrices, k, Z.device, Z.dtype)[1]
+    if out is not None and n * k == length:
+        return torch.mm(Z.reshape(k, B * n).t(), E, out=out.view(B * n, k)).view(B, length)
     z = torch.mm(Z.reshape(k, B * n).t(), E).view(B, n * k)
+    if out is not None:
+        return out.copy_(z[:, :length])
     return z if z.shape[-1] == length else z[:, :length].contiguous()
 
 
@@ -109,15 +114,16 @@ NARROW = 16
 RECOMPUTE_MAX_K = 16
 
 
-def _product(X: Tensor, Wp: Tensor, length: int) -> Tensor:
+def _product(X: Tensor, Wp: Tensor, length: int, out: Tensor | None = None) -> Tensor:
     """``conj(X) Wf`` per frequency, summed over input blocks, then the inverse transform: X (k, B, C)
-    packed, Wp (k, C, R) packed (any strides a GEMM reads) -> z (B, R k)[:, :length]. Four batched GEMMs
-    writing into slices of Z (k, B, R), or, for R <= ``NARROW``, of its transpose (k, R, B)."""
+    packed, Wp (k, C, R) packed (any strides a GEMM reads) -> z (B, R k)[:, :length] (written into ``out``,
+    contiguous, where given). Four batched GEMMs writing into slices of Z (k, B, R), or, for R <=
+    ``NARROW``, of its transpose (k, R, B)."""
     k, B, _ = X.shape
     R = Wp.shape[-1]
     F, Fi = k // 2 + 1, (k - 1) // 2
     if batched_grad(X):  # the engine's vmap over backward: no out= nor in-place products
-        return _unpacked(_product_functional(X, Wp, F, Fi), k, length)
+        return _unpacked(_product_functional(X, Wp, F, Fi), k, length, out)
     re, im = slice(1, 1 + Fi), slice(F, k)
     if R > NARROW or B <= NARROW:
         Z = X.new_empty(k, B, R)
@@ -126,7 +132,7 @@ def _product(X: Tensor, Wp: Tensor, length: int) -> Tensor:
             Z[re].baddbmm_(X[im], Wp[im])  # + Im X Im W
             torch.bmm(X[re], Wp[im], out=Z[im])  # Im Z = Re X Im W
             Z[im].baddbmm_(X[im], Wp[re], alpha=-1)  # - Im X Re W
-        return _unpacked(Z, k, length)
+        return _unpacked(Z, k, length, out)
     W, XT = Wp.transpose(1, 2), X.transpose(1, 2)  # Z^T = W^T X^T, the same four products
     ZT = X.new_empty(k, R, B)
     torch.bmm(W[:F], XT[:F], out=ZT[:F])
@@ -135,7 +141,13 @@ def _product(X: Tensor, Wp: Tensor, length: int) -> Tensor:
         torch.bmm(W[im], XT[re], out=ZT[im])
         ZT[im].baddbmm_(W[re], XT[im], alpha=-1)
     E = cached(dft_matrices, k, X.device, X.dtype)[1]
-    z = torch.mm(ZT.view(k, R * B).t(), E).view(R, B, k).transpose(0, 1).reshape(B, R * k)
+    zt = torch.mm(ZT.view(k, R * B).t(), E).view(R, B, k).transpose(0, 1)
+    if out is not None and R * k == length:
+        out.view(B, R, k).copy_(zt)
+        return out
+    z = zt.reshape(B, R * k)
+    if out is not None:
+        return out.copy_(z[:, :length])
     return z if z.shape[-1] == length else z[:, :length].contiguous()
 
 
@@ -185,11 +197,13 @@ def _add_bias(z: Tensor, bias: Tensor | None) -> Tensor:
     return z if bias is None or z.shape[0] == 0 else z.add_(bias)
 
 
-def gemm_forward(x: Tensor, Wp: Tensor, bias: Tensor | None, shape: BlockShape) -> Tensor:
-    """The forward kernel alone (inference): x (B, p), Wp the packed weight (k, R, C) of :func:`packed_weight`."""
+def gemm_forward(x: Tensor, Wp: Tensor, bias: Tensor | None, shape: BlockShape, out: Tensor | None = None
+                 ) -> Tensor:
+    """The forward kernel alone (inference): x (B, p), Wp the packed weight (k, R, C) of :func:`packed_weight`;
+    the result written into ``out`` (B, q), contiguous, where given."""
     k = shape.block_size
     X = _packed(x, shape.in_blocks, k)
-    return _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features), bias)
+    return _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features, out), bias)
 
 
 class BlockGemmFunction(Function):
