@@ -104,7 +104,12 @@ def _inverse(Z: Tensor, k: int, length: int, out: Tensor | None = None) -> Tenso
     if out is not None and n * k == length:
         torch.fft.irfft(Zt, k, dim=-1, out=out.view(Zt.shape[:-1] + (k,)))
         return out
-    z = torch.fft.irfft(Zt, k, dim=-1).view(B, n * k)
+    return _truncated(torch.fft.irfft(Zt, k, dim=-1).view(B, n * k), length, out)
+
+
+def _truncated(z: Tensor, length: int, out: Tensor | None = None) -> Tensor:
+    """(B, m) -> its first ``length`` columns, contiguous: ``z`` itself where m = length, else a copy, into
+    ``out`` where given."""
     if out is not None:
         return out.copy_(z[:, :length])
     return z if z.shape[-1] == length else z[:, :length].contiguous()

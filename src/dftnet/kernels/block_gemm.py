@@ -40,7 +40,7 @@ from torch.autograd import Function
 
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
-from .block import BlockWeightGradFunction
+from .block import BlockWeightGradFunction, _truncated
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
@@ -99,10 +99,7 @@ def _unpacked(Z: Tensor, k: int, length: int, out: Tensor | None = None) -> Tens
     E = cached(dft_matrices, k, Z.device, Z.dtype)[1]
     if out is not None and n * k == length:
         return torch.mm(Z.reshape(k, B * n).t(), E, out=out.view(B * n, k)).view(B, length)
-    z = torch.mm(Z.reshape(k, B * n).t(), E).view(B, n * k)
-    if out is not None:
-        return out.copy_(z[:, :length])
-    return z if z.shape[-1] == length else z[:, :length].contiguous()
+    return _truncated(torch.mm(Z.reshape(k, B * n).t(), E).view(B, n * k), length, out)
 
 
 # A batched GEMM whose output rows are this short or shorter runs up to 9x slower on CPU than the same
@@ -145,10 +142,7 @@ def _product(X: Tensor, Wp: Tensor, length: int, out: Tensor | None = None) -> T
     if out is not None and R * k == length:
         out.view(B, R, k).copy_(zt)
         return out
-    z = zt.reshape(B, R * k)
-    if out is not None:
-        return out.copy_(z[:, :length])
-    return z if z.shape[-1] == length else z[:, :length].contiguous()
+    return _truncated(zt.reshape(B, R * k), length, out)
 
 
 def _product_functional(X: Tensor, Wp: Tensor, F: int, Fi: int, sign: float = 1.0) -> Tensor:
