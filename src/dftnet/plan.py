@@ -224,8 +224,9 @@ def block_chunk_rows(in_features: int, out_features: int, block_size: int, items
     equal size (not 1,000 + 24) of at least ``BLOCK_CHUNK_BYTES`` of input and output rows or
     ``BLOCK_CHUNK_MIN_ROWS`` rows, whichever is more, each with spectra under ``BLOCK_SPECTRUM_MAX_BYTES``."""
     target = max(BLOCK_CHUNK_MIN_ROWS, BLOCK_CHUNK_BYTES // ((in_features + out_features) * itemsize))
-    k = block_size
-    spectrum_row = -(-max(in_features, out_features) // k) * (k // 2 + 1) * 2 * itemsize  # complex, a row
+    shape = BlockShape(in_features, out_features, block_size)
+    blocks = max(shape.in_blocks, shape.out_blocks)
+    spectrum_row = blocks * (block_size // 2 + 1) * 2 * itemsize  # the larger side's complex spectrum, a row
     target = max(1, min(target, BLOCK_SPECTRUM_MAX_BYTES // spectrum_row))
     chunks = -(-rows // target)
     return max(1, -(-rows // chunks))
