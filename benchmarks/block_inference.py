@@ -9,12 +9,11 @@ For comparing two versions of the code, alternate processes that import each (a 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from dftnet import BlockDFTLinear
+from dftnet.experiments.bench.timing import time_contenders
 from dftnet.experiments.harness.allocator import keep_freed_memory
 
 CELLS = [(512, 2048, 16, 8192), (512, 2048, 64, 8192), (2048, 512, 64, 8192), (2048, 8192, 64, 1024),
@@ -28,19 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(args.threads)
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    clock = "cpu" if args.threads == 1 else "wall"
     for p, q, k, rows in CELLS:
         torch.manual_seed(0)
         layer, x = BlockDFTLinear(p, q, k), torch.randn(rows, p)
-        with torch.no_grad():
-            for _ in range(2):
-                layer(x)
-            times = []
-            for _ in range(args.repeats):
-                t0 = clock()
-                layer(x)
-                times.append(clock() - t0)
-        print(f"{p}->{q} k={k} rows={rows}: {statistics.median(times) * 1e3:.1f} ms", flush=True)
+        with torch.no_grad():  # the budget leaves the turns to --repeats
+            t = time_contenders({"layer": lambda: layer(x)}, repeats=args.repeats, budget=1e3, clock=clock)
+        print(f"{p}->{q} k={k} rows={rows}: {t['layer']['median'] * 1e3:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":
