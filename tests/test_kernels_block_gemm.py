@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 import dftnet._dispatch.routes as routes
 import dftnet.kernels.block as block_kernels
+import dftnet.kernels.block_gemm as block_gemm
 from dftnet import BlockDFTLinear
 from dftnet.functional import block_dft_linear, block_matrix
 from dftnet.kernels.block_gemm import dft_matrices, packed_weight
@@ -140,6 +141,29 @@ def test_inference_chunks_write_into_the_result(kernel, monkeypatch, parallel, p
         assert torch.equal(z, torch.cat([layer(c) for c in x.split(chunk)]))
     with torch.inference_mode():  # and a (1, rows, p) input
         assert torch.equal(layer(x.unsqueeze(0)), z.unsqueeze(0))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("p,q,k,rows,chunk", [(9, 13, 4, 7, 3), (9, 12, 4, 50, 20), (40, 70, 32, 9, 4),
+                                              (70, 40, 32, 9, 4)])
+def test_training_chunks_run_inside_one_call(kernel, monkeypatch, parallel, x_grad, p, q, k, rows, chunk):
+    """In training the kernel's autograd Function runs the chunks itself: its transforms see chunks of rows,
+    never the whole batch; each chunk writes its rows of the result and of grad_input, and the weight's
+    gradient is summed over the chunks. With the input's packed spectra recomputed in backward (the GEMM
+    kernel at k <= 16 for an input that needs a gradient) or saved, whole and truncated last blocks: the
+    result and the gradients equal the explicit matrix's in float64."""
+    monkeypatch.setattr(routes, "block_chunk_rows", lambda *args: chunk)
+    monkeypatch.setattr(block_kernels, "_parallel_copies", lambda t: parallel)
+    transformed = []
+    for module, name in ((block_kernels, "_spectrum"), (block_gemm, "_packed")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda t, *a, f=original: transformed.append(t.shape[0]) or f(t, *a))
+    layer = BlockDFTLinear(p, q, k, method="fft", dtype=F64)
+    x = torch.randn(rows, p, dtype=F64, requires_grad=x_grad)
+    inputs = (x, layer.spectrum, layer.bias) if x_grad else (layer.spectrum, layer.bias)
+    assert_matches_reference(layer(x), x @ layer.to_dense().T + layer.bias, inputs, rel=1e-12)
+    assert transformed and max(transformed) <= chunk
 
 
 def check_fft_route_against_matrix(p, q, k, rows):

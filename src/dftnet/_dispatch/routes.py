@@ -221,17 +221,15 @@ class BlockCirculant(_Structure):
         x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)  # no view node for 2-D
         s = self.shape
         rows = block_chunk_rows(s.in_features, s.out_features, s.block_size, x2.element_size(), x2.shape[0])
-        training = grad_recorded(input, param, bias)
-        if x2.shape[0] > rows and x2.device.type == "cpu":  # a call per chunk of rows: its spectra stay in cache
-            if training:
-                out = torch.cat([self.fft(chunk, param, bias) for chunk in x2.split(rows)])
-            else:  # each chunk's kernel writes its rows of the result: no copy
-                out = x2.new_empty(x2.shape[0], self.out_features)
-                for chunk, chunk_out in zip(x2.split(rows), out.split(rows)):
-                    self._infer(chunk, param, bias, chunk_out)
-        elif training:
-            gemm = self.kernel(x2.shape[0], x2.device.type, True) == "gemm"
-            out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.kind)
+        chunked = x2.shape[0] > rows and x2.device.type == "cpu"  # chunks of rows: their spectra stay in cache
+        if grad_recorded(input, param, bias):
+            gemm = self.kernel(rows if chunked else x2.shape[0], x2.device.type, True) == "gemm"
+            out = (BlockGemmFunction if gemm else BlockDFTFunction).apply(x2, param, bias, self.shape, self.kind,
+                                                                          rows if chunked else None)
+        elif chunked:  # each chunk's kernel writes its rows of the result: no copy
+            out = x2.new_empty(x2.shape[0], self.out_features)
+            for chunk, chunk_out in zip(x2.split(rows), out.split(rows)):
+                self._infer(chunk, param, bias, chunk_out)
         else:
             out = self._infer(x2, param, bias)
         return out if input.dim() == 2 else out.reshape(*input.shape[:-1], self.out_features)

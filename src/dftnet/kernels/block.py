@@ -36,7 +36,7 @@ from ..plan import BlockShape
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["block_matrix", "block_dense_forward", "block_forward", "weight_spectrum", "embedded_spectrum",
-           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
+           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference", "row_chunks"]
 
 
 def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -184,26 +184,34 @@ class BlockDFTFunction(Function):
     """z = W x + b for a q x p block-circulant W, x of shape (B, p), ``bias`` b or None, with the
     hand-derived backward (eager autograd; tracers and transforms use :func:`block_reference`).
 
-    Saved for backward: x and the parameter (for double backward), the embedded weight spectrum
-    (F, 2 C, 2 R) and the input spectrum X (F, B, C), so that backward needs one rfft (of the output
-    gradient), two batched matmuls and two irffts. The classic ``forward(ctx, ...)`` form, as
-    ``DFTLinearFunction``: ``apply`` of a ``setup_context`` Function binds its arguments with
+    With ``rows``, forward and backward run on chunks of that many rows, each writing its rows of the
+    result (the spectra of a chunk stay in cache and under malloc's mmap threshold: see
+    :func:`dftnet.plan.block_chunk_rows`); the weight's gradient is summed over the chunks in the frequency
+    domain. Saved for backward: x and the parameter (for double backward), the embedded weight spectrum
+    (F, 2 C, 2 R) and the input spectra X (F, rows, C) of the chunks, so that backward needs one rfft (of
+    the output gradient), two batched matmuls and one irfft per chunk. The classic ``forward(ctx, ...)``
+    form, as ``DFTLinearFunction``: ``apply`` of a ``setup_context`` Function binds its arguments with
     ``inspect.signature`` on every call.
     """
 
     @staticmethod
-    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT):
+    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT, rows: int | None = None):
         x = x.contiguous()  # one layout into the FFTs: a strided input gives what its copy gives, to the bit
         k = shape.block_size
-        X = _spectrum(x, shape.in_blocks, k)
         We = embedded_spectrum(param, kind)
-        ctx.shape, ctx.kind = shape, kind
-        ctx.save_for_backward(x, param, X, We)
-        return _add_bias(_inverse(_conj_product(X, We), k, shape.out_features), bias)
+        chunks = row_chunks(x, None if batched_grad(x) else rows)
+        out = x.new_empty(x.shape[0], shape.out_features) if len(chunks) > 1 else None
+        Xs = []
+        for xc, zc in zip(chunks, _outputs(out, rows, len(chunks))):
+            Xs.append(_spectrum(xc, shape.in_blocks, k))
+            z = _add_bias(_inverse(_conj_product(Xs[-1], We), k, shape.out_features, zc), bias)
+        ctx.shape, ctx.kind, ctx.rows = shape, kind, rows if len(Xs) > 1 else None
+        ctx.save_for_backward(x, param, We, *Xs)
+        return z if out is None else out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, param, X, We = ctx.saved_tensors
+        x, param, We, *Xs = ctx.saved_tensors
         shape, kind = ctx.shape, ctx.kind
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
@@ -217,14 +225,33 @@ class BlockDFTFunction(Function):
                 grad_x = BlockDFTFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
                 grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
-            return grad_x, grad_w, grad_b, None, None
-        k = shape.block_size
-        G = _spectrum(grad_out, shape.out_blocks, k)  # (F, B, R)
-        if need_x:
-            grad_x = _inverse(_conj_product(G, We.transpose(1, 2)), k, shape.in_features)
+            return grad_x, grad_w, grad_b, None, None, None
+        k, rows = shape.block_size, ctx.rows
+        if batched_grad(grad_out) and len(Xs) > 1:  # the engine's vmap: all rows at once, no out=
+            Xs, rows = [torch.cat(Xs, 1)], None
+        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(Xs) > 1 else None
+        S = None
+        for gc, X, gxc in zip(row_chunks(grad_out, rows), Xs, _outputs(out, rows, len(Xs))):
+            G = _spectrum(gc, shape.out_blocks, k)  # (F, rows, R)
+            if need_x:
+                grad_x = _inverse(_conj_product(G, We.transpose(1, 2)), k, shape.in_features, gxc)
+            if need_w:
+                P = _batch_product(G, X)
+                S = P if S is None else S.add_(P)
         if need_w:
-            grad_w = _param_from_spectrum(_batch_product(G, X), k, kind)
-        return grad_x, grad_w, grad_b, None, None
+            grad_w = _param_from_spectrum(S, k, kind)
+        return grad_x if out is None else out, grad_w, grad_b, None, None, None
+
+
+def row_chunks(t: Tensor, rows: int | None) -> tuple[Tensor, ...]:
+    """``t`` split into chunks of ``rows`` rows (views), or ``(t,)``: without ``rows`` or up to that many."""
+    return (t,) if rows is None or t.shape[0] <= rows else t.split(rows)
+
+
+def _outputs(out: Tensor | None, rows: int | None, chunks: int) -> tuple:
+    """Where each of the ``chunks`` chunks' kernel writes its rows: the chunks of ``out``, or None for each
+    (the kernel's own result: one chunk, or a result not wanted)."""
+    return (None,) * chunks if out is None else row_chunks(out, rows)
 
 
 class BlockWeightGradFunction(Function):

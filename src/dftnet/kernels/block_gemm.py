@@ -40,7 +40,7 @@ from torch.autograd import Function
 
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
-from .block import BlockWeightGradFunction, _truncated
+from .block import BlockWeightGradFunction, _outputs, _truncated, row_chunks
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
@@ -202,24 +202,32 @@ def gemm_forward(x: Tensor, Wp: Tensor, bias: Tensor | None, shape: BlockShape, 
 
 class BlockGemmFunction(Function):
     """z = W x + b for a q x p block-circulant W, x (B, p), by the real GEMM kernels, with the hand-derived
-    backward. Saved: x and the parameter (for double backward), the packed weight Wp (k, R, C) and the
-    packed input X (k, B, C), except for an input that needs a gradient at k <= ``RECOMPUTE_MAX_K``, whose X
+    backward; with ``rows``, on chunks of that many rows, as :class:`~dftnet.kernels.block.BlockDFTFunction`.
+    Saved: x and the parameter (for double backward), the packed weight Wp (k, R, C) and the chunks' packed
+    inputs X (k, rows, C), except for an input that needs a gradient at k <= ``RECOMPUTE_MAX_K``, whose X
     is recomputed from x in backward. Backward transforms the output gradient once and runs eight batched
-    GEMMs and one inverse transform. Double backward (``create_graph``) builds the gradients from
+    GEMMs and one inverse transform per chunk. Double backward (``create_graph``) builds the gradients from
     differentiable pieces, as :class:`~dftnet.kernels.block.BlockDFTFunction` does."""
 
     @staticmethod
-    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT):
+    def forward(ctx, x, param, bias, shape: BlockShape, kind: ParamKind = WEIGHT, rows: int | None = None):
         k = shape.block_size
         x = x.contiguous()  # one layout into the GEMMs: a strided input gives what its copy gives, to the bit
-        X = _packed(x, shape.in_blocks, k)
         Wp = packed_weight(param, kind)
-        ctx.shape, ctx.kind = shape, kind
+        chunks = row_chunks(x, None if batched_grad(x) else rows)
+        out = x.new_empty(x.shape[0], shape.out_features) if len(chunks) > 1 else None
         # an input that needs a gradient is an activation, kept anyway: up to RECOMPUTE_MAX_K its packed
         # form X (as large again) is recomputed in backward instead of kept
         recompute = x.requires_grad and k <= RECOMPUTE_MAX_K
-        ctx.save_for_backward(x, param, None if recompute else X, Wp)
-        return _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features), bias)
+        Xs = []
+        for xc, zc in zip(chunks, _outputs(out, rows, len(chunks))):
+            X = _packed(xc, shape.in_blocks, k)
+            z = _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features, zc), bias)
+            if not recompute:
+                Xs.append(X)
+        ctx.shape, ctx.kind, ctx.rows = shape, kind, rows if len(chunks) > 1 else None
+        ctx.save_for_backward(x, param, Wp, *Xs)
+        return z if out is None else out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -228,7 +236,7 @@ class BlockGemmFunction(Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        x, param, X, Wp = ctx.saved_tensors
+        x, param, Wp, *Xs = ctx.saved_tensors
         shape, kind = ctx.shape, ctx.kind
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous()  # as the input: one layout into the GEMMs and the bias's sum
@@ -241,13 +249,21 @@ class BlockGemmFunction(Function):
                 grad_x = BlockGemmFunction.apply(grad_out, weight.transpose(0, 1), None, shape.transpose())
             if need_w:
                 grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
-            return grad_x, grad_w, grad_b, None, None
-        k = shape.block_size
-        G = _packed(grad_out, shape.out_blocks, k)  # (k, B, R)
-        if need_x:
-            grad_x = _product(G, Wp, shape.in_features)
+            return grad_x, grad_w, grad_b, None, None, None
+        k, rows = shape.block_size, ctx.rows
+        if batched_grad(grad_out):  # the engine's vmap: all rows at once, no out=
+            Xs, rows = [torch.cat(Xs, 1)] if len(Xs) > 1 else Xs, None
+        chunks = row_chunks(grad_out, rows)
+        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(chunks) > 1 else None
+        S = None
+        Xs = Xs or [None] * len(chunks)  # None: recomputed from the chunk of x
+        for gc, xc, X, gxc in zip(chunks, row_chunks(x, rows), Xs, _outputs(out, rows, len(chunks))):
+            G = _packed(gc, shape.out_blocks, k)  # (k, rows, R)
+            if need_x:
+                grad_x = _product(G, Wp, shape.in_features, gxc)
+            if need_w:
+                P = _weight_product(G, _packed(xc, shape.in_blocks, k) if X is None else X)
+                S = P if S is None else S.add_(P)
         if need_w:
-            if X is None:
-                X = _packed(x, shape.in_blocks, k)
-            grad_w = _param_grad(_weight_product(G, X), k, kind)
-        return grad_x, grad_w, grad_b, None, None
+            grad_w = _param_grad(S, k, kind)
+        return grad_x if out is None else out, grad_w, grad_b, None, None, None
