@@ -205,7 +205,7 @@ class BlockDFTFunction(Function):
         for xc, zc in zip(chunks, _outputs(out, rows, len(chunks))):
             Xs.append(_spectrum(xc, shape.in_blocks, k))
             z = _add_bias(_inverse(_conj_product(Xs[-1], We), k, shape.out_features, zc), bias)
-        ctx.shape, ctx.kind, ctx.rows = shape, kind, rows if len(Xs) > 1 else None
+        ctx.shape, ctx.kind, ctx.rows = shape, kind, rows if len(chunks) > 1 else None
         ctx.save_for_backward(x, param, We, *Xs)
         return z if out is None else out
 
@@ -227,11 +227,12 @@ class BlockDFTFunction(Function):
                 grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
             return grad_x, grad_w, grad_b, None, None, None
         k, rows = shape.block_size, ctx.rows
-        if batched_grad(grad_out) and len(Xs) > 1:  # the engine's vmap: all rows at once, no out=
-            Xs, rows = [torch.cat(Xs, 1)], None
-        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(Xs) > 1 else None
+        if batched_grad(grad_out):  # the engine's vmap: all rows at once, no out=
+            Xs, rows = [torch.cat(Xs, 1)] if len(Xs) > 1 else Xs, None
+        chunks = row_chunks(grad_out, rows)
+        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(chunks) > 1 else None
         S = None
-        for gc, X, gxc in zip(row_chunks(grad_out, rows), Xs, _outputs(out, rows, len(Xs))):
+        for gc, X, gxc in zip(chunks, Xs, _outputs(out, rows, len(chunks))):
             G = _spectrum(gc, shape.out_blocks, k)  # (F, rows, R)
             if need_x:
                 grad_x = _inverse(_conj_product(G, We.transpose(1, 2)), k, shape.in_features, gxc)
