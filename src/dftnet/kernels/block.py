@@ -36,7 +36,7 @@ from ..plan import BlockShape
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["block_matrix", "block_dense_forward", "block_forward", "weight_spectrum", "embedded_spectrum",
-           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference", "row_chunks"]
+           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference", "row_chunks", "backward_chunks"]
 
 
 def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -226,13 +226,10 @@ class BlockDFTFunction(Function):
             if need_w:
                 grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
             return grad_x, grad_w, grad_b, None, None, None
-        k, rows = shape.block_size, ctx.rows
-        if batched_grad(grad_out):  # the engine's vmap: all rows at once, no out=
-            Xs, rows = [torch.cat(Xs, 1)] if len(Xs) > 1 else Xs, None
-        chunks = row_chunks(grad_out, rows)
-        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(chunks) > 1 else None
+        k = shape.block_size
+        chunks, Xs, _, out, outs = backward_chunks(grad_out, Xs, ctx.rows, shape.in_features, need_x)
         S = None
-        for gc, X, gxc in zip(chunks, Xs, _outputs(out, rows, len(chunks))):
+        for gc, X, gxc in zip(chunks, Xs, outs):
             G = _spectrum(gc, shape.out_blocks, k)  # (F, rows, R)
             if need_x:
                 grad_x = _inverse(_conj_product(G, We.transpose(1, 2)), k, shape.in_features, gxc)
@@ -253,6 +250,19 @@ def _outputs(out: Tensor | None, rows: int | None, chunks: int) -> tuple:
     """Where each of the ``chunks`` chunks' kernel writes its rows: the chunks of ``out``, or None for each
     (the kernel's own result: one chunk, or a result not wanted)."""
     return (None,) * chunks if out is None else row_chunks(out, rows)
+
+
+def backward_chunks(grad_out: Tensor, saved: list[Tensor], rows: int | None, in_features: int, need_x: bool
+                    ) -> tuple[tuple[Tensor, ...], list, int | None, Tensor | None, tuple]:
+    """A block kernel's backward in the chunks of its forward: ``(grad_out's chunks, each chunk's saved input
+    spectrum (None where none was saved), rows (None: one chunk), grad_input (B, p) that the chunks write or
+    None, where each chunk's grad_input goes)``. Under the autograd engine's vmap (batched gradients): all
+    rows at once, and no ``out=``."""
+    if batched_grad(grad_out):
+        saved, rows = [torch.cat(saved, 1)] if len(saved) > 1 else saved, None
+    chunks = row_chunks(grad_out, rows)
+    out = grad_out.new_empty(grad_out.shape[0], in_features) if need_x and len(chunks) > 1 else None
+    return chunks, saved or [None] * len(chunks), rows, out, _outputs(out, rows, len(chunks))
 
 
 class BlockWeightGradFunction(Function):

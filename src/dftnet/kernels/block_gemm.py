@@ -40,7 +40,7 @@ from torch.autograd import Function
 
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
-from .block import BlockWeightGradFunction, _outputs, _truncated, row_chunks
+from .block import BlockWeightGradFunction, _outputs, _truncated, backward_chunks, row_chunks
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
@@ -250,14 +250,10 @@ class BlockGemmFunction(Function):
             if need_w:
                 grad_w = kind.from_weight_grad(BlockWeightGradFunction.apply(grad_out, x, shape))
             return grad_x, grad_w, grad_b, None, None, None
-        k, rows = shape.block_size, ctx.rows
-        if batched_grad(grad_out):  # the engine's vmap: all rows at once, no out=
-            Xs, rows = [torch.cat(Xs, 1)] if len(Xs) > 1 else Xs, None
-        chunks = row_chunks(grad_out, rows)
-        out = grad_out.new_empty(grad_out.shape[0], shape.in_features) if need_x and len(chunks) > 1 else None
+        k = shape.block_size
+        chunks, Xs, rows, out, outs = backward_chunks(grad_out, Xs, ctx.rows, shape.in_features, need_x)
         S = None
-        Xs = Xs or [None] * len(chunks)  # None: recomputed from the chunk of x
-        for gc, xc, X, gxc in zip(chunks, row_chunks(x, rows), Xs, _outputs(out, rows, len(chunks))):
+        for gc, xc, X, gxc in zip(chunks, row_chunks(x, rows), Xs, outs):  # X None: recomputed from xc
             G = _packed(gc, shape.out_blocks, k)  # (k, rows, R)
             if need_x:
                 grad_x = _product(G, Wp, shape.in_features, gxc)
