@@ -35,7 +35,7 @@ def layer(request, monkeypatch):
     if chunked:
         import dftnet.kernels.circulant as kernels
 
-        monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(kernels, "ONE_CHUNK_BYTES", 0)
         monkeypatch.setattr(kernels, "MIN_CHUNK_ROWS", 3)
         monkeypatch.setattr(kernels, "SMALL_BATCH_ROWS", 0)
     layer = make().to(F64)

@@ -82,9 +82,27 @@ def tiny_chunks(monkeypatch):
     """Make the fast kernels split every batch into chunks of 3 rows (a partial last chunk included)."""
     import dftnet.kernels.circulant as kernels
 
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "ONE_CHUNK_BYTES", 0)
     monkeypatch.setattr(kernels, "MIN_CHUNK_ROWS", 3)
     monkeypatch.setattr(kernels, "SMALL_BATCH_ROWS", 0)  # not the few-rows kernels
+
+
+def test_row_chunks_one_call_up_to_one_chunk_bytes_then_rows_per_thread(monkeypatch):
+    """A call whose spectrum fits ONE_CHUNK_BYTES is one chunk; a larger one runs in equal chunks of about
+    CHUNK_ROWS rows a CPU thread, within CHUNK_MIN_BYTES a thread and ONE_CHUNK_BYTES of spectrum;
+    DEVICE_CHUNK_BYTES off the CPU."""
+    import dftnet.kernels.circulant as kernels
+
+    c64, cpu = torch.complex64, torch.device("cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert kernels._chunk_rows(2048, c64, 500, cpu) == 500  # 4.1 MB of spectrum: one chunk
+    assert kernels._chunk_rows(2048, c64, 1024, cpu) == 128  # 8 chunks of 128 rows (1.05 MB)
+    assert kernels._chunk_rows(512, c64, 8192, cpu) == 482  # 128 rows: 0.26 MB; 1 MiB is 510 rows: 17 chunks
+    assert kernels._chunk_rows(16384, c64, 128, cpu) == 43  # 128 rows would be 8.4 MB: 4 MiB, 63 rows
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert kernels._chunk_rows(2048, c64, 1024, cpu) == 256  # 4 chunks of 256 rows
+    assert kernels._chunk_rows(2048, c64, 1024, torch.device("meta")) == 342  # 3 chunks of at most 4 MiB
+    assert kernels._chunk_rows(1 << 20, c64, 64, cpu) == kernels.MIN_CHUNK_ROWS
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -65,7 +65,7 @@ def test_spectrum_kernels_match_dense(p, q, lead, method):
 def test_chunked_spectrum_kernels_match_dense(monkeypatch, p, q):
     import dftnet.kernels.circulant as kernels
 
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "ONE_CHUNK_BYTES", 0)
     monkeypatch.setattr(kernels, "MIN_CHUNK_ROWS", 3)
     monkeypatch.setattr(kernels, "SMALL_BATCH_ROWS", 0)
     for L in routes(p, q):

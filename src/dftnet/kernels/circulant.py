@@ -29,7 +29,8 @@ from ..plan import Plan
 from .circulant_reference import circulant_view, dense_forward, dft_matrix, dft_reference
 from .taps import WEIGHT, ParamKind, weight_taps
 
-__all__ = ["transpose_plan", "dft_forward", "CHUNK_BYTES", "MIN_CHUNK_ROWS", "SMALL_BATCH_ROWS",
+__all__ = ["transpose_plan", "dft_forward", "ONE_CHUNK_BYTES", "CHUNK_ROWS", "CHUNK_MIN_BYTES", "DEVICE_CHUNK_BYTES",
+           "MIN_CHUNK_ROWS", "SMALL_BATCH_ROWS",
            # the reference forms, from their own module
            "circulant_view", "dense_forward", "dft_matrix", "dft_reference"]
 
@@ -39,28 +40,42 @@ def transpose_plan(plan: Plan) -> Plan:
     return Plan(plan.out_features, plan.in_features, plan.n, plan.fft_size)
 
 
-# Row chunks: the fast kernels transform CHUNK_BYTES of spectrum at a time, so a chunk's spectra stay in the
-# last-level cache between its FFTs and its elementwise passes, and no (batch, L) temporary is allocated
-# beyond the result and the saved spectrum (fresh large allocations cost page faults on CPU). A chunk has at
-# least MIN_CHUNK_ROWS rows: every FFT call has a fixed cost of O(L). 8 MiB rather than 16: the same speed or
-# better for forward + backward (interleaved A/B at 1 thread, 512x2048 and 2048x512 at 4096 rows, 784x4096 at
-# 128, 4096x4096 at 256, 16384x16384 at 64), and a lower peak step memory. 4 MiB rather than 8 on an AMD EPYC
-# (AVX2, 1 thread, medians of interleaved turns in thread CPU time): forward + backward 3-5% faster at
-# 512x2048, 2048x512 and 2048x8192 on 1,024 rows and 16384x16384 on 128 (with the diagonal's products
-# done chunk by chunk in backward).
-CHUNK_BYTES = 4 << 20
+# Row chunks: a call whose spectrum fits in ONE_CHUNK_BYTES runs as one chunk; a larger one runs in chunks, so
+# a chunk's spectra stay in cache between its FFTs and its elementwise passes, and no (batch, L) temporary is
+# allocated beyond the result and the saved spectrum (fresh large allocations cost page faults on CPU). On CPU
+# a chunk has CHUNK_ROWS rows a thread, but at least CHUNK_MIN_BYTES of spectrum a thread (every FFT call has
+# a fixed cost of O(L)) and at most ONE_CHUNK_BYTES; off the CPU, DEVICE_CHUNK_BYTES of spectrum (not measured
+# there). Before, every call took chunks of 4 MiB (8 MiB rather than 16 on a Xeon, 4 rather than 8 on an AMD
+# EPYC: 3-5% faster). Against that, on the EPYC (fwd+bwd, interleaved turns in one process, 30 each, medians;
+# thread CPU time on 1 thread, wall time on 2): on 1 thread 2-10% faster at 512x2048, 2048x512, 4096x1024 and
+# 2048x2048 on 512-1,024 rows, 1024x1024 on 2,048 and 512x2048 on 8,192 (a chunk at L = 2048: 128 rows instead
+# of 342), the other cells within +-1.5% (L = 8192 and 16384 keep their chunks); on 2 threads within +-3%.
+# The GPT's training step at d = 512 with DFT MLPs took 0.91x dense's peak memory before and 0.83x after.
+ONE_CHUNK_BYTES = 4 << 20
+CHUNK_ROWS = 128
+CHUNK_MIN_BYTES = 1 << 20
+DEVICE_CHUNK_BYTES = 4 << 20
 MIN_CHUNK_ROWS = 8
 # Up to this many rows, the weight's FFT rides in the same call as the input's, and the weight gradient's
 # inverse FFT in the same call as grad_input's: for a few rows, a call's fixed cost exceeds the copies.
 SMALL_BATCH_ROWS = 16
 
 
-def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int) -> int:
-    """Rows per chunk for M rows: at most CHUNK_BYTES of spectrum, and chunks of equal size (not 127 + 1)."""
+def _chunk_rows(L: int, spectrum_dtype: torch.dtype, M: int, device: torch.device) -> int:
+    """Rows per chunk for M rows: all of them up to ONE_CHUNK_BYTES of spectrum; else, on CPU, CHUNK_ROWS a
+    thread, but at least CHUNK_MIN_BYTES of spectrum a thread and at most ONE_CHUNK_BYTES (off the CPU,
+    DEVICE_CHUNK_BYTES); at least MIN_CHUNK_ROWS, in chunks of equal size (not 127 + 1)."""
     row_bytes = (L // 2 + 1) * spectrum_dtype.itemsize
-    rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // row_bytes)
+    if M * row_bytes <= ONE_CHUNK_BYTES:
+        return max(M, 1)
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        rows = min(max(CHUNK_ROWS * threads, CHUNK_MIN_BYTES * threads // row_bytes), ONE_CHUNK_BYTES // row_bytes)
+    else:
+        rows = DEVICE_CHUNK_BYTES // row_bytes
+    rows = max(MIN_CHUNK_ROWS, rows)
     chunks = -(-M // rows)
-    return max(1, -(-M // chunks)) if chunks > 1 else rows
+    return max(1, -(-M // chunks))
 
 
 def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, kind: ParamKind, cWf: torch.Tensor | None
@@ -69,7 +84,7 @@ def _spectra(x2: torch.Tensor, param: torch.Tensor, plan: Plan, kind: ParamKind,
     from one batched FFT of [x2; taps]; otherwise X is None (computed chunk by chunk). ``cWf`` may be
     given (a cached one)."""
     M, p = x2.shape
-    small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M))
+    small = 0 < M <= min(SMALL_BATCH_ROWS, _chunk_rows(plan.fft_size, x2.dtype.to_complex(), M, x2.device))
     if cWf is not None or not small or not kind.inverts_gradient(plan):
         return (torch.fft.rfft(x2, plan.fft_size) if small else None), (
             kind.conj_spectrum(param, plan) if cWf is None else cWf)
@@ -93,7 +108,7 @@ def _correlate_rows(
     product in place. X is kept (for backward) only if ``keep``; otherwise it is overwritten.
     """
     M = x2.shape[0]
-    rows = _chunk_rows(L, cWf.dtype, M)
+    rows = _chunk_rows(L, cWf.dtype, M, cWf.device)
     if M <= rows:  # one chunk: the FFT's output is the result, no copy
         if X is None:
             X = torch.fft.rfft(x2, L)
@@ -144,7 +159,7 @@ def _backward_rows(
         return torch.fft.rfft(x2[rows] if diag is None else x2[rows] * diag, L)
 
     M = g2.shape[0]
-    rows = _chunk_rows(L, cWf.dtype, M)
+    rows = _chunk_rows(L, cWf.dtype, M, cWf.device)
     if M <= rows:  # one chunk: few ops (each costs microseconds next to the FFTs of a few rows)
         G = torch.fft.rfft(g2, L)
         S = None
@@ -219,7 +234,7 @@ def _forward(x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind, c
     spectrum (empty unless ``save_spectrum``; shape (rows, L // 2 + 1), the leading dimensions flattened)
     and the conjugate weight spectrum."""
     x2 = _rows(x)
-    if diag is not None and x2.shape[0] <= _chunk_rows(plan.fft_size, x2.dtype.to_complex(), x2.shape[0]):
+    if diag is not None and x2.shape[0] <= _chunk_rows(plan.fft_size, x2.dtype.to_complex(), x2.shape[0], x2.device):
         x2, diag = x2 * diag, None  # one chunk: the product whole
     X, cWf = _spectra(x2, param, plan, kind, cWf)
     z, X = _correlate_rows(x2, cWf, plan.fft_size, plan.out_features, bias, save_spectrum, X, diag)
@@ -231,7 +246,7 @@ def _forward(x, param, bias, plan: Plan, save_spectrum: bool, kind: ParamKind, c
 def _sum_rows_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(0)`` for (M, p) tensors, a chunk of rows at a time (no (M, p) temporary)."""
     M, p = a.shape
-    rows = max(1, CHUNK_BYTES // max(1, p * a.element_size()))
+    rows = max(1, ONE_CHUNK_BYTES // max(1, p * a.element_size()))
     if M <= rows:
         return (a * b).sum(0)
     out = a.new_zeros(p)
