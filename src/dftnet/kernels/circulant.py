@@ -49,7 +49,7 @@ def transpose_plan(plan: Plan) -> Plan:
 # EPYC: 3-5% faster). Against that, on the EPYC (fwd+bwd, interleaved turns in one process, 30 each, medians;
 # thread CPU time on 1 thread, wall time on 2): on 1 thread 2-10% faster at 512x2048, 2048x512, 4096x1024 and
 # 2048x2048 on 512-1,024 rows, 1024x1024 on 2,048 and 512x2048 on 8,192 (a chunk at L = 2048: 128 rows instead
-# of 342), the other cells within +-1.5% (L = 8192 and 16384 keep their chunks); on 2 threads within +-3%.
+# of 342), the other cells -1.4% to +3.8% (L = 8192 and 16384 keep their chunks); on 2 threads within +-3%.
 # The GPT's training step at d = 512 with DFT MLPs took 0.91x dense's peak memory before and 0.83x after.
 ONE_CHUNK_BYTES = 4 << 20
 CHUNK_ROWS = 128
