@@ -33,10 +33,11 @@ from torch.autograd import Function
 
 from .._compat import batched_grad
 from ..plan import BlockShape
+from .row_chunks import backward_chunks, chunk_outputs, row_chunks
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["block_matrix", "block_dense_forward", "block_forward", "weight_spectrum", "embedded_spectrum",
-           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference", "row_chunks", "backward_chunks"]
+           "BlockDFTFunction", "BlockWeightGradFunction", "block_reference"]
 
 
 def block_matrix(weight: Tensor, in_features: int, out_features: int) -> Tensor:
@@ -202,7 +203,7 @@ class BlockDFTFunction(Function):
         chunks = row_chunks(x, None if batched_grad(x) else rows)
         out = x.new_empty(x.shape[0], shape.out_features) if len(chunks) > 1 else None
         Xs = []
-        for xc, zc in zip(chunks, _outputs(out, rows, len(chunks))):
+        for xc, zc in zip(chunks, chunk_outputs(out, rows, len(chunks))):
             Xs.append(_spectrum(xc, shape.in_blocks, k))
             z = _add_bias(_inverse(_conj_product(Xs[-1], We), k, shape.out_features, zc), bias)
         ctx.shape, ctx.kind, ctx.rows = shape, kind, rows if len(chunks) > 1 else None
@@ -239,30 +240,6 @@ class BlockDFTFunction(Function):
         if need_w:
             grad_w = _param_from_spectrum(S, k, kind)
         return grad_x if out is None else out, grad_w, grad_b, None, None, None
-
-
-def row_chunks(t: Tensor, rows: int | None) -> tuple[Tensor, ...]:
-    """``t`` split into chunks of ``rows`` rows (views), or ``(t,)``: without ``rows`` or up to that many."""
-    return (t,) if rows is None or t.shape[0] <= rows else t.split(rows)
-
-
-def _outputs(out: Tensor | None, rows: int | None, chunks: int) -> tuple:
-    """Where each of the ``chunks`` chunks' kernel writes its rows: the chunks of ``out``, or None for each
-    (the kernel's own result: one chunk, or a result not wanted)."""
-    return (None,) * chunks if out is None else row_chunks(out, rows)
-
-
-def backward_chunks(grad_out: Tensor, saved: list[Tensor], rows: int | None, in_features: int, need_x: bool
-                    ) -> tuple[tuple[Tensor, ...], list, int | None, Tensor | None, tuple]:
-    """A block kernel's backward in the chunks of its forward: ``(grad_out's chunks, each chunk's saved input
-    spectrum (None where none was saved), rows (None: one chunk), grad_input (B, p) that the chunks write or
-    None, where each chunk's grad_input goes)``. Under the autograd engine's vmap (batched gradients): all
-    rows at once, and no ``out=``."""
-    if batched_grad(grad_out):
-        saved, rows = [torch.cat(saved, 1)] if len(saved) > 1 else saved, None
-    chunks = row_chunks(grad_out, rows)
-    out = grad_out.new_empty(grad_out.shape[0], in_features) if need_x and len(chunks) > 1 else None
-    return chunks, saved or [None] * len(chunks), rows, out, _outputs(out, rows, len(chunks))
 
 
 class BlockWeightGradFunction(Function):

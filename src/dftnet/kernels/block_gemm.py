@@ -40,7 +40,8 @@ from torch.autograd import Function
 
 from .._compat import batched_grad, cached
 from ..plan import BlockShape
-from .block import BlockWeightGradFunction, _outputs, _truncated, backward_chunks, row_chunks
+from .block import BlockWeightGradFunction, _truncated
+from .row_chunks import backward_chunks, chunk_outputs, row_chunks
 from .taps import WEIGHT, ParamKind
 
 __all__ = ["dft_matrices", "param_matrix", "packed_weight", "gemm_forward", "BlockGemmFunction"]
@@ -220,7 +221,7 @@ class BlockGemmFunction(Function):
         # form X (as large again) is recomputed in backward instead of kept
         recompute = x.requires_grad and k <= RECOMPUTE_MAX_K
         Xs = []
-        for xc, zc in zip(chunks, _outputs(out, rows, len(chunks))):
+        for xc, zc in zip(chunks, chunk_outputs(out, rows, len(chunks))):
             X = _packed(xc, shape.in_blocks, k)
             z = _add_bias(_product(X, Wp.transpose(1, 2), shape.out_features, zc), bias)
             if not recompute:
