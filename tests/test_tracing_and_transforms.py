@@ -91,6 +91,31 @@ def test_compile_fullgraph_forward_and_backward(make):
     torch.testing.assert_close(gs, gs_e, **tol)
 
 
+@pytest.mark.parametrize("make_auto", [lambda: DFTLinear(96, 64), lambda: BlockDFTLinear(96, 64, 16)],
+                         ids=["dft", "block"])
+def test_compile_fullgraph_and_export_choose_the_route_too(make_auto):
+    """The default method="auto": the route choice (its cost model reads torch's thread count) traces."""
+    torch._dynamo.reset()
+    layer = make_auto().double()
+    x = torch.randn(8, layer.in_features, dtype=F64, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
+    grads_e = torch.autograd.grad(layer(x).pow(2).sum(), (x, layer.spectrum))
+    tol = {"rtol": 0, "atol": 1e-10}
+    torch.testing.assert_close(y, layer(x), **tol)
+    for g, g_e in zip(grads, grads_e):
+        torch.testing.assert_close(g, g_e, **tol)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), **tol)
+    from torch.export import Dim, export
+
+    program = export(layer.eval(), (x.detach(),), dynamic_shapes={"input": {0: Dim("batch", min=1)}})
+    for batch in (1, 300):
+        xb = torch.randn(batch, layer.in_features, dtype=F64)
+        torch.testing.assert_close(program.module()(xb), layer(xb), **tol)
+
+
 def test_export_with_a_dynamic_batch(make):
     from torch.export import Dim, export
 

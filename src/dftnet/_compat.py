@@ -30,8 +30,9 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["functorch_active", "tracing", "has_tangent", "in_dual_level", "cached", "batched_grad", "grad_recorded",
-           "version_counter", "no_torch_function_subclass", "tree_flatten", "tree_map"]
+__all__ = ["functorch_active", "tracing", "intra_op_threads", "has_tangent", "in_dual_level", "cached",
+           "batched_grad", "grad_recorded", "version_counter", "no_torch_function_subclass", "tree_flatten",
+           "tree_map"]
 
 _are_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
@@ -54,6 +55,13 @@ def batched_grad(t: torch.Tensor) -> bool:
 def tracing() -> bool:
     """True while torch.compile or torch.export traces, or a torch.func transform runs."""
     return torch.compiler.is_compiling() or functorch_active()
+
+
+@torch.compiler.assume_constant_result
+def intra_op_threads() -> int:
+    """``torch.get_num_threads()``; torch.compile, which cannot trace it, reads it once, as a constant of
+    the graph (the route choices it feeds are exact either way)."""
+    return torch.get_num_threads()
 
 
 def in_dual_level() -> bool:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._compat import cached
+from ._compat import cached, intra_op_threads
 
 # Measured with torch's CPU FFT on 2 cores: cost per L log L relative to a power of two.
 _PENALTY_SMOOTH = 1.2  # 2^a * m, a >= 3, m odd and 7-smooth (1000, 1536, 1600, 8640): 0.8-1.4x
@@ -236,7 +236,7 @@ def _cpu_threads(device: torch.device, threads: int | None = None) -> int:
     """The thread count the cost models scale CPU costs by: ``threads`` or torch's; 1 off the CPU."""
     if device.type != "cpu":
         return 1
-    return torch.get_num_threads() if threads is None else threads
+    return intra_op_threads() if threads is None else threads
 
 
 def block_kernel(in_features: int, out_features: int, block_size: int, batch: int, device: torch.device,

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .._compat import grad_recorded, version_counter
+from .._compat import grad_recorded, intra_op_threads, version_counter
 from ..kernels.block import (
     BlockDFTFunction,
     block_dense_forward,
@@ -100,7 +100,7 @@ class _Structure:
         return self.kind.weight(param)
 
     def dense_cheaper(self, batch: int, device_type: str, training: bool) -> bool:
-        key = (batch, device_type, training, torch.get_num_threads())
+        key = (batch, device_type, training, intra_op_threads())
         dense = self._routes.get(key)
         if dense is None:
             dense = self._dense_cheaper(batch, torch.device(device_type), training)
@@ -198,7 +198,7 @@ class BlockCirculant(_Structure):
     def kernel(self, batch: int, device_type: str, training: bool) -> str:
         """The FFT route's kernel for this call: "gemm" or "fft" (kept per batch, device type, training and
         number of threads)."""
-        key = (batch, device_type, training, torch.get_num_threads())
+        key = (batch, device_type, training, intra_op_threads())
         kernel = self._kernels.get(key)
         if kernel is None:
             s = self.shape
