@@ -1,5 +1,5 @@
 """Drop-in wherever nn.Linear goes: forward-mode AD, torch.func, compile(fullgraph=True), dynamic
-torch.export, ONNX, no host syncs, CUDA graphs. Every case for both layers, on the FFT route."""
+torch.export, torch.jit.trace, ONNX, no host syncs, CUDA graphs. Every case for both layers, on the FFT route."""
 
 import pytest
 import torch
@@ -114,6 +114,22 @@ def test_compile_fullgraph_and_export_choose_the_route_too(make_auto):
     for batch in (1, 300):
         xb = torch.randn(batch, layer.in_features, dtype=F64)
         torch.testing.assert_close(program.module()(xb), layer(xb), **tol)
+
+
+def test_jit_trace_forward_and_backward(make):
+    """torch.jit.trace records the reference form (plain ops, no inference memo): the same graph on every
+    invocation of its checks, and the traced module gives eager's results and gradients at other batches."""
+    layer = make(dtype=F64)
+    traced = torch.jit.trace(layer, (torch.randn(8, layer.in_features, dtype=F64),))
+    x = torch.randn(3, layer.in_features, dtype=F64, requires_grad=True)
+    y = traced(x)
+    gx, gs = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
+    y_e = layer(x)
+    gx_e, gs_e = torch.autograd.grad(y_e.pow(2).sum(), (x, layer.spectrum))
+    tol = {"rtol": 0, "atol": 1e-10}
+    torch.testing.assert_close(y, y_e, **tol)
+    torch.testing.assert_close(gx, gx_e, **tol)
+    torch.testing.assert_close(gs, gs_e, **tol)
 
 
 def test_export_with_a_dynamic_batch(make):

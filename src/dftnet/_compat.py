@@ -53,8 +53,8 @@ def batched_grad(t: torch.Tensor) -> bool:
 
 
 def tracing() -> bool:
-    """True while torch.compile or torch.export traces, or a torch.func transform runs."""
-    return torch.compiler.is_compiling() or functorch_active()
+    """True while torch.compile, torch.export or ``torch.jit.trace`` traces, or a torch.func transform runs."""
+    return torch.compiler.is_compiling() or functorch_active() or torch.jit.is_tracing()
 
 
 @torch.compiler.assume_constant_result

@@ -64,7 +64,7 @@ def spectrum_to_weight(spectrum: Tensor, scale: float) -> Tensor:
     """``w = H(spectrum) * scale / n``: the structured weight from its stored spectrum (differentiable)."""
     if spectrum.dtype in (torch.float16, torch.bfloat16):  # no half FFTs on CPU
         return spectrum_to_weight(spectrum.float(), scale).to(spectrum.dtype)
-    n = spectrum.shape[-1]
+    n = int(spectrum.shape[-1])  # under torch.jit.trace a size is a tensor, whose arithmetic rounds in float32
     if by_cas_matrix(spectrum):
         return spectrum @ _replicated_like(cas_matrix(n, float(scale), spectrum.device, spectrum.dtype), spectrum)
     # scaled first: the spectrum's gradient is then the scaling's fresh, contiguous product, not the real

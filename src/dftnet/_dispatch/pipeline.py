@@ -10,9 +10,10 @@ shapes and types:
 2. The dense route (multiply by the materialised matrix) where the structure's cost model says it is
    cheaper, for empty inputs, or with ``method="dense"``; otherwise the FFT route.
 3. Eager autograd gets the hand-written kernels. Tracers and transforms (torch.compile, torch.export,
-   torch.func) and forward-mode AD get the structure's reference form, plain differentiable torch ops:
-   one graph, no branch on the batch size (the cost model then assumes a batch of ``TRACE_BATCH`` rows
-   unless the batch is a plain int), and autograd derives jvp, vmap and higher derivatives.
+   torch.jit.trace, torch.func) and forward-mode AD get the structure's reference form, plain
+   differentiable torch ops: one graph, no branch on the batch size (the cost model then assumes a batch
+   of ``TRACE_BATCH`` rows unless the batch is a plain int), and autograd derives jvp, vmap and higher
+   derivatives.
 4. Nothing here reads a tensor's values on the host: no device synchronisation. With
    ``exact_extremes=True`` (one sync per call) inputs or weights with inf, nan or extreme magnitudes
    (outside ``2^+-40`` in float32) go through :func:`_fft_guarded`, which gives what the dense product
