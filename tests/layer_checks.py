@@ -36,19 +36,22 @@ def check_leading_shapes(layer):
         assert x.grad.shape == x.shape
 
 
-def check_compile_matches_eager(layer, x, **compile_kwargs):
-    """torch.compile gives the eager forward and the eager gradients of input and weight (float64: the
-    compiled graph runs the reference form, eager the hand-written kernels, the same math in another order)."""
-    layer, x = layer.double(), x.detach().double().requires_grad_(True)
-    compiled = torch.compile(layer, **compile_kwargs)
+def assert_matches_eager(run, layer, x, rtol=0.0, atol=1e-10):
+    """``run(x)`` (a compiled, traced or exported form of ``layer``) gives the eager forward and the eager
+    gradients of ``sum(y^2)`` w.r.t. the input and the spectrum, to ``rtol``/``atol`` (float64: the traced
+    forms run the reference form, eager the hand-written kernels, the same math in another order)."""
+    y = run(x)
+    grads = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
     y_eager = layer(x)
-    gx_eager, gw_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.spectrum))
-    y_comp = compiled(x)
-    gx_comp, gw_comp = torch.autograd.grad(y_comp.pow(2).sum(), (x, layer.spectrum))
-    tol = {"rtol": 1e-10, "atol": 1e-10}
-    torch.testing.assert_close(y_comp, y_eager, **tol)
-    torch.testing.assert_close(gx_comp, gx_eager, **tol)
-    torch.testing.assert_close(gw_comp, gw_eager, **tol)
+    grads_eager = torch.autograd.grad(y_eager.pow(2).sum(), (x, layer.spectrum))
+    for got, ref in ((y, y_eager), *zip(grads, grads_eager)):
+        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
+
+
+def check_compile_matches_eager(layer, x, **compile_kwargs):
+    """torch.compile gives the eager forward and the eager gradients of input and weight."""
+    layer, x = layer.double(), x.detach().double().requires_grad_(True)
+    assert_matches_eager(torch.compile(layer, **compile_kwargs), layer, x, rtol=1e-10)
 
 
 def check_trains(model, in_features, classes):

@@ -3,6 +3,7 @@ torch.export, torch.jit.trace, ONNX, no host syncs, CUDA graphs. Every case for 
 
 import pytest
 import torch
+from layer_checks import assert_matches_eager
 from torch import nn
 from torch.autograd import forward_ad
 from torch.func import functional_call, hessian, jacfwd, jvp
@@ -80,15 +81,7 @@ def test_compile_fullgraph_forward_and_backward(make):
     torch._dynamo.reset()
     layer = make(dtype=F64)
     x = torch.randn(8, layer.in_features, dtype=F64, requires_grad=True)
-    compiled = torch.compile(layer, fullgraph=True)
-    y = compiled(x)
-    gx, gs = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
-    y_e = layer(x)
-    gx_e, gs_e = torch.autograd.grad(y_e.pow(2).sum(), (x, layer.spectrum))
-    tol = {"rtol": 0, "atol": 1e-10}
-    torch.testing.assert_close(y, y_e, **tol)
-    torch.testing.assert_close(gx, gx_e, **tol)
-    torch.testing.assert_close(gs, gs_e, **tol)
+    assert_matches_eager(torch.compile(layer, fullgraph=True), layer, x)
 
 
 @pytest.mark.parametrize("make_auto", [lambda: DFTLinear(96, 64), lambda: BlockDFTLinear(96, 64, 16)],
@@ -99,13 +92,8 @@ def test_compile_fullgraph_and_export_choose_the_route_too(make_auto):
     layer = make_auto().double()
     x = torch.randn(8, layer.in_features, dtype=F64, requires_grad=True)
     compiled = torch.compile(layer, fullgraph=True)
-    y = compiled(x)
-    grads = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
-    grads_e = torch.autograd.grad(layer(x).pow(2).sum(), (x, layer.spectrum))
+    assert_matches_eager(compiled, layer, x)
     tol = {"rtol": 0, "atol": 1e-10}
-    torch.testing.assert_close(y, layer(x), **tol)
-    for g, g_e in zip(grads, grads_e):
-        torch.testing.assert_close(g, g_e, **tol)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), layer(x), **tol)
     from torch.export import Dim, export
@@ -121,15 +109,7 @@ def test_jit_trace_forward_and_backward(make):
     invocation of its checks, and the traced module gives eager's results and gradients at other batches."""
     layer = make(dtype=F64)
     traced = torch.jit.trace(layer, (torch.randn(8, layer.in_features, dtype=F64),))
-    x = torch.randn(3, layer.in_features, dtype=F64, requires_grad=True)
-    y = traced(x)
-    gx, gs = torch.autograd.grad(y.pow(2).sum(), (x, layer.spectrum))
-    y_e = layer(x)
-    gx_e, gs_e = torch.autograd.grad(y_e.pow(2).sum(), (x, layer.spectrum))
-    tol = {"rtol": 0, "atol": 1e-10}
-    torch.testing.assert_close(y, y_e, **tol)
-    torch.testing.assert_close(gx, gx_e, **tol)
-    torch.testing.assert_close(gs, gs_e, **tol)
+    assert_matches_eager(traced, layer, torch.randn(3, layer.in_features, dtype=F64, requires_grad=True))
 
 
 def test_export_with_a_dynamic_batch(make):
